@@ -1,0 +1,34 @@
+# The two commands of the quick start are `make run` and `make test`; both set up
+# the virtual environment first when it is missing or out of date.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATE ?=
+
+.PHONY: setup run test unit bench clean
+
+setup: $(STAMP)
+
+# Re-installs only when a file that decides the environment changes.
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+run: setup
+	$(BIN)/osms run $(if $(DATE),--date $(DATE))
+
+test: setup
+	$(BIN)/pytest
+
+unit: setup
+	$(BIN)/pytest -m unit
+
+bench: setup
+	$(BIN)/python benchmarks/bench_iin.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""The simulated outside world: source systems and the State Corporation's receiver."""

@@ -1,0 +1,169 @@
+"""The ``osms`` command: look at the registry, check IINs, run the daily job."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from typing import Any
+
+import click
+
+from osms.registry import Edition, NoEditionInForce, RegistryError, default_registry
+
+ALMATY = "Asia/Almaty"
+
+
+def yesterday_in_almaty() -> dt.date:
+    """The default logical date: yesterday, as the calendar reads in Almaty."""
+    from zoneinfo import ZoneInfo
+
+    return dt.datetime.now(ZoneInfo(ALMATY)).date() - dt.timedelta(days=1)
+
+
+class _Date(click.ParamType):
+    name = "YYYY-MM-DD"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.date:
+        if isinstance(value, dt.date):
+            return value
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a date of the form YYYY-MM-DD", param, ctx)
+
+
+DATE = _Date()
+
+
+def _edition_or_exit(day: dt.date) -> tuple[Any, Edition]:
+    try:
+        registry = default_registry()
+    except RegistryError as exc:
+        raise click.ClickException(f"the registry is inconsistent: {exc}") from None
+    try:
+        return registry, registry.edition_on(day)
+    except NoEditionInForce as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="osms-pipeline", prog_name="osms")
+def main() -> None:
+    """OSMS data feeds under Decree No. 660: registry, checks and the daily run."""
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@main.group()
+def registry() -> None:
+    """The decree as data: editions, bodies, systems, categories, feeds."""
+
+
+@registry.command("show")
+@click.option("--date", "day", type=DATE, required=True, help="Show the edition in force on this date.")
+@click.option("--json", "as_json", is_flag=True, help="Print the stable JSON form (see README).")
+def registry_show(day: dt.date, as_json: bool) -> None:
+    """Print the edition of the decree in force on a date."""
+    reg, edition = _edition_or_exit(day)
+    if as_json:
+        click.echo(json.dumps(reg.describe(day), ensure_ascii=False, indent=2))
+        return
+    _print_edition(day, edition)
+
+
+def _print_edition(day: dt.date, e: Edition) -> None:
+    flag = "  [PROVISIONAL]" if e.provisional else ""
+    to = e.effective_to.isoformat() if e.effective_to else "open-ended"
+    click.echo(f"Decree No. 660 on {day.isoformat()}: edition {e.code}{flag}")
+    click.echo(f"  by Decree No. {e.decree.number} of {e.decree.date.isoformat()}, in force {e.effective_from.isoformat()} .. {to}")
+    click.echo(
+        f"  {len(e.bodies)} bodies, {len(e.systems)} systems, {len(e.categories)} categories, {len(e.feeds)} feeds"
+    )
+    if e.provisional:
+        click.echo(click.wrap_text(e.source, initial_indent="  source: ", subsequent_indent="          "))
+    click.echo("\nCategories (row, code, funding):")
+    for c in e.categories:
+        mark = "  [provisional]" if c.provisional else ""
+        click.echo(f"  {c.row:>2}  {c.code:<22} {c.funding:<18} {c.category.name_en[:70]}{mark}")
+    click.echo("\nBodies and their feeds (system -> category [row]):")
+    for b in e.bodies:
+        feeds = e.feeds_of(b.code)
+        click.echo(f"  {b.code:<14} {b.name_en}  (DAG {b.dag_id}, {len(feeds)} feeds)")
+        for f in feeds:
+            click.echo(f"      {f.system:<20} -> {f.category} [{f.row}]")
+    click.echo("\nSystems:")
+    for s in e.systems:
+        mark = "  [provisional]" if s.provisional else ""
+        click.echo(f"  {s.code:<20} {s.name_en}{mark}")
+
+
+# --------------------------------------------------------------------------- iin
+
+
+@main.group()
+def iin() -> None:
+    """Individual identification numbers."""
+
+
+@iin.command("check")
+@click.argument("values", nargs=-1, required=True)
+def iin_check(values: tuple[str, ...]) -> None:
+    """Say whether each VALUE is a valid IIN, and why not; exit 1 if any is not."""
+    from osms import iin as iin_lib
+
+    result = iin_lib.check(list(values))
+    width = max(len(v) for v in values)
+    for value, reason, birth, sex in zip(values, result.reason, result.birth_date, result.sex, strict=True):
+        r = iin_lib.Reason(int(reason))
+        if r is iin_lib.Reason.OK:
+            decoded = f" (digits give birth date {birth}, sex {sex})" if sex else ""
+            click.echo(f"{value:<{width}}  valid{decoded}")
+        elif r is iin_lib.Reason.FORMAT:
+            click.echo(f"{value:<{width}}  invalid: format: {_format_problem(value)}")
+        else:
+            click.echo(f"{value:<{width}}  invalid: {r.text}")
+    sys.exit(0 if bool(result.valid.all()) else 1)
+
+
+def _format_problem(value: str) -> str:
+    if len(value) != 12:
+        return f"{len(value)} characters, an IIN is 12 digits"
+    return "a character other than a digit, an IIN is 12 digits"
+
+
+# --------------------------------------------------------------------------- run
+
+
+@main.command("run")
+@click.option("--date", "day", type=DATE, default=None, help="Logical date (default: yesterday in Asia/Almaty).")
+def run(day: dt.date | None) -> None:
+    """Run the daily job for a date, as far as it is built."""
+    day = day or yesterday_in_almaty()
+    _, edition = _edition_or_exit(day)
+    from osms import iin as iin_lib
+
+    click.echo(f"osms run for {day.isoformat()}")
+    click.echo(
+        f"  registry: edition {edition.code}{' (provisional)' if edition.provisional else ''} in force,"
+        f" {len(edition.bodies)} bodies, {len(edition.systems)} systems,"
+        f" {len(edition.categories)} categories, {len(edition.feeds)} feeds"
+    )
+    for b in edition.bodies:
+        cats = ", ".join(c.code for c in edition.categories_of(b.code))
+        click.echo(f"  {b.dag_id:<22} {len(edition.feeds_of(b.code)):>2} feeds: {cats}")
+    probe = iin_lib.check(["791028302728", "821214240092"])
+    ok = bool(probe.valid[0]) and not bool(probe.valid[1])
+    click.echo(f"  IIN checks: {'working' if ok else 'BROKEN'}")
+    click.echo(
+        "\nNot built yet: the mock source systems and State Corporation receiver, the agency DAGs\n"
+        "(extract, Great Expectations validation, quarantine, status) and the consolidated\n"
+        "package with its delivery. This command will run them end to end once they exist."
+    )
+    if not ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
