@@ -133,6 +133,101 @@ def _format_problem(value: str) -> str:
     return "a character other than a digit, an IIN is 12 digits"
 
 
+# --------------------------------------------------------------------------- mocks
+
+
+@main.group()
+def mocks() -> None:
+    """The simulated outside world: source systems and the State Corporation, on 127.0.0.1."""
+
+
+def _mock_config(config_file: str | None, seed: int | None, scale: float | None, data_dir: str | None) -> Any:
+    from pathlib import Path
+
+    from mocks.config import MockConfig
+
+    try:
+        cfg = MockConfig.from_yaml(Path(config_file)) if config_file else MockConfig()
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if seed is not None:
+        cfg.seed = seed
+    if scale is not None:
+        if not 0 < scale <= 1.5:
+            raise click.BadParameter("scale is a share of the real country, 0 < scale <= 1.5", param_hint="--scale")
+        cfg.scale = scale
+    if data_dir is not None:
+        cfg.data_dir = Path(data_dir) / "mocks"
+    return cfg
+
+
+_mock_options = [
+    click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="Mock config (YAML)."),
+    click.option("--seed", type=int, default=None, help="Population seed (default 660)."),
+    click.option("--scale", type=float, default=None, help="Share of the real population (1.0 = 20.3 M; default 0.001)."),
+    click.option("--data-dir", default=None, help="Data root (default ./data); the mocks use <data-dir>/mocks."),
+]
+
+
+def _with_mock_options(fn: Any) -> Any:
+    for option in reversed(_mock_options):
+        fn = option(fn)
+    return fn
+
+
+@mocks.command("serve")
+@_with_mock_options
+@click.option("--sources-port", type=int, default=0, help="Port of the source systems (default: a free one).")
+@click.option("--state-corp-port", type=int, default=0, help="Port of the receiver (default: a free one).")
+def mocks_serve(config_file: str | None, seed: int | None, scale: float | None, data_dir: str | None,
+                sources_port: int, state_corp_port: int) -> None:
+    """Serve the mock source systems and State Corporation on 127.0.0.1 until Ctrl-C."""
+    import signal
+    import threading
+
+    from mocks.service import start_mocks
+
+    cfg = _mock_config(config_file, seed, scale, data_dir)
+    click.echo(f"population: seed {cfg.seed}, scale {cfg.scale} (cache: {cfg.cache_dir})", err=True)
+    services = start_mocks(cfg, sources_port=sources_port, state_corp_port=state_corp_port, progress=True)
+    tokens, env = services.write_credentials()
+    click.echo(f"source systems:    {services.sources_url}/v1/systems/<system>/records")
+    click.echo(f"State Corporation: {services.state_corp_url}/v1/packages")
+    click.echo(f"tokens:            {tokens}")
+    click.echo(f"Airflow env:       {env}  (set -a; . {env}; set +a)")
+    click.echo(f"receiver key:      {services.public_key_path}")
+    click.echo("Ctrl-C stops both.")
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    services.stop()
+    click.echo("stopped.", err=True)
+
+
+@mocks.command("ground-truth")
+@_with_mock_options
+@click.option("--date", "day", type=DATE, required=True, help="The as-of date.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Parquet file to write.")
+def mocks_ground_truth(config_file: str | None, seed: int | None, scale: float | None, data_dir: str | None,
+                       day: dt.date, out: str) -> None:
+    """Write which served records carry which injected defect on a date (all feeds)."""
+    from pathlib import Path
+
+    from mocks.defects import summarise
+    from mocks.population import PopulationSpec, load_population
+    from mocks.sources import SourceService
+    from osms.io import write_parquet_atomic
+
+    cfg = _mock_config(config_file, seed, scale, data_dir)
+    population = load_population(PopulationSpec(seed=cfg.seed, scale=cfg.scale), cfg.cache_dir, progress=True)
+    truth = SourceService(population, cfg).all_ground_truth(day)
+    write_parquet_atomic(truth, Path(out))
+    click.echo(f"{truth.num_rows} defective records on {day.isoformat()} -> {out}")
+    for kind, count in summarise(truth).items():
+        click.echo(f"  {kind:<26} {count}")
+
+
 # --------------------------------------------------------------------------- run
 
 

@@ -1,0 +1,93 @@
+"""Faults a source system shows at the HTTP level, configurable per system.
+
+Transient faults (5xx, 429, slow responses, a page cut off mid-line) are drawn
+per request from a seeded stream, so a retry can succeed; persistent faults (a
+malformed line on a page, a renamed or missing column, a volume drop, a
+rejected token, a system that is down) hold for every request until the
+configuration changes, as they would in a real system.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+import numpy as np
+
+Verdict = Literal["ok", "down", "token_rejected", "rate_limited", "server_error", "slow", "truncate"]
+
+
+@dataclass(frozen=True)
+class SystemFaults:
+    """The faults one source system shows; all off by default."""
+
+    error_rate: float = 0.0  # share of requests answered 500/502/503
+    rate_limit_rate: float = 0.0  # share answered 429 with Retry-After
+    retry_after_seconds: int = 1
+    slow_rate: float = 0.0  # share answered only after slow_seconds
+    slow_seconds: float = 2.0
+    truncate_rate: float = 0.0  # share of pages cut off in the middle of a line
+    malformed_line_rate: float = 0.0  # share of pages holding one line that is not JSON
+    reject_token: bool = False  # the system refuses its own (valid) token
+    down: bool = False  # every request answered 503
+    rename_columns: dict[str, str] = field(default_factory=dict)  # served key -> new key
+    drop_columns: tuple[str, ...] = ()
+    volume_drop: float = 0.0  # share of the feed's records withheld
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> SystemFaults:
+        """Faults from a config mapping; unknown keys are refused by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown fault setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        values = dict(values)
+        if "drop_columns" in values:
+            values["drop_columns"] = tuple(values["drop_columns"])
+        faults = cls(**values)
+        for name in ("error_rate", "rate_limit_rate", "slow_rate", "truncate_rate", "malformed_line_rate", "volume_drop"):
+            if not 0 <= getattr(faults, name) <= 1:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if faults.error_rate + faults.rate_limit_rate + faults.slow_rate + faults.truncate_rate > 1:
+            raise ValueError("error, rate-limit, slow and truncate rates add up to more than 1")
+        return faults
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON-able data."""
+        d = asdict(self)
+        d["drop_columns"] = list(self.drop_columns)
+        return d
+
+
+class FaultDice:
+    """Per-system seeded draws deciding each request's transient fault."""
+
+    def __init__(self, seed: int) -> None:
+        self._seed = seed
+        self._streams: dict[str, np.random.Generator] = {}
+        self._lock = threading.Lock()
+
+    def roll(self, system: str, faults: SystemFaults) -> tuple[Verdict, int]:
+        """The verdict for the next request to ``system``, and a number for details."""
+        if faults.down:
+            return "down", 0
+        if faults.reject_token:
+            return "token_rejected", 0
+        with self._lock:
+            rng = self._streams.setdefault(system, np.random.default_rng([self._seed, zlib.crc32(system.encode())]))
+            u = float(rng.random())
+            detail = int(rng.integers(0, 1 << 30))
+        edges = np.cumsum([faults.rate_limit_rate, faults.error_rate, faults.slow_rate, faults.truncate_rate])
+        verdicts: tuple[Verdict, ...] = ("rate_limited", "server_error", "slow", "truncate")
+        i = int(np.searchsorted(edges, u, side="right"))
+        return (verdicts[i] if i < len(verdicts) else "ok"), detail
+
+
+def page_has_malformed_line(seed: int, system: str, category: str, as_of: str, offset: int, rate: float) -> bool:
+    """Whether a page holds a malformed line: fixed per page, so a retry sees it again."""
+    if rate <= 0:
+        return False
+    key = f"{seed}|{system}|{category}|{as_of}|{offset}".encode()
+    return (zlib.crc32(key) / 0xFFFFFFFF) < rate

@@ -1,0 +1,46 @@
+"""The package signing key: a development Ed25519 pair kept outside the repository."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PRIVATE_NAME = "osms_dev_ed25519.pem"
+PUBLIC_NAME = "osms_dev_ed25519.pub.pem"
+
+
+def default_key_dir() -> Path:
+    """``$OSMS_KEY_DIR``, else ``~/.osms/keys``: never inside the checkout."""
+    return Path(os.environ.get("OSMS_KEY_DIR") or Path.home() / ".osms" / "keys")
+
+
+def ensure_dev_keypair(key_dir: Path | None = None) -> tuple[Path, Path]:
+    """Create the development key pair once; return (private key path, public key path)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key_dir = key_dir or default_key_dir()
+    private, public = key_dir / PRIVATE_NAME, key_dir / PUBLIC_NAME
+    if private.exists() and public.exists():
+        return private, public
+    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    _write_atomic(private, private_pem, 0o600)
+    _write_atomic(public, public_pem, 0o644)
+    return private, public
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
