@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATE ?=
 
-.PHONY: setup run test unit bench clean
+.PHONY: setup run test unit bench bench-mocks clean
+SCALE ?= 1.0
 
 setup: $(STAMP)
 
@@ -29,6 +30,9 @@ unit: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_iin.py
+
+bench-mocks: setup
+	$(BIN)/python benchmarks/bench_mocks.py --scale $(SCALE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

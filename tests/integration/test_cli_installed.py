@@ -39,3 +39,44 @@ def test_iin_check_exit_status(osms: str) -> None:
     ok = subprocess.run([osms, "iin", "check", "791028302728", "061211600012"], capture_output=True, text=True)
     bad = subprocess.run([osms, "iin", "check", "821214240092"], capture_output=True, text=True)
     assert (ok.returncode, bad.returncode) == (0, 1)
+
+
+def test_run_exercises_the_mocks(osms: str, tmp_path) -> None:
+    out = subprocess.run([osms, "run", "--date", "2025-06-01", "--data-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "edition 2022" in out.stdout and "agency_labour" in out.stdout
+    assert "HTTP" not in out.stdout  # every feed answered 200
+    assert "Not built yet" in out.stdout
+
+
+def test_mocks_serve_prints_urls_and_stops_on_ctrl_c(osms: str, tmp_path) -> None:
+    import os
+    import re
+    import signal
+    import time
+
+    import httpx
+
+    env = {**os.environ, "OSMS_KEY_DIR": str(tmp_path / "keys")}
+    proc = subprocess.Popen([osms, "mocks", "serve", "--data-dir", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "Ctrl-C" in line or not line:
+                break
+        text = "".join(lines)
+        urls = re.findall(r"http://127\.0\.0\.1:\d+", text)
+        assert len(urls) == 2, text
+        tokens = json.loads((tmp_path / "mocks" / "state" / "tokens.json").read_text())
+        r = httpx.get(f"{urls[0]}/v1/systems/payments/records", params={"category": "pregnant", "as_of": "2025-06-01"},
+                      headers={"Authorization": f"Bearer {tokens['systems']['payments']}"})
+        assert r.status_code == 200 and r.content.count(b"\n") > 0
+        assert httpx.get(f"{urls[1]}/health").json() == {"status": "ok"}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0

@@ -71,10 +71,3 @@ def test_iin_check_reasons() -> None:
     assert lines["12345"] == "invalid: format: 5 characters, an IIN is 12 digits"
     assert lines["7910283027AB"] == "invalid: format: a character other than a digit, an IIN is 12 digits"
     assert lines["791028302728"].startswith("valid")
-
-
-def test_run_says_what_is_not_built() -> None:
-    code, out = _run("run", "--date", "2025-06-01")
-    assert code == 0
-    assert "edition 2022" in out and "35 feeds" in out
-    assert "Not built yet" in out
