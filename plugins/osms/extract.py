@@ -1,0 +1,785 @@
+"""The one HTTP client for every source system, and the streaming extract of a feed
+into its typed Parquet landing file.
+
+    GET {base_url}/v1/systems/{system}/records?category=&as_of=&limit=&cursor=
+    Authorization: Bearer <token of the system>
+
+Pages are NDJSON and follow ``X-Next-Cursor`` until it is absent. Each page is
+parsed by Arrow's C++ JSON reader against the declared column types, checked,
+given the lineage columns and appended to a ``ParquetWriter`` on a temporary
+file beside the landing file; only a complete feed is renamed onto the landing
+path, so a reader never sees a partial feed and a failed run leaves the previous
+file as it was. Memory stays bounded by one page plus one row group, whatever
+the feed's size.
+
+What is retried (with exponential backoff, through tenacity): connection errors
+and timeouts, 5xx, 429 (after its Retry-After, capped), and a page cut off in
+the middle of a line. What is not: 401/403/404/422 and other 4xx, a line that is
+not JSON in an otherwise complete page, a column that is missing or unexpected,
+a value of the wrong type. Those are persistent: the feed fails at once with a
+:class:`FeedExtractError` that names the feed, the date, the page and the line,
+never the record's content (IINs and names are personal data).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+import requests
+import tenacity
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
+
+    from osms.registry import Column
+
+__all__ = [
+    "ExtractResult",
+    "FeedExtractError",
+    "LINEAGE_COLUMNS",
+    "PageError",
+    "SourceClient",
+    "SourceEndpoint",
+    "arrow_type",
+    "backoff_seconds",
+    "check_columns",
+    "endpoint_from_connection",
+    "extract_feed",
+    "landing_schema",
+    "next_request",
+    "parse_page",
+    "parse_retry_after",
+]
+
+log = logging.getLogger(__name__)
+
+SORT_KEY = "record_id"
+# Rows per Parquet row group: large enough for good zstd ratios and fast scans,
+# small enough that the buffer stays a few tens of MiB at any feed size.
+ROW_GROUP_ROWS = 100_000
+# Arrow's JSON reader splits its input in blocks of this size (a line must fit in one).
+_JSON_BLOCK_BYTES = 1 << 20
+# An error body from a source is quoted at most this long in a message.
+_MAX_QUOTE = 200
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "iin": pa.string(),
+    "enum": pa.string(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("s", tz="UTC"),
+    "int": pa.int32(),
+    "bool": pa.bool_(),
+}
+
+LINEAGE_COLUMNS: tuple[pa.Field, ...] = (
+    pa.field("body", pa.string()),
+    pa.field("system", pa.string()),
+    pa.field("category", pa.string()),
+    pa.field("as_of", pa.date32()),
+)
+
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+# --------------------------------------------------------------------------
+# Connection settings
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceEndpoint:
+    """What an Airflow connection ``osms_source_<system>`` holds."""
+
+    base_url: str
+    token: str = field(repr=False)  # never in a repr, so never in a log line by accident
+    page_size: int = 10_000
+    timeout: float = 60.0
+    # Retries per page; a page is given up after max_retries + 1 attempts.
+    max_retries: int = 6
+    # Backoff: base * 2**(retry - 1) seconds, at most backoff_max; a Retry-After
+    # is honoured up to backoff_max too, so a source asking for an hour cannot
+    # stall a worker for an hour (the task's own retry takes over).
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+
+
+def endpoint_from_connection(conn_id: str) -> SourceEndpoint:
+    """Read the Airflow connection ``conn_id`` (e.g. from ``AIRFLOW_CONN_<ID>``) as a SourceEndpoint."""
+    from airflow.sdk import BaseHook  # lazily: no airflow at import time
+
+    conn = BaseHook.get_connection(conn_id)
+    host = (conn.host or "").strip().rstrip("/")
+    if not host:
+        raise ValueError(f"connection {conn_id!r} has no host")
+    if "://" in host:
+        base_url = host
+    else:
+        scheme = (conn.schema or "http").lower()
+        if scheme not in ("http", "https"):
+            scheme = "https" if (conn.conn_type or "").lower() == "https" else "http"
+        base_url = f"{scheme}://{host}"
+    if conn.port and not base_url.rsplit("/", 1)[-1].count(":"):
+        base_url = f"{base_url}:{conn.port}"
+    if not conn.password:
+        raise ValueError(f"connection {conn_id!r} has no password (the source's bearer token)")
+    extra = conn.extra_dejson or {}
+    settings: dict[str, Any] = {}
+    for name, kind in (("page_size", int), ("timeout", float), ("max_retries", int),
+                       ("backoff_base", float), ("backoff_max", float)):
+        if extra.get(name) is not None:
+            try:
+                settings[name] = kind(extra[name])
+            except (TypeError, ValueError):
+                raise ValueError(f"connection {conn_id!r}: extra {name!r} must be a number") from None
+    return SourceEndpoint(base_url=base_url, token=conn.password, **settings)
+
+
+# --------------------------------------------------------------------------
+# Errors and results
+# --------------------------------------------------------------------------
+
+
+class FeedExtractError(RuntimeError):
+    """A feed could not be extracted; the message names the feed, the date and the cause, never record content."""
+
+    def __init__(
+        self,
+        *,
+        body: str,
+        system: str,
+        category: str,
+        as_of: dt.date,
+        cause: str,
+        status: int | None = None,
+        attempts: int = 1,
+        page: int | None = None,
+    ) -> None:
+        self.body, self.system, self.category, self.as_of = body, system, category, as_of
+        self.cause, self.status, self.attempts, self.page = cause, status, attempts, page
+        super().__init__(f"feed {body}.{system}.{category} for {as_of.isoformat()}: {cause}")
+
+
+class PageError(ValueError):
+    """A page that is persistently wrong (not JSON, wrong columns or types); the message has no record content."""
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What one extract did: counts and timings only, no personal data."""
+
+    path: Path
+    rows: int
+    pages: int
+    bytes_received: int
+    seconds: float
+    retries: int
+    retry_causes: Mapping[str, int] = field(default_factory=dict)  # e.g. {"HTTP 503": 2}
+    resorted: bool = False  # the source did not send rows sorted by record_id
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form for XCom."""
+        return {
+            "path": str(self.path),
+            "rows": self.rows,
+            "pages": self.pages,
+            "bytes_received": self.bytes_received,
+            "seconds": round(self.seconds, 3),
+            "retries": self.retries,
+            "retry_causes": dict(self.retry_causes),
+            "resorted": self.resorted,
+        }
+
+
+# --------------------------------------------------------------------------
+# Small pure pieces: pagination, Retry-After, backoff, schema
+# --------------------------------------------------------------------------
+
+
+def next_request(response: Any) -> dict[str, str] | None:
+    """The query parameters that fetch the next page (``{"cursor": ...}``), or None after the last page."""
+    headers = getattr(response, "headers", response)
+    cursor = None
+    if isinstance(headers, requests.structures.CaseInsensitiveDict):
+        cursor = headers.get("X-Next-Cursor")
+    else:
+        for key, value in headers.items():
+            if key.lower() == "x-next-cursor":
+                cursor = value
+                break
+    cursor = (cursor or "").strip()
+    return {"cursor": cursor} if cursor else None
+
+
+def parse_retry_after(value: str | None, *, cap: float, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or HTTP date), at most ``cap``; None if absent or unreadable."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), cap)
+
+
+def backoff_seconds(retry: int, *, base: float, maximum: float) -> float:
+    """Exponential backoff before retry number ``retry`` (1, 2, ...): base, 2*base, 4*base ... at most maximum."""
+    return min(maximum, base * 2 ** max(retry - 1, 0))
+
+
+def arrow_type(column_type: str) -> pa.DataType:
+    """The Arrow type of a registry column type."""
+    return _ARROW_TYPES[column_type]
+
+
+def landing_schema(columns: Sequence[Column]) -> pa.Schema:
+    """The landing file's schema: the declared columns, typed, then the lineage columns."""
+    return pa.schema([pa.field(c.name, arrow_type(c.type)) for c in columns] + list(LINEAGE_COLUMNS))
+
+
+def _declared_schema(columns: Sequence[Column]) -> pa.Schema:
+    return pa.schema([pa.field(c.name, arrow_type(c.type)) for c in columns])
+
+
+def _json_schema(columns: Sequence[Column]) -> pa.Schema:
+    # Arrow's JSON reader takes a date as days since the epoch, not as text: read
+    # dates as strings and cast them (a strict cast: 2024-02-30 is refused).
+    return pa.schema([pa.field(c.name, pa.string() if c.type == "date" else arrow_type(c.type)) for c in columns])
+
+
+def check_columns(found: Sequence[str], declared: Sequence[str]) -> str | None:
+    """What is wrong with the columns a record carries, in words (a renamed column is one missing + one unexpected)."""
+    found_set, declared_set = set(found), set(declared)
+    missing = [c for c in declared if c not in found_set]
+    unexpected = [c for c in found if c not in declared_set]
+    problems = []
+    if missing:
+        problems.append(f"column{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+                        f" {'are' if len(missing) > 1 else 'is'} missing")
+    if unexpected:
+        problems.append(f"unexpected column{'s' if len(unexpected) > 1 else ''} {', '.join(unexpected)}")
+    return "; ".join(problems) or None
+
+
+# --------------------------------------------------------------------------
+# Parsing a page
+# --------------------------------------------------------------------------
+
+
+def parse_page(data: bytes, columns: Sequence[Column], *, page: int) -> pa.Table:
+    """One NDJSON page as a table of the declared columns and types; PageError naming page and line otherwise."""
+    schema = _declared_schema(columns)
+    if not data.strip():
+        return schema.empty_table()
+    declared = [c.name for c in columns]
+    # The first record's keys: a renamed or dropped column fails on every line,
+    # and here it is named as such instead of as a type error.
+    first_line = data.lstrip(b"\r\n").split(b"\n", 1)[0]
+    try:
+        first = json.loads(first_line)
+    except ValueError:
+        first = None
+    if isinstance(first, dict):
+        problem = check_columns(list(first), declared)
+        if problem:
+            raise PageError(f"page {page}: {problem}")
+    try:
+        table = _read_json(data, _json_schema(columns))
+    except pa.ArrowInvalid:
+        # Arrow's message may quote the offending value: find the line ourselves.
+        raise _locate_bad_line(data, columns, page) from None
+    for i, col in enumerate(columns):
+        if col.type == "date":
+            table = table.set_column(i, col.name, _dates(table, col.name, data, page))
+    return table.select(declared)
+
+
+def _read_json(data: bytes, schema: pa.Schema) -> pa.Table:
+    parse = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+    try:
+        return pj.read_json(pa.BufferReader(data), read_options=pj.ReadOptions(block_size=_JSON_BLOCK_BYTES),
+                            parse_options=parse)
+    except pa.ArrowInvalid as exc:
+        if "straddl" not in str(exc):
+            raise
+        # a line longer than a block: read the page as one block
+        return pj.read_json(pa.BufferReader(data), read_options=pj.ReadOptions(block_size=len(data) + 1),
+                            parse_options=parse)
+
+
+def _dates(table: pa.Table, name: str, data: bytes, page: int) -> pa.Array:
+    strings = table.column(name).combine_chunks()
+    try:
+        return pc.cast(strings, pa.date32())
+    except pa.ArrowInvalid:
+        row = _first_uncastable(strings, pa.date32())
+        raise PageError(f"page {page}, line {_line_of_row(data, row)}{_record_ref(table, row)}:"
+                        f" column {name} holds a value that is not a date (YYYY-MM-DD)") from None
+
+
+def _first_uncastable(values: pa.Array, to: pa.DataType) -> int:
+    """Index of the first value that does not cast, by bisection (vectorised casts, no per-row Python)."""
+    lo, hi = 0, len(values)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            pc.cast(values.slice(lo, mid - lo), to)
+            lo = mid
+        except pa.ArrowInvalid:
+            hi = mid
+    return lo
+
+
+def _line_of_row(data: bytes, row: int) -> int:
+    """1-based line number of the row-th record (Arrow skips blank lines)."""
+    seen = -1
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if line.strip():
+            seen += 1
+            if seen == row:
+                return number
+    return row + 1
+
+
+def _record_ref(table: pa.Table, row: int) -> str:
+    # record_id is the source's id, not personal data: the one field a message may name
+    if SORT_KEY not in table.column_names:
+        return ""
+    value = table.column(SORT_KEY)[row].as_py()
+    return f" (record_id {value})" if isinstance(value, str) and 0 < len(value) <= 64 else ""
+
+
+def _fits(column_type: str, value: Any) -> bool:
+    if value is None:
+        return True
+    if column_type in ("string", "iin", "enum", "date"):
+        return isinstance(value, str)
+    if column_type == "int":
+        return isinstance(value, int) and not isinstance(value, bool) and _INT32[0] <= value <= _INT32[1]
+    if column_type == "bool":
+        return isinstance(value, bool)
+    if column_type == "timestamp":
+        if not isinstance(value, str):
+            return False
+        try:
+            dt.datetime.fromisoformat(value)
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+_TYPE_WORDS = {
+    "string": "text", "iin": "text", "enum": "text", "date": "a date (YYYY-MM-DD)",
+    "timestamp": "a timestamp (YYYY-MM-DDTHH:MM:SSZ)", "int": "a 32-bit whole number", "bool": "true or false",
+}
+
+
+def _locate_bad_line(data: bytes, columns: Sequence[Column], page: int) -> PageError:
+    """The first line that Arrow could not read, as a PageError naming page, line and column."""
+    declared = [c.name for c in columns]
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        where = f"page {page}, line {number}"
+        try:
+            record = json.loads(raw)
+        except ValueError as exc:
+            # the decoder's own words ("unterminated string", "expecting ',' delimiter"), never its excerpt
+            reason = exc.msg.split(" starting at")[0].lower() if isinstance(exc, json.JSONDecodeError) \
+                else "not UTF-8 text"
+            return PageError(f"{where}: not valid JSON ({reason})")
+        if not isinstance(record, dict):
+            return PageError(f"{where}: not a JSON object")
+        problem = check_columns(list(record), declared)
+        if problem:
+            return PageError(f"{where}: {problem}")
+        rid = record.get(SORT_KEY)
+        ref = f" (record_id {rid})" if isinstance(rid, str) and 0 < len(rid) <= 64 else ""
+        for col in columns:
+            if not _fits(col.type, record.get(col.name)):
+                return PageError(f"{where}{ref}: column {col.name} holds a value that is not {_TYPE_WORDS[col.type]}")
+    # Arrow refused the page and no line looks wrong to Python: ask Arrow line by line.
+    schema = _json_schema(columns)
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if raw.strip():
+            try:
+                _read_json(raw + b"\n", schema)
+            except pa.ArrowInvalid:
+                return PageError(f"page {page}, line {number}: a value does not fit its declared column type")
+    return PageError(f"page {page}: the page could not be read as the declared columns")
+
+
+# --------------------------------------------------------------------------
+# The HTTP client
+# --------------------------------------------------------------------------
+
+
+class _Transient(Exception):
+    """A failure worth another attempt; ``cause`` is short and free of content."""
+
+    def __init__(self, cause: str, *, kind: str, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(cause)
+        self.cause, self.kind, self.status, self.retry_after = cause, kind, status, retry_after
+
+
+class _Refused(Exception):
+    """A failure that another attempt will not fix (4xx)."""
+
+    def __init__(self, cause: str, status: int | None) -> None:
+        super().__init__(cause)
+        self.cause, self.status = cause, status
+
+
+@dataclass(frozen=True)
+class Page:
+    """One complete page as received: its number, bytes and what comes next."""
+
+    number: int
+    data: bytes
+    next_params: dict[str, str] | None
+    attempts: int
+
+
+# Statuses answered at once, never retried: the request itself is wrong.
+_NOT_RETRIED = frozenset({400, 401, 403, 404, 405, 410, 422})
+
+
+def _api_error(response: requests.Response) -> str:
+    """``HTTP 503 unavailable: system 'x' is not available`` from the contract's JSON error body."""
+    text = ""
+    try:
+        body = response.json()
+        if isinstance(body, dict):
+            code, message = body.get("error"), body.get("message")
+            text = " ".join(str(p) for p in (f"{code}:" if code else None, message) if p)
+    except ValueError:
+        pass
+    text = " ".join(text.split())[:_MAX_QUOTE]
+    return f"HTTP {response.status_code}" + (f" {text}" if text else "")
+
+
+class SourceClient:
+    """The HTTP client for every source system: bearer auth, cursor pagination, retries with backoff."""
+
+    def __init__(
+        self,
+        endpoint: SourceEndpoint,
+        session: requests.Session | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.endpoint = endpoint
+        self.session = session or requests.Session()
+        self._sleep = sleep
+        self.session.headers["Authorization"] = f"Bearer {endpoint.token}"
+        self.session.headers["Accept"] = "application/x-ndjson"
+        self.retry_causes: Counter[str] = Counter()
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self.session.close()
+
+    def __enter__(self) -> SourceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def retries(self) -> int:
+        """Retries made so far, over every page."""
+        return sum(self.retry_causes.values())
+
+    def pages(self, system: str, category: str, as_of: dt.date, *, label: str = "") -> Iterator[Page]:
+        """Every page of one feed, in order; each retried on its own as needed."""
+        base = {"category": category, "as_of": as_of.isoformat(), "limit": str(self.endpoint.page_size)}
+        url = f"{self.endpoint.base_url.rstrip('/')}/v1/systems/{system}/records"
+        params: dict[str, str] | None = base
+        number = 0
+        while params is not None:
+            number += 1
+            page = self.fetch(url, params, number=number, label=label or f"{system}.{category}")
+            yield page
+            params = base | page.next_params if page.next_params else None
+
+    def fetch(self, url: str, params: dict[str, str], *, number: int, label: str) -> Page:
+        """One page, retried on transient failures; raises _Refused, or the last _Transient once retries run out."""
+        ep = self.endpoint
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, _Transient) and exc.retry_after is not None:
+                return min(exc.retry_after, ep.backoff_max)
+            return backoff_seconds(state.attempt_number, base=ep.backoff_base, maximum=ep.backoff_max)
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            kind = exc.kind if isinstance(exc, _Transient) else type(exc).__name__
+            self.retry_causes[kind] += 1
+            delay = state.next_action.sleep if state.next_action else 0.0
+            log.warning("%s page %d: %s, retrying in %.2f s (attempt %d of %d)", label, number,
+                        getattr(exc, "cause", kind), delay, state.attempt_number + 1, ep.max_retries + 1)
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(ep.max_retries + 1),
+            wait=wait,
+            retry=tenacity.retry_if_exception_type(_Transient),
+            before_sleep=before_sleep,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        attempts = 0
+        for attempt in retrying:
+            with attempt:
+                attempts = attempt.retry_state.attempt_number
+                data, headers = self._get(url, params)
+                return Page(number=number, data=data, next_params=next_request(headers), attempts=attempts)
+        raise AssertionError("unreachable")  # pragma: no cover: tenacity returns or raises
+
+    def _get(self, url: str, params: dict[str, str]) -> tuple[bytes, requests.structures.CaseInsensitiveDict]:
+        ep = self.endpoint
+        try:
+            response = self.session.get(url, params=params, timeout=ep.timeout)
+            data = response.content
+        except requests.Timeout:
+            raise _Transient(f"no answer within {ep.timeout:g} s", kind="timeout") from None
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise _Transient(f"connection failed ({type(exc).__name__})", kind="connection error") from None
+        status = response.status_code
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), cap=ep.backoff_max)
+            raise _Transient(_api_error(response), kind="HTTP 429", status=status, retry_after=retry_after)
+        if status >= 500 or status == 408:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), cap=ep.backoff_max)
+            raise _Transient(_api_error(response), kind=f"HTTP {status}", status=status, retry_after=retry_after)
+        if status != 200:
+            raise _Refused(_api_error(response), status)
+        if data and not data.endswith(b"\n"):
+            # Every NDJSON line ends in a newline: a page without one was cut in transit.
+            raise _Transient("page cut off mid-line (truncated)", kind="truncated page", status=status)
+        expected = response.headers.get("X-Page-Records")
+        if expected is not None and expected.isdigit() and int(expected) != data.count(b"\n"):
+            lines = data.count(b"\n")
+            raise _Transient(f"page holds {lines} lines, X-Page-Records says {expected}",
+                             kind="short page", status=status)
+        return data, response.headers
+
+
+# --------------------------------------------------------------------------
+# The landing file
+# --------------------------------------------------------------------------
+
+
+class _LandingWriter:
+    """Parquet on a temp file in the landing directory; renamed onto the landing path only by ``commit``."""
+
+    def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int = ROW_GROUP_ROWS) -> None:
+        import pyarrow.parquet as pq
+
+        self.path, self.schema, self.row_group_rows = path, schema, row_group_rows
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        """Append rows; they reach the file a row group at a time."""
+        self._buffer.append(table)
+        self._buffered += table.num_rows
+        self.rows += table.num_rows
+        if self._buffered >= self.row_group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer and self._writer is not None:
+            self._writer.write_table(pa.concat_tables(self._buffer), row_group_size=self.row_group_rows)
+        self._buffer, self._buffered = [], 0
+
+    def commit(self, *, sort_by: str | None = None) -> None:
+        """Close, sort if asked (the fallback for a source that sent unsorted rows), fsync, rename."""
+        self._flush()
+        assert self._writer is not None
+        self._writer.close()
+        self._writer = None
+        if sort_by is not None:
+            self._resort(sort_by)
+        _fsync(self.tmp)
+        os.replace(self.tmp, self.path)
+        _fsync_dir(self.path.parent)
+
+    def _resort(self, key: str) -> None:
+        # Holds the whole feed in memory: the bounded-memory guarantee is for sorted
+        # sources, which every source of the contract is.
+        import pyarrow.parquet as pq
+
+        # Parquet has no seconds unit: timestamps read back as ms, cast back to the landing schema
+        table = pq.read_table(self.tmp).cast(self.schema).sort_by(key)
+        with pq.ParquetWriter(self.tmp, self.schema, compression="zstd") as writer:
+            writer.write_table(table, row_group_size=self.row_group_rows)
+
+    def abort(self) -> None:
+        """Drop the temp file; the landing file, if any, stays as it was."""
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:  # noqa: BLE001: we are already failing; the temp file goes anyway
+                pass
+            self._writer = None
+        self._buffer = []
+        self.tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename is done anyway
+    finally:
+        os.close(fd)
+
+
+def _with_lineage(table: pa.Table, body: str, system: str, category: str, as_of: dt.date) -> pa.Table:
+    n = table.num_rows
+    for f, value in zip(LINEAGE_COLUMNS, (body, system, category, as_of), strict=True):
+        table = table.append_column(f, pa.repeat(pa.scalar(value, f.type), n))
+    return table
+
+
+class _SortCheck:
+    """Whether record_id never decreases, page after page (vectorised within a page)."""
+
+    def __init__(self) -> None:
+        self.last: str | None = None
+        self.sorted = True
+
+    def see(self, ids: pa.ChunkedArray | pa.Array) -> None:
+        if not self.sorted:
+            return
+        ids = ids.drop_null() if ids.null_count else ids
+        if len(ids) == 0:
+            return
+        if self.last is not None and ids[0].as_py() < self.last:
+            self.sorted = False
+        elif len(ids) > 1 and not pc.all(pc.less_equal(ids.slice(0, len(ids) - 1), ids.slice(1))).as_py():
+            self.sorted = False
+        self.last = ids[len(ids) - 1].as_py()
+
+
+# --------------------------------------------------------------------------
+# The extract
+# --------------------------------------------------------------------------
+
+
+def extract_feed(
+    endpoint: SourceEndpoint,
+    *,
+    body: str,
+    system: str,
+    category: str,
+    as_of: dt.date,
+    landing_path: Path,
+    columns: Sequence[Column] | None = None,
+) -> ExtractResult:
+    """Stream every page of one feed into ``landing_path`` (Parquet, zstd, typed, lineage columns), atomically."""
+    if columns is None:
+        from osms.registry import default_registry
+
+        columns = default_registry().edition_on(as_of).category(category).record_columns
+    columns = tuple(columns)
+    landing_path = Path(landing_path)
+    label = f"{body}.{system}.{category} {as_of.isoformat()}"
+
+    def failed(cause: str, **kw: Any) -> FeedExtractError:
+        return FeedExtractError(body=body, system=system, category=category, as_of=as_of, cause=cause, **kw)
+
+    started = time.perf_counter()
+    pages = bytes_received = 0
+    sort_check = _SortCheck()
+    writer = _LandingWriter(landing_path, landing_schema(columns))
+    client = SourceClient(endpoint)
+    number = 0
+    try:
+        for page in client.pages(system, category, as_of, label=label):
+            number = page.number
+            table = parse_page(page.data, columns, page=page.number)
+            if SORT_KEY in table.column_names:
+                sort_check.see(table.column(SORT_KEY))
+            writer.write(_with_lineage(table, body, system, category, as_of))
+            pages += 1
+            bytes_received += len(page.data)
+            log.debug("%s page %d: %d rows, %d bytes", label, page.number, table.num_rows, len(page.data))
+        if not sort_check.sorted:
+            log.warning("%s: the source did not send rows sorted by %s; sorting the landing file in memory",
+                        label, SORT_KEY)
+        writer.commit(sort_by=None if sort_check.sorted else SORT_KEY)
+    except BaseException as exc:
+        writer.abort()
+        number = number + 1 if isinstance(exc, _Transient | _Refused) else number
+        if isinstance(exc, _Transient):
+            attempts = endpoint.max_retries + 1
+            raise failed(f"page {number}: gave up after {attempts} attempts; last: {exc.cause}",
+                         status=exc.status, attempts=attempts, page=number) from None
+        if isinstance(exc, _Refused):
+            raise failed(f"page {number}: {exc.cause} (not retried)", status=exc.status, page=number) from None
+        if isinstance(exc, PageError):
+            raise failed(str(exc), page=number) from None
+        raise
+    finally:
+        client.close()
+    seconds = time.perf_counter() - started
+    result = ExtractResult(
+        path=landing_path,
+        rows=writer.rows,
+        pages=pages,
+        bytes_received=bytes_received,
+        seconds=seconds,
+        retries=client.retries,
+        retry_causes=dict(client.retry_causes),
+        resorted=not sort_check.sorted,
+    )
+    log.info("%s: %d rows in %d pages, %.1f MiB in %.2f s (%.0f rows/s), %d retries%s", label, result.rows, pages,
+             bytes_received / 2**20, seconds, result.rows / seconds if seconds else 0.0, result.retries,
+             f" {dict(client.retry_causes)}" if client.retries else "")
+    return result
