@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Airflow reads its home and config at import: point both at a private temporary
+# home before any test imports it, so tests never touch ~/airflow or a real setup.
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="osms-test-airflow-")
+for key, value in {
+    "AIRFLOW_HOME": _AIRFLOW_HOME,
+    "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+    "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+}.items():
+    os.environ.setdefault(key, value)
 
 KINDS = ("unit", "integration", "e2e")
 

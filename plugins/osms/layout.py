@@ -1,0 +1,42 @@
+"""Where working data lives: one root (OSMS_DATA_DIR, default ./data), one partition per date."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+
+def data_dir() -> Path:
+    """The working data root: ``$OSMS_DATA_DIR`` or ``./data``."""
+    return Path(os.environ.get("OSMS_DATA_DIR", "data")).resolve()
+
+
+def landing(root: Path, day: dt.date, body: str, system: str, category: str) -> Path:
+    """The landing file of one feed on one day."""
+    return root / "landing" / day.isoformat() / body / system / f"{category}.parquet"
+
+
+def extract_error(root: Path, day: dt.date, body: str, system: str, category: str) -> Path:
+    """Why a feed's extract failed on a day (written only when it did)."""
+    return landing(root, day, body, system, category).with_suffix(".error.json")
+
+
+def validated(root: Path, day: dt.date, body: str, category: str) -> Path:
+    """Rows of a (body, category) that passed validation."""
+    return root / "validated" / day.isoformat() / body / f"{category}.parquet"
+
+
+def quarantine(root: Path, day: dt.date, body: str, category: str) -> Path:
+    """Rows of a (body, category) that broke a rule, with the rules."""
+    return root / "quarantine" / day.isoformat() / body / f"{category}.parquet"
+
+
+def status(root: Path, day: dt.date, body: str) -> Path:
+    """A body's status for a day: what the package DAG reads."""
+    return root / "status" / day.isoformat() / f"{body}.json"
+
+
+def package_dir(root: Path, day: dt.date) -> Path:
+    """The consolidated package of a day."""
+    return root / "packages" / day.isoformat()
