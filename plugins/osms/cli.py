@@ -217,7 +217,7 @@ def mocks_ground_truth(config_file: str | None, seed: int | None, scale: float |
     from mocks.defects import summarise
     from mocks.population import PopulationSpec, load_population
     from mocks.sources import SourceService
-    from osms.io import write_parquet_atomic
+    from osms.files import write_parquet_atomic
 
     cfg = _mock_config(config_file, seed, scale, data_dir)
     population = load_population(PopulationSpec(seed=cfg.seed, scale=cfg.scale), cfg.cache_dir, progress=True)
@@ -235,41 +235,56 @@ def mocks_ground_truth(config_file: str | None, seed: int | None, scale: float |
 @click.option("--date", "day", type=DATE, default=None, help="Logical date (default: yesterday in Asia/Almaty).")
 @click.option("--data-dir", default="data", show_default=True, help="Working data root.")
 def run(day: dt.date | None, data_dir: str) -> None:
-    """Run the daily job for a date, as far as it is built."""
+    """Run the daily job for a date: mocks, the agency DAGs on embedded SQLite, a summary."""
     from pathlib import Path
-
-    import httpx
 
     from mocks.config import MockConfig
     from mocks.service import start_mocks
+    from osms.local_run import airflow_env, migrate, run_agencies
 
     day = day or yesterday_in_almaty()
     _, edition = _edition_or_exit(day)
+    root = Path(data_dir).resolve()
     click.echo(
         f"osms run for {day.isoformat()}: edition {edition.code}{' (provisional)' if edition.provisional else ''},"
-        f" {len(edition.bodies)} bodies, {len(edition.feeds)} feeds"
+        f" {len(edition.bodies)} bodies, {len(edition.feeds)} feeds; data in {root}"
     )
-    cfg = MockConfig(data_dir=Path(data_dir) / "mocks")
-    click.echo(f"starting the mock source systems and State Corporation on 127.0.0.1 (population cache {cfg.cache_dir})")
+    cfg = MockConfig(data_dir=root / "mocks")
+    click.echo("starting the mock source systems and State Corporation on 127.0.0.1 ...")
     with start_mocks(cfg, progress=True) as services:
         click.echo(f"  sources {services.sources_url}, receiver {services.state_corp_url}")
-        click.echo("\nRecords each feed serves for the date (first page only, through the Source API):")
-        with httpx.Client(base_url=services.sources_url, timeout=60) as client:
-            for body in edition.bodies:
-                click.echo(f"  {body.dag_id}")
-                for feed in edition.feeds_of(body.code):
-                    r = client.get(
-                        f"/v1/systems/{feed.system}/records",
-                        params={"category": feed.category, "as_of": day.isoformat(), "limit": 1},
-                        headers={"Authorization": f"Bearer {services.tokens[feed.system]}"},
-                    )
-                    answer = r.headers.get("x-total-count", "?") if r.status_code == 200 else f"HTTP {r.status_code}"
-                    click.echo(f"    {feed.system:<20} {feed.category:<22} {answer:>8}")
+        env = airflow_env(root, services.airflow_env())
+        click.echo("preparing the embedded Airflow metadata database (SQLite) ...")
+        migrate(env)
+        click.echo("running the agency DAGs:")
+        results, statuses = run_agencies(day, root, env, say=click.echo)
+    _print_summary(edition, statuses)
     click.echo(
-        "\nNot built yet: the agency DAGs (extract, Great Expectations validation, quarantine,\n"
-        "status) and the consolidated package with its delivery. This command will run them\n"
-        "end to end once they exist."
+        "\nNot built yet: the consolidated package DAG (merge, changes, manifest, signature) and its\n"
+        "delivery to the State Corporation; `osms run` will run it after the agency DAGs once it exists."
     )
+    if not all(r.ok for r in results):
+        failed = ", ".join(r.dag_id for r in results if not r.ok)
+        click.echo(f"\nSome agency runs did not succeed: {failed}. Their statuses above say why;"
+                   f" logs under {root / 'airflow' / 'logs'}.")
+
+
+def _print_summary(edition: Edition, statuses: dict[str, Any]) -> None:
+    click.echo("\nPer category (body: status, rows in, published, quarantined, warnings):")
+    for cat in edition.categories:
+        click.echo(f"  {cat.row:>2} {cat.code}")
+        for body in sorted({f.body for f in edition.feeds_for(cat.code)}):
+            st = statuses.get(body)
+            if st is None:
+                click.echo(f"       {body:<14} no status written")
+                continue
+            c = st.category(cat.code)
+            warn = sum(c.warnings_by_rule.values())
+            line = (f"       {body:<14} {c.status:<10} {c.rows_in:>8,} {c.rows_published:>8,}"
+                    f" {c.rows_quarantined:>6,} {warn:>5,}")
+            if c.reason:
+                line += f"  ({c.reason[:110]})"
+            click.echo(line)
 
 
 if __name__ == "__main__":  # pragma: no cover

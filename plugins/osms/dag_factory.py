@@ -46,9 +46,14 @@ DEFAULT_ARGS: dict[str, Any] = {
 
 
 def run_day(context: Any) -> dt.date:
-    """The logical date D of a run: its data interval's first day in Almaty."""
-    start = context["data_interval_start"]
-    return pendulum.instance(start).in_timezone(ALMATY).date()
+    """The date D a run is for: its logical date, as the calendar reads in Almaty.
+
+    Scheduled and backfill runs have logical date = data interval start = D. A
+    manual run keeps the logical date the operator chose (Airflow would infer the
+    interval that *ends* then), so "trigger for 2025-06-01" means D = 2025-06-01.
+    """
+    moment = context.get("logical_date") or context["data_interval_start"]
+    return pendulum.instance(moment).in_timezone(ALMATY).date()
 
 
 def _edition_or_skip(day: dt.date) -> Edition:
@@ -71,7 +76,7 @@ def extract(body: str, system: str, category: str, **context: Any) -> dict[str, 
         raise AirflowSkipException(f"feed {feed_id} is not in force on {day} (edition {edition.code})")
 
     from osms.extract import FeedExtractError, endpoint_from_connection, extract_feed
-    from osms.io import write_bytes_atomic
+    from osms.files import write_bytes_atomic
 
     root = layout.data_dir()
     error_path = layout.extract_error(root, day, body, system, category)

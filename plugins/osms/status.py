@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from osms import layout
-from osms.io import write_bytes_atomic
+from osms.files import write_bytes_atomic
 
 SCHEMA = "osms.status/1"
 Verdict = Literal["published", "held_back", "failed"]

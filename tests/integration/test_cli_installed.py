@@ -41,12 +41,21 @@ def test_iin_check_exit_status(osms: str) -> None:
     assert (ok.returncode, bad.returncode) == (0, 1)
 
 
-def test_run_exercises_the_mocks(osms: str, tmp_path) -> None:
+def test_run_runs_every_agency_dag(osms: str, tmp_path) -> None:
+    import os
+
+    env = {**os.environ, "OSMS_KEY_DIR": str(tmp_path / "keys")}
+    env.pop("AIRFLOW_HOME", None)  # osms run sets up its own embedded Airflow under the data dir
     out = subprocess.run([osms, "run", "--date", "2025-06-01", "--data-dir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
+                         capture_output=True, text=True, timeout=1200, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "edition 2022" in out.stdout and "agency_labour" in out.stdout
-    assert "HTTP" not in out.stdout  # every feed answered 200
+    assert "FAILED" not in out.stdout and "no status written" not in out.stdout
+    statuses = sorted(p.name for p in (tmp_path / "status" / "2025-06-01").glob("*.json"))
+    assert len(statuses) == 8
+    for path in (tmp_path / "status" / "2025-06-01").glob("*.json"):
+        doc = json.loads(path.read_text())
+        assert {c["status"] for c in doc["categories"].values()} <= {"published", "held_back"}
     assert "Not built yet" in out.stdout
 
 
