@@ -79,11 +79,12 @@ def extract(body: str, system: str, category: str, **context: Any) -> dict[str, 
     from osms.files import write_bytes_atomic
 
     root = layout.data_dir()
+    conn_id = f"osms_source_{system}"
     error_path = layout.extract_error(root, day, body, system, category)
     error_path.unlink(missing_ok=True)
     try:
         result = extract_feed(
-            endpoint_from_connection(f"osms_source_{system}"),
+            endpoint_from_connection(conn_id),
             body=body,
             system=system,
             category=category,
@@ -92,15 +93,20 @@ def extract(body: str, system: str, category: str, **context: Any) -> dict[str, 
             columns=edition.category(category).record_columns,
         )
     except Exception as exc:
+        schema_change = isinstance(exc, FeedExtractError) and exc.schema_change
+        message = str(exc) if isinstance(exc, FeedExtractError) else f"feed {feed_id} for {day}: {type(exc).__name__}: {exc}"
+        message = f"{message} (connection {conn_id})"
         # Kept beside the landing file so the status can say why; the message names
-        # the feed, the date and the cause, never a record's content.
+        # the feed, the date, the connection and the cause, never a record's content.
         write_bytes_atomic(
-            json.dumps({"feed": feed_id, "as_of": day.isoformat(), "error": str(exc)}, ensure_ascii=False).encode(),
+            json.dumps({"feed": feed_id, "as_of": day.isoformat(), "connection": conn_id,
+                        "kind": "schema_change" if schema_change else "extract_failed", "error": message},
+                       ensure_ascii=False).encode(),
             error_path,
         )
         if isinstance(exc, FeedExtractError):
             # transient faults were already retried by the client: this one is final
-            raise AirflowFailException(str(exc)) from None
+            raise AirflowFailException(message) from None
         raise
     return result.as_dict()
 
@@ -164,16 +170,25 @@ def _category_status(root: Any, ti: Any, day: dt.date, edition: Edition, body: s
 
     feeds = [f for f in edition.feeds if f.body == body and f.category == category]
     feed_info: dict[str, dict[str, Any]] = {}
-    errors = []
+    errors: list[str] = []
+    schema_changes: list[str] = []
     for f in feeds:
         counts = ti.xcom_pull(task_ids=f"{category}.extract_{f.system}")
         if counts:
             feed_info[f.system] = {k: counts[k] for k in ("rows", "pages", "retries") if k in counts}
         error_path = layout.extract_error(root, day, body, f.system, category)
         if error_path.exists():
-            message = json.loads(error_path.read_text(encoding="utf-8"))["error"]
-            feed_info[f.system] = {"error": message}
-            errors.append(f"{f.system}: {message}")
+            error = json.loads(error_path.read_text(encoding="utf-8"))
+            feed_info[f.system] = {"error": error["error"], "kind": error.get("kind", "extract_failed")}
+            if error.get("kind") == "schema_change":
+                schema_changes.append(f"{f.system}: {error['error']}")
+            else:
+                errors.append(f"{f.system}: {error['error']}")
+    if schema_changes and not errors:
+        # the source answered, but with other columns than the decree's contract:
+        # a batch-level verdict on the data, not a failure to get it
+        return CategoryStatus(category=category, status="held_back",
+                              reason="schema change: " + "; ".join(schema_changes), feeds=feed_info)
     outcome = ti.xcom_pull(task_ids=f"{category}.validate")
     if errors or not outcome:
         reason = "; ".join(errors) if errors else "validation did not complete (see the validate task's log)"

@@ -52,6 +52,7 @@ __all__ = [
     "FeedExtractError",
     "LINEAGE_COLUMNS",
     "PageError",
+    "SchemaChange",
     "SourceClient",
     "SourceEndpoint",
     "arrow_type",
@@ -168,14 +169,20 @@ class FeedExtractError(RuntimeError):
         status: int | None = None,
         attempts: int = 1,
         page: int | None = None,
+        schema_change: bool = False,
     ) -> None:
         self.body, self.system, self.category, self.as_of = body, system, category, as_of
         self.cause, self.status, self.attempts, self.page = cause, status, attempts, page
+        self.schema_change = schema_change
         super().__init__(f"feed {body}.{system}.{category} for {as_of.isoformat()}: {cause}")
 
 
 class PageError(ValueError):
     """A page that is persistently wrong (not JSON, wrong columns or types); the message has no record content."""
+
+
+class SchemaChange(PageError):
+    """The source serves other columns than the registry declares (renamed, dropped or new ones)."""
 
 
 @dataclass(frozen=True)
@@ -307,7 +314,7 @@ def parse_page(data: bytes, columns: Sequence[Column], *, page: int) -> pa.Table
     if isinstance(first, dict):
         problem = check_columns(list(first), declared)
         if problem:
-            raise PageError(f"page {page}: {problem}")
+            raise SchemaChange(f"page {page}: {problem}")
     try:
         table = _read_json(data, _json_schema(columns))
     except pa.ArrowInvalid:
@@ -418,7 +425,7 @@ def _locate_bad_line(data: bytes, columns: Sequence[Column], page: int) -> PageE
             return PageError(f"{where}: not a JSON object")
         problem = check_columns(list(record), declared)
         if problem:
-            return PageError(f"{where}: {problem}")
+            return SchemaChange(f"{where}: {problem}")
         rid = record.get(SORT_KEY)
         ref = f" (record_id {rid})" if isinstance(rid, str) and 0 < len(rid) <= 64 else ""
         for col in columns:
@@ -764,7 +771,7 @@ def extract_feed(
         if isinstance(exc, _Refused):
             raise failed(f"page {number}: {exc.cause} (not retried)", status=exc.status, page=number) from None
         if isinstance(exc, PageError):
-            raise failed(str(exc), page=number) from None
+            raise failed(str(exc), page=number, schema_change=isinstance(exc, SchemaChange)) from None
         raise
     finally:
         client.close()
