@@ -1,0 +1,152 @@
+"""Builds the daily package DAG: wait for the 8 statuses, build, sign, deliver, report.
+
+Time-scheduled (not asset-triggered) like the agency DAGs, so operators can
+backfill any range of dates and get the same packages as the scheduled runs.
+A body whose status does not arrive by the cutoff counts as failed: its
+categories are carried forward, never read as removals.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import DAG, BaseSensorOperator, CronDataIntervalTimetable, task
+from airflow.sdk.exceptions import AirflowSkipException
+from airflow.task.trigger_rule import TriggerRule
+
+from osms import layout
+from osms.dag_factory import ALMATY, OWNER, START_DATE, run_day
+from osms.registry import NoEditionInForce, default_registry
+
+DAG_ID = "osms_daily_package"
+# After the agency DAGs (00:30): the package for D is built once they have reported.
+SCHEDULE = "45 0 * * *"
+# Bodies report within minutes normally; wait up to 5 hours, so that the package
+# is still delivered before the 07:00 deadline when one body is late.
+STATUS_WAIT = timedelta(hours=5)
+SIGNING_KEY_VARIABLE = "osms_signing_key"
+
+
+class BodyStatusSensor(BaseSensorOperator):
+    """Waits for a body's status file for D; deferrable, so waiting holds no worker slot."""
+
+    template_fields = ()
+
+    def __init__(self, *, body: str, deferrable: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.body = body
+        self.deferrable = deferrable
+
+    def _path(self, context: Any) -> Any:
+        return layout.status(layout.data_dir(), run_day(context), self.body)
+
+    def poke(self, context: Any) -> bool:
+        """Whether the body's status for D has been written."""
+        return self._path(context).exists()
+
+    def execute(self, context: Any) -> None:
+        day = run_day(context)
+        try:
+            edition = default_registry().edition_on(day)
+        except NoEditionInForce as exc:
+            raise AirflowSkipException(str(exc)) from None
+        if self.body not in {b.code for b in edition.bodies}:
+            raise AirflowSkipException(f"{self.body} is not a responsible body on {day} (edition {edition.code})")
+        if self.poke(context):
+            return None
+        if not self.deferrable:
+            return super().execute(context)  # the usual poke loop
+        # A body that never reports makes the wait time out: the sensor fails, and
+        # build_package (all_done) counts the body as failed and carries it forward.
+        from airflow.providers.standard.triggers.file import FileTrigger
+
+        self.defer(
+            trigger=FileTrigger(filepath=str(self._path(context)), poke_interval=30.0),
+            method_name="execute_complete",
+            timeout=self.timeout if isinstance(self.timeout, timedelta) else timedelta(seconds=float(self.timeout)),
+        )
+
+    def execute_complete(self, context: Any, event: Any = None) -> None:
+        """The status file appeared."""
+        return None
+
+
+@task(task_id="build_package", trigger_rule=TriggerRule.ALL_DONE)
+def build(**context: Any) -> dict[str, Any]:
+    """Consolidate the validated data of D (carrying forward what is missing), gate it, sign it."""
+    from airflow.sdk import Variable
+
+    import osms
+    from osms.package import build_package
+
+    day = run_day(context)
+    key = Variable.get(SIGNING_KEY_VARIABLE)
+    result = build_package(day=day, data_dir=layout.data_dir(), signing_key_pem=key.encode(),
+                           producer_version=osms.__version__)
+    return {
+        "package_id": result.package_id,
+        "path": str(result.path),
+        "manifest_sha256": result.manifest_sha256,
+        "rows": result.rows,
+        "categories": {code: {k: v for k, v in c.items() if k in ("status", "rows")} for code, c in
+                       result.categories.items()},
+    }
+
+
+@task(task_id="deliver", retries=12, retry_delay=timedelta(minutes=5), retry_exponential_backoff=0)
+def deliver(built: dict[str, Any], **context: Any) -> dict[str, Any]:
+    """Upload and commit the package to the State Corporation; keep the receipt beside it.
+
+    Safe to retry: a delivered package is recognised by its receipt and never sent
+    twice; a package whose predecessor is not delivered yet fails this try and is
+    retried later (DeliveryWaiting), so packages arrive in order.
+    """
+    from pathlib import Path
+
+    from osms.deliver import deliver_package, endpoint_from_connection
+
+    receipt, new = deliver_package(Path(built["path"]), endpoint_from_connection("osms_state_corp"),
+                                   data_dir=layout.data_dir())
+    return {"receipt_id": receipt.receipt_id, "package_id": receipt.package_id, "newly_delivered": new}
+
+
+@task(task_id="report")
+def report(built: dict[str, Any], receipt: dict[str, Any], **context: Any) -> dict[str, Any]:
+    """Log the day's outcome (counts only) for the run's log and the UI."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    day = run_day(context)
+    for code, c in sorted(built["categories"].items()):
+        log.info("%s %s: %s, %s rows", day, code, c["status"], c["rows"])
+    log.info("package %s (%s rows) receipt %s%s", built["package_id"], built["rows"], receipt["receipt_id"],
+             "" if receipt["newly_delivered"] else " (already delivered earlier)")
+    return {"package_id": built["package_id"], "receipt_id": receipt["receipt_id"]}
+
+
+def build_package_dag() -> DAG:
+    """The daily package DAG."""
+    bodies = default_registry().all_bodies()
+    with DAG(
+        dag_id=DAG_ID,
+        description="One consolidated, signed package a day for the State Corporation (Decree No. 660)",
+        schedule=CronDataIntervalTimetable(SCHEDULE, timezone=ALMATY),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,  # packages form a chain: one date at a time, in order
+        default_args={"owner": OWNER, "retries": 2, "retry_delay": timedelta(minutes=2)},
+        tags=["osms", "package"],
+        doc_md=__doc__ + "\n\nSigning key: Airflow variable `osms_signing_key` (PEM). Receiver: connection"
+        " `osms_state_corp`.",
+    ) as dag:
+        waits = [
+            BodyStatusSensor(task_id=f"wait_for_{b.code}", body=b.code, timeout=STATUS_WAIT, poke_interval=60,
+                             retries=0)
+            for b in bodies
+        ]
+        built = build()
+        waits >> built
+        report(built, deliver(built))
+    return dag
