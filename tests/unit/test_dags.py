@@ -82,3 +82,18 @@ def test_parsing_is_fast_and_light() -> None:
     assert doc["dags"] >= 8
     assert doc["heavy"] == [m for m in doc["heavy"] if m == "numpy"]  # numpy may come with Airflow; never pandas/GX/pyarrow
     assert doc["seconds"] < 10
+
+
+def test_package_dag_shape(dagbag) -> None:
+    dag = dagbag.dags["osms_daily_package"]
+    bodies = {b.code for b in default_registry().all_bodies()}
+    waits = {t.task_id for t in dag.tasks if t.task_id.startswith("wait_for_")}
+    assert waits == {f"wait_for_{b}" for b in bodies}
+    build = dag.get_task("build_package")
+    assert build.upstream_task_ids == waits and build.trigger_rule == "all_done"
+    assert dag.get_task("deliver").upstream_task_ids == {"build_package"}
+    assert dag.get_task("report").upstream_task_ids == {"build_package", "deliver"}
+    assert dag.max_active_runs == 1 and dag.catchup is False
+    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"  # time-scheduled: backfillable
+    sensor = dag.get_task("wait_for_labour")
+    assert sensor.deferrable is True
