@@ -1,0 +1,434 @@
+"""Real Airflow components on one machine: API server, scheduler and DAG processor on 127.0.0.1.
+
+What a backfill needs in Airflow 3: the scheduler runs the backfill's runs (its
+LocalExecutor forks the tasks), the tasks talk to the API server's execution API,
+and the DAG processor serializes the DAGs the other two read. Everything shares one
+embedded SQLite database under a private ``AIRFLOW_HOME``.
+
+    with LocalAirflow(home, extra_env=mocks.airflow_env() | {"OSMS_DATA_DIR": ...}) as af:
+        af.start()                           # db migrate, then the three components
+        af.wait_for_dag("agency_courts")     # serialized by the DAG processor
+        af.api("PATCH", "/api/v2/dags/agency_courts", json={"is_paused": False})
+        af.cli("backfill", "create", ...)
+    # every process stopped, process groups and task processes included
+
+Every server listens on 127.0.0.1 only: the API server is bound there; the scheduler's
+log server (which would bind every interface) and its health check are not started, and
+no triggerer is run (it would serve logs the same way). Task logs are read by the API
+server from the shared local log folder.
+The environment is hermetic: inherited ``AIRFLOW*`` variables are dropped (a test
+runner's unit-test mode must not reach real components) and only what is given here
+and in ``extra_env`` applies. The REST API is reached with a JWT from the simple auth
+manager for the user ``admin``, whose password is generated into ``AIRFLOW_HOME`` (0600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+ALMATY = "Asia/Almaty"
+HOST = "127.0.0.1"
+COMPONENTS = ("api-server", "scheduler", "dag-processor")
+
+
+class AirflowLocalError(RuntimeError):
+    """A component did not start, answer or stop as expected; the message carries its log tail."""
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def airflow_executable() -> str:
+    """The ``airflow`` script of the running interpreter's environment."""
+    return str(Path(sys.executable).with_name("airflow"))
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a text file ('' when it does not exist)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Component:
+    """One running component: its process (a group leader) and its log."""
+
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+
+@dataclass
+class LocalAirflow:
+    """Airflow's API server, scheduler and DAG processor on 127.0.0.1 with embedded SQLite.
+
+    ``home`` becomes ``AIRFLOW_HOME`` (database, config, logs, component logs under
+    ``home/logs/components``). ``use_job_schedule=False`` keeps the scheduler from creating
+    scheduled runs (backfills, manual runs and cleared runs still run).
+    """
+
+    home: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    dags_folder: Path = ROOT / "dags"
+    plugins_folder: Path = ROOT / "plugins"
+    executor: str = "LocalExecutor"
+    parallelism: int = 2
+    port: int = 0  # 0: a free port on 127.0.0.1
+    use_job_schedule: bool = True
+    timezone: str = ALMATY
+    components: list[Component] = field(default_factory=list, init=False)
+    _seen: list[Any] = field(default_factory=list, init=False, repr=False)  # psutil.Process of all we stopped
+    _token: str | None = field(default=None, init=False, repr=False)
+    _jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(64), init=False, repr=False)
+    _api_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.home = Path(self.home).resolve()
+        if not self.port:
+            self.port = free_port()
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def url(self) -> str:
+        """The API server's base URL."""
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs" / "components"
+
+    @property
+    def passwords_file(self) -> Path:
+        return self.home / "simple_auth_manager_passwords.json"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of every Airflow process of this installation (CLI calls included)."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        return {
+            **base,
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.plugins_folder),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__CORE__DEFAULT_TIMEZONE": self.timezone,
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
+            "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+            "AIRFLOW__API__HOST": HOST,
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__BASE_URL": self.url,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__SECRET_KEY": self._api_secret,
+            "AIRFLOW__API_AUTH__JWT_SECRET": self._jwt_secret,
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": str(self.use_job_schedule),
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": HOST,
+            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": str(max(1, min(2, self.parallelism))),
+            **self.extra_env,
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def migrate(self, timeout: float = 180) -> None:
+        """Create or upgrade the embedded database."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        out = self.cli("db", "migrate", timeout=timeout, check=False)
+        if out.returncode != 0:
+            raise AirflowLocalError(f"airflow db migrate failed ({out.returncode}):\n{out.stdout[-3000:]}")
+
+    def start(self, components: Sequence[str] = COMPONENTS, *, migrate: bool = True,
+              timeout: float = 120) -> LocalAirflow:
+        """Migrate, start the components and wait until the API server reports them healthy."""
+        unknown = set(components) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown components {sorted(unknown)}; known: {COMPONENTS}")
+        if migrate:
+            self.migrate()
+        self._write_password()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            for name in components:
+                self.components.append(self._spawn(name))
+            self.wait_healthy(components, timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, name: str) -> Component:
+        args = [airflow_executable(), name]
+        if name == "api-server":
+            args += ["--host", HOST, "--port", str(self.port), "--workers", "1"]
+        elif name == "scheduler":
+            args += ["--skip-serve-logs"]  # task logs are read from the shared local folder
+        log = self.log_dir / f"{name}.log"
+        with log.open("ab") as fh:
+            proc = subprocess.Popen(args, env=self.env, cwd=self.home, stdin=subprocess.DEVNULL, stdout=fh,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        return Component(name=name, proc=proc, log=log)
+
+    def _write_password(self) -> None:
+        if self.passwords_file.exists():
+            return
+        fd = os.open(self.passwords_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"admin": secrets.token_urlsafe(16)}, fh)
+
+    def stop(self, timeout: float = 30) -> list[str]:
+        """Stop every component and everything it started; return what had to be killed.
+
+        The scheduler goes first (its executor ends its workers), then the DAG processor,
+        then the API server (tasks still finishing talk to it). Each component's process
+        group gets SIGTERM, then SIGKILL after ``timeout``; task and parsing processes put
+        themselves in groups of their own, so every descendant seen before the stop is
+        killed too if it outlives its component.
+        """
+        import psutil
+
+        order = {"scheduler": 0, "dag-processor": 1, "api-server": 2}
+        killed: list[str] = []
+        for comp in sorted(self.components, key=lambda c: order.get(c.name, 9)):
+            try:
+                descendants = psutil.Process(comp.proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                descendants = []
+            try:
+                self._seen.append(psutil.Process(comp.proc.pid))
+            except psutil.NoSuchProcess:
+                pass
+            self._seen.extend(descendants)
+            _signal_group(comp.proc.pid, signal.SIGTERM)
+            try:
+                comp.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                killed.append(comp.name)
+                _signal_group(comp.proc.pid, signal.SIGKILL)
+                comp.proc.wait(timeout=10)
+            _, alive = psutil.wait_procs(descendants, timeout=5)
+            for p in alive:
+                killed.append(f"{comp.name} child {p.pid} {' '.join(_cmdline(p))[:80]}")
+                try:
+                    os.killpg(p.pid, signal.SIGKILL) if _is_group_leader(p.pid) else p.kill()
+                except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+                    pass
+            _signal_group(comp.proc.pid, signal.SIGKILL)  # anything started in its group after the snapshot
+            psutil.wait_procs(alive, timeout=5)
+        self.components.clear()
+        return killed
+
+    def leftovers(self) -> list[str]:
+        """Processes seen at stop (components and their descendants) that still run: none after a clean stop."""
+        import psutil
+
+        alive = []
+        for p in self._seen:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{p.pid} {' '.join(_cmdline(p))[:120]}")
+            except psutil.NoSuchProcess:
+                pass
+        return alive
+
+    def __enter__(self) -> LocalAirflow:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ health and diagnostics
+
+    def check_alive(self) -> None:
+        """Raise with the log tail of any component that has exited."""
+        for comp in self.components:
+            if comp.proc.poll() is not None:
+                raise AirflowLocalError(f"airflow {comp.name} exited with {comp.proc.returncode}\n"
+                                        + self.logs_tail())
+
+    def task_processes(self) -> list[int]:
+        """PIDs of the task processes the scheduler's LocalExecutor runs now.
+
+        The executor's workers are the scheduler's children; each runs a task in a child of
+        its own (the Task SDK supervisor forks it), so a task process is a grandchild or deeper.
+        """
+        import psutil
+
+        scheduler = next((c for c in self.components if c.name == "scheduler"), None)
+        if scheduler is None:
+            return []
+        try:
+            root = psutil.Process(scheduler.proc.pid)
+            workers = root.children()
+            return [p.pid for w in workers for p in w.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def wait_tasks_finished(self, timeout: float = 60) -> None:
+        """Wait until no task process runs (a run can be marked done while its last task process exits)."""
+        self.poll(lambda: not self.task_processes(), timeout=timeout, interval=0.2,
+                  what="the executor's task processes to exit")
+
+    def listening(self) -> list[tuple[str, int, str, int]]:
+        """Every listening TCP socket of the components and their descendants: (component, pid, ip, port)."""
+        import psutil
+
+        out = []
+        for comp in self.components:
+            try:
+                root = psutil.Process(comp.proc.pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            for p in procs:
+                try:
+                    conns = p.net_connections(kind="inet")
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                out += [(comp.name, p.pid, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+        return out
+
+    def logs_tail(self, lines: int = 40, names: Iterable[str] | None = None) -> str:
+        """The tails of the component logs, for failure messages."""
+        out = []
+        for comp in self.components:
+            if names is None or comp.name in names:
+                out.append(f"----- {comp.name} ({comp.log}) -----\n{tail(comp.log, lines)}")
+        return "\n".join(out)
+
+    def health(self) -> dict[str, Any] | None:
+        """``/api/v2/monitor/health`` (no auth needed), or None while the API server does not answer."""
+        import httpx
+
+        try:
+            r = httpx.get(f"{self.url}/api/v2/monitor/health", timeout=5)
+        except httpx.HTTPError:
+            return None
+        return r.json() if r.status_code == 200 else None
+
+    def wait_healthy(self, components: Sequence[str] = COMPONENTS, timeout: float = 120) -> dict[str, Any]:
+        """Poll the health endpoint until the database and the given components are healthy."""
+        keys = {"api-server": "metadatabase", "scheduler": "scheduler", "dag-processor": "dag_processor"}
+        wanted = [keys[c] for c in components]
+        last: dict[str, Any] | None = None
+
+        def ready() -> bool:
+            nonlocal last
+            self.check_alive()
+            last = self.health()
+            return bool(last) and all((last.get(k) or {}).get("status") == "healthy" for k in wanted)
+
+        try:
+            self.poll(ready, timeout=timeout, what=f"{', '.join(components)} to be healthy")
+        except AirflowLocalError as exc:
+            raise AirflowLocalError(f"{exc}\nlast health answer: {last}") from None
+        assert last is not None
+        return last
+
+    def poll(self, condition: Callable[[], Any], *, timeout: float, interval: float = 0.5, what: str = "") -> Any:
+        """Call ``condition`` until it returns something truthy; fail with the log tails after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = condition()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AirflowLocalError(f"timed out after {timeout:g} s waiting for {what}\n" + self.logs_tail())
+            time.sleep(interval)
+
+    # ------------------------------------------------------------------ talking to it
+
+    def cli(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        """Run ``airflow <args>`` against this installation; output (stdout+stderr) in ``.stdout``."""
+        out = subprocess.run([airflow_executable(), *args], env=self.env, cwd=self.home, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+                             start_new_session=True)
+        if check and out.returncode != 0:
+            raise AirflowLocalError(f"`airflow {' '.join(args)}` failed ({out.returncode}):\n{out.stdout[-3000:]}")
+        return out
+
+    def token(self) -> str:
+        """A JWT for the REST API (user ``admin``)."""
+        if self._token is None:
+            import httpx
+
+            password = json.loads(self.passwords_file.read_text(encoding="utf-8"))["admin"]
+            r = httpx.post(f"{self.url}/auth/token", json={"username": "admin", "password": password}, timeout=10)
+            if r.status_code not in (200, 201):
+                raise AirflowLocalError(f"POST /auth/token answered {r.status_code}: {r.text[:500]}")
+            self._token = r.json()["access_token"]
+        return self._token
+
+    def api(self, method: str, path: str, *, ok: Sequence[int] = (200,), **kwargs: Any) -> Any:
+        """Call the REST API; return the JSON answer, or None for a status outside ``ok`` that is 404."""
+        import httpx
+
+        r = httpx.request(method, f"{self.url}{path}", headers={"Authorization": f"Bearer {self.token()}"},
+                          timeout=30, **kwargs)
+        if r.status_code in ok:
+            return r.json() if r.content else None
+        if r.status_code == 404:
+            return None
+        raise AirflowLocalError(f"{method} {path} answered {r.status_code}: {r.text[:1000]}")
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 120) -> dict[str, Any]:
+        """Wait until the DAG processor has serialized ``dag_id`` and the API server knows it."""
+        def known() -> Any:
+            self.check_alive()
+            return self.api("GET", f"/api/v2/dags/{dag_id}")
+
+        return self.poll(known, timeout=timeout, what=f"DAG {dag_id} to be parsed")
+
+    def dag_runs(self, dag_id: str, **params: Any) -> list[dict[str, Any]]:
+        """The DAG's runs (``run_type=backfill`` and other filters of the REST API as keywords)."""
+        answer = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns",
+                          params={"limit": 100, "order_by": "logical_date", **params})
+        return list((answer or {}).get("dag_runs", []))
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        answer = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
+        return list((answer or {}).get("task_instances", []))
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _is_group_leader(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
+
+
+def _cmdline(p: Any) -> list[str]:
+    try:
+        return list(p.cmdline())
+    except Exception:  # gone or not readable: the PID says enough
+        return []
