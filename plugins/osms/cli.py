@@ -228,6 +228,37 @@ def mocks_ground_truth(config_file: str | None, seed: int | None, scale: float |
         click.echo(f"  {kind:<26} {count}")
 
 
+# --------------------------------------------------------------------------- package
+
+
+@main.group()
+def package() -> None:
+    """The consolidated daily package."""
+
+
+@package.command("verify")
+@click.argument("package_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--public-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Ed25519 public key (PEM); default: the development key.")
+@click.option("--previous", type=click.Path(exists=True, file_okay=False), default=None,
+              help="The previous package's directory, to check the chain link (default: found beside it).")
+def package_verify(package_dir: str, public_key: str | None, previous: str | None) -> None:
+    """Check every checksum, the signature and the chain link of a package; name what is wrong."""
+    from pathlib import Path
+
+    from osms.keys import ensure_dev_keypair
+    from osms.package import verify_package
+
+    key_path = Path(public_key) if public_key else ensure_dev_keypair()[1]
+    problems = verify_package(Path(package_dir), key_path.read_bytes(),
+                              previous_manifest=Path(previous) / "manifest.json" if previous else None)
+    if problems:
+        for p in problems:
+            click.echo(f"FAIL {p}")
+        sys.exit(1)
+    click.echo(f"OK {package_dir}: checksums, signature and chain link verified")
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -235,12 +266,14 @@ def mocks_ground_truth(config_file: str | None, seed: int | None, scale: float |
 @click.option("--date", "day", type=DATE, default=None, help="Logical date (default: yesterday in Asia/Almaty).")
 @click.option("--data-dir", default="data", show_default=True, help="Working data root.")
 def run(day: dt.date | None, data_dir: str) -> None:
-    """Run the daily job for a date: mocks, the agency DAGs on embedded SQLite, a summary."""
+    """Run the daily job for a date: mocks, 8 agency DAGs and the package DAG on embedded SQLite."""
+    import json
     from pathlib import Path
 
     from mocks.config import MockConfig
     from mocks.service import start_mocks
-    from osms.local_run import airflow_env, migrate, run_agencies
+    from osms import layout
+    from osms.local_run import airflow_env, migrate, run_day_dags, signing_env
 
     day = day or yesterday_in_almaty()
     _, edition = _edition_or_exit(day)
@@ -250,40 +283,56 @@ def run(day: dt.date | None, data_dir: str) -> None:
         f" {len(edition.bodies)} bodies, {len(edition.feeds)} feeds; data in {root}"
     )
     cfg = MockConfig(data_dir=root / "mocks")
+    import logging
+
+    logging.getLogger("mocks").setLevel(logging.WARNING)  # the receiver's own log is in its state dir
     click.echo("starting the mock source systems and State Corporation on 127.0.0.1 ...")
     with start_mocks(cfg, progress=True) as services:
         click.echo(f"  sources {services.sources_url}, receiver {services.state_corp_url}")
-        env = airflow_env(root, services.airflow_env())
+        env = airflow_env(root, {**services.airflow_env(), **signing_env()})
         click.echo("preparing the embedded Airflow metadata database (SQLite) ...")
         migrate(env)
-        click.echo("running the agency DAGs:")
-        results, statuses = run_agencies(day, root, env, say=click.echo)
-    _print_summary(edition, statuses)
-    click.echo(
-        "\nNot built yet: the consolidated package DAG (merge, changes, manifest, signature) and its\n"
-        "delivery to the State Corporation; `osms run` will run it after the agency DAGs once it exists."
-    )
-    if not all(r.ok for r in results):
-        failed = ", ".join(r.dag_id for r in results if not r.ok)
-        click.echo(f"\nSome agency runs did not succeed: {failed}. Their statuses above say why;"
-                   f" logs under {root / 'airflow' / 'logs'}.")
+        click.echo(f"running the DAGs for {day.isoformat()} (logs in {root / 'airflow' / 'logs' / f'run-{day}'}):")
+        results, statuses = run_day_dags(day, root, env, say=click.echo)
+    package = layout.package_dir(root, day)
+    quality = json.loads((package / "quality.json").read_text()) if (package / "quality.json").exists() else None
+    _print_summary(edition, statuses, quality)
+    receipt = package / "receipt.json"
+    if receipt.exists():
+        r = json.loads(receipt.read_text())
+        click.echo(f"\npackage {package}\nreceipt {r['receipt_id']} (received {r.get('received_at')})")
+    else:
+        click.echo(f"\nno package was delivered for {day.isoformat()}")
+    failed = [r.dag_id for r in results if not r.ok]
+    if failed:
+        click.echo(f"\nruns that did not succeed: {', '.join(failed)} (the statuses above say why).")
+    if not receipt.exists():
+        sys.exit(1)
 
 
-def _print_summary(edition: Edition, statuses: dict[str, Any]) -> None:
-    click.echo("\nPer category (body: status, rows in, published, quarantined, warnings):")
+def _print_summary(edition: Edition, statuses: dict[str, Any], quality: dict[str, Any] | None) -> None:
+    click.echo("\nPer category and body: status, rows in, published, quarantined, warnings, carried forward")
+    q_cats = (quality or {}).get("categories", {})
     for cat in edition.categories:
-        click.echo(f"  {cat.row:>2} {cat.code}")
+        q = q_cats.get(cat.code, {})
+        head = f"  {cat.row:>2} {cat.code}"
+        if q:
+            head += f"  -> package: {q.get('status')}, {q.get('rows', 0):,} rows"
+        click.echo(head)
         for body in sorted({f.body for f in edition.feeds_for(cat.code)}):
             st = statuses.get(body)
+            qb = q.get("bodies", {}).get(body, {}) if q else {}
+            carried = qb.get("carried_forward_from")
+            carried_text = f" carried forward from {carried}" if carried else ""
             if st is None:
-                click.echo(f"       {body:<14} no status written")
+                click.echo(f"       {body:<14} no status written{carried_text}")
                 continue
             c = st.category(cat.code)
             warn = sum(c.warnings_by_rule.values())
             line = (f"       {body:<14} {c.status:<10} {c.rows_in:>8,} {c.rows_published:>8,}"
-                    f" {c.rows_quarantined:>6,} {warn:>5,}")
+                    f" {c.rows_quarantined:>6,} {warn:>5,}{carried_text}")
             if c.reason:
-                line += f"  ({c.reason[:110]})"
+                line += f"  ({c.reason[:100]})"
             click.echo(line)
 
 

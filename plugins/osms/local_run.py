@@ -82,17 +82,28 @@ def run_dag(dag_id: str, day: dt.date, env: dict[str, str], log_dir: Path) -> Da
     return DagRunResult(dag_id=dag_id, ok=ok, seconds=time.perf_counter() - start, log=log)
 
 
-def run_agencies(day: dt.date, data_dir: Path, env: dict[str, str],
+def run_day_dags(day: dt.date, data_dir: Path, env: dict[str, str], *, package: bool = True,
                  say: Callable[[str], None] = print) -> tuple[list[DagRunResult], dict[str, BodyStatus | None]]:
-    """Run every body's agency DAG for D; return the runs and the statuses they wrote."""
+    """Run every body's agency DAG for D, then the package DAG; return the runs and the statuses."""
+    from osms.package_dag import DAG_ID
+
     edition = default_registry().edition_on(day)
     log_dir = data_dir / "airflow" / "logs" / f"run-{day.isoformat()}"
+    dag_ids = [b.dag_id for b in edition.bodies] + ([DAG_ID] if package else [])
     results = []
-    for i, body in enumerate(edition.bodies, 1):
-        say(f"  [{i}/{len(edition.bodies)}] {body.dag_id:<22} ...")
-        result = run_dag(body.dag_id, day, env, log_dir)
+    for i, dag_id in enumerate(dag_ids, 1):
+        started = time.perf_counter()
+        result = run_dag(dag_id, day, env, log_dir)
         results.append(result)
-        say(f"      {'done' if result.ok else 'FAILED'} in {result.seconds:,.0f} s"
-            + ("" if result.ok else f" (log: {result.log})"))
+        say(f"  [{i}/{len(dag_ids)}] {dag_id:<22} {'done' if result.ok else 'FAILED'}"
+            f" in {time.perf_counter() - started:,.0f} s" + ("" if result.ok else f" (log: {result.log})"))
     statuses = {b.code: read_status(data_dir, day, b.code) for b in edition.bodies}
     return results, statuses
+
+
+def signing_env() -> dict[str, str]:
+    """The development signing key as the Airflow variable the package DAG reads."""
+    from osms.keys import ensure_dev_keypair
+
+    private, _ = ensure_dev_keypair()
+    return {"AIRFLOW_VAR_OSMS_SIGNING_KEY": private.read_text()}

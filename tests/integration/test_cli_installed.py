@@ -41,22 +41,38 @@ def test_iin_check_exit_status(osms: str) -> None:
     assert (ok.returncode, bad.returncode) == (0, 1)
 
 
-def test_run_runs_every_agency_dag(osms: str, tmp_path) -> None:
+def _osms_run(osms: str, data: Path, day: str, keys: Path) -> subprocess.CompletedProcess:
     import os
 
-    env = {**os.environ, "OSMS_KEY_DIR": str(tmp_path / "keys")}
+    env = {**os.environ, "OSMS_KEY_DIR": str(keys)}
     env.pop("AIRFLOW_HOME", None)  # osms run sets up its own embedded Airflow under the data dir
-    out = subprocess.run([osms, "run", "--date", "2025-06-01", "--data-dir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=1200, env=env)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "edition 2022" in out.stdout and "agency_labour" in out.stdout
-    assert "FAILED" not in out.stdout and "no status written" not in out.stdout
-    statuses = sorted(p.name for p in (tmp_path / "status" / "2025-06-01").glob("*.json"))
-    assert len(statuses) == 8
-    for path in (tmp_path / "status" / "2025-06-01").glob("*.json"):
+    return subprocess.run([osms, "run", "--date", day, "--data-dir", str(data)],
+                          capture_output=True, text=True, timeout=1200, env=env)
+
+
+def test_run_delivers_the_package_once_and_identically(osms: str, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    first = _osms_run(osms, tmp_path / "data", "2025-06-01", keys)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "edition 2022" in first.stdout and "agency_labour" in first.stdout
+    assert "FAILED" not in first.stdout and "no status written" not in first.stdout
+    assert "receipt RCPT-" in first.stdout
+    status_dir = tmp_path / "data" / "status" / "2025-06-01"
+    assert len(list(status_dir.glob("*.json"))) == 8
+    for path in status_dir.glob("*.json"):
         doc = json.loads(path.read_text())
         assert {c["status"] for c in doc["categories"].values()} <= {"published", "held_back"}
-    assert "Not built yet" in out.stdout
+    package = tmp_path / "data" / "packages" / "2025-06-01"
+    files = {p.name: p.read_bytes() for p in package.iterdir() if p.is_file()}
+    assert {"records.parquet", "changes.parquet", "quality.json", "manifest.json", "manifest.sig",
+            "receipt.json"} <= set(files)
+
+    second = _osms_run(osms, tmp_path / "data", "2025-06-01", keys)
+    assert second.returncode == 0, second.stdout[-3000:]
+    again = {p.name: p.read_bytes() for p in package.iterdir() if p.is_file()}
+    assert again == files  # byte-identical package, the same receipt
+    ledger = (tmp_path / "data" / "mocks" / "state" / "state_corp" / "ledger.jsonl").read_text().splitlines()
+    assert len(ledger) == 1  # delivered once
 
 
 def test_mocks_serve_prints_urls_and_stops_on_ctrl_c(osms: str, tmp_path) -> None:
