@@ -119,35 +119,16 @@ class SourceEndpoint:
     backoff_max: float = 30.0
 
 
+# Connection extras that tune an endpoint, with their types.
+CONNECTION_EXTRAS = {"page_size": int, "timeout": float, "max_retries": int, "backoff_base": float, "backoff_max": float}
+
+
 def endpoint_from_connection(conn_id: str) -> SourceEndpoint:
     """Read the Airflow connection ``conn_id`` (e.g. from ``AIRFLOW_CONN_<ID>``) as a SourceEndpoint."""
-    from airflow.sdk import BaseHook  # lazily: no airflow at import time
+    from osms.connections import http_connection
 
-    conn = BaseHook.get_connection(conn_id)
-    host = (conn.host or "").strip().rstrip("/")
-    if not host:
-        raise ValueError(f"connection {conn_id!r} has no host")
-    if "://" in host:
-        base_url = host
-    else:
-        scheme = (conn.schema or "http").lower()
-        if scheme not in ("http", "https"):
-            scheme = "https" if (conn.conn_type or "").lower() == "https" else "http"
-        base_url = f"{scheme}://{host}"
-    if conn.port and not base_url.rsplit("/", 1)[-1].count(":"):
-        base_url = f"{base_url}:{conn.port}"
-    if not conn.password:
-        raise ValueError(f"connection {conn_id!r} has no password (the source's bearer token)")
-    extra = conn.extra_dejson or {}
-    settings: dict[str, Any] = {}
-    for name, kind in (("page_size", int), ("timeout", float), ("max_retries", int),
-                       ("backoff_base", float), ("backoff_max", float)):
-        if extra.get(name) is not None:
-            try:
-                settings[name] = kind(extra[name])
-            except (TypeError, ValueError):
-                raise ValueError(f"connection {conn_id!r}: extra {name!r} must be a number") from None
-    return SourceEndpoint(base_url=base_url, token=conn.password, **settings)
+    base_url, token, settings = http_connection(conn_id, "the source's", CONNECTION_EXTRAS)
+    return SourceEndpoint(base_url=base_url, token=token, **settings)
 
 
 # --------------------------------------------------------------------------
