@@ -29,8 +29,14 @@ test: setup
 unit: setup
 	$(BIN)/pytest -m unit
 
+# Figures for every stage at a size that finishes in minutes on 2 cores; the
+# national-scale runs are `make bench-mocks SCALE=1.0` and BENCH_ROWS=13000000.
+BENCH_ROWS ?= 2000000
 bench: setup
-	$(BIN)/python benchmarks/bench_iin.py
+	@echo "== IIN checks";            $(BIN)/python benchmarks/bench_iin.py
+	@echo "== extract (HTTP -> Parquet)"; $(BIN)/python benchmarks/bench_extract.py --rows $(BENCH_ROWS)
+	@echo "== validation (GX)";       $(BIN)/python benchmarks/bench_quality.py --rows $(BENCH_ROWS)
+	@echo "== package (DuckDB)";      $(BIN)/python benchmarks/bench_package.py --rows $(BENCH_ROWS)
 
 bench-mocks: setup
 	$(BIN)/python benchmarks/bench_mocks.py --scale $(SCALE)
