@@ -1063,15 +1063,6 @@ def _digits(values: np.ndarray, width: int) -> np.ndarray:
 # The population: cache and serving
 # --------------------------------------------------------------------------
 
-_ARROW = {
-    "string": pa.string(),
-    "iin": pa.string(),
-    "enum": pa.string(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("s", tz="UTC"),
-    "int": pa.int32(),
-    "bool": pa.bool_(),
-}
 _PERSON_COLS = ("iin", "last_name", "first_name", "patronymic", "birth_date", "sex")
 
 
@@ -1139,7 +1130,7 @@ class Population:
         sched = a["_sched"][idx]
         out: dict[str, pa.Array] = {}
         for col in cat.record_columns:
-            name, typ = col.name, _ARROW[col.type]
+            name, typ = col.name, col.arrow_type
             if name == "record_id":
                 arr = self._record_ids(system, category, idx)
             elif name in _PERSON_COLS:
@@ -1179,7 +1170,7 @@ class Population:
             if arr.type != typ:
                 arr = arr.cast(typ)
             out[name] = arr
-        schema = pa.schema([pa.field(c.name, _ARROW[c.type]) for c in cat.record_columns])
+        schema = pa.schema([pa.field(c.name, c.arrow_type) for c in cat.record_columns])
         return pa.Table.from_arrays(list(out.values()), schema=schema)
 
     def _record_ids(self, system: str, category: str, idx: np.ndarray) -> pa.Array:

@@ -94,7 +94,10 @@ def extract(body: str, system: str, category: str, **context: Any) -> dict[str, 
         )
     except Exception as exc:
         schema_change = isinstance(exc, FeedExtractError) and exc.schema_change
-        message = str(exc) if isinstance(exc, FeedExtractError) else f"feed {feed_id} for {day}: {type(exc).__name__}: {exc}"
+        # FeedExtractError messages are written never to quote a record; anything else
+        # might, and this text travels into the status and the package's quality.json
+        message = (str(exc) if isinstance(exc, FeedExtractError)
+                   else f"feed {feed_id} for {day}: {type(exc).__name__} (see the task log)")
         message = f"{message} (connection {conn_id})"
         # Kept beside the landing file so the status can say why; the message names
         # the feed, the date, the connection and the cause, never a record's content.

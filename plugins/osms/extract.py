@@ -42,6 +42,8 @@ import pyarrow.json as pj
 import requests
 import tenacity
 
+from osms.files import fsync_dir, fsync_path
+
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
 
@@ -55,7 +57,6 @@ __all__ = [
     "SchemaChange",
     "SourceClient",
     "SourceEndpoint",
-    "arrow_type",
     "backoff_seconds",
     "check_columns",
     "endpoint_from_connection",
@@ -76,16 +77,6 @@ ROW_GROUP_ROWS = 100_000
 _JSON_BLOCK_BYTES = 1 << 20
 # An error body from a source is quoted at most this long in a message.
 _MAX_QUOTE = 200
-
-_ARROW_TYPES: dict[str, pa.DataType] = {
-    "string": pa.string(),
-    "iin": pa.string(),
-    "enum": pa.string(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("s", tz="UTC"),
-    "int": pa.int32(),
-    "bool": pa.bool_(),
-}
 
 LINEAGE_COLUMNS: tuple[pa.Field, ...] = (
     pa.field("body", pa.string()),
@@ -240,24 +231,19 @@ def backoff_seconds(retry: int, *, base: float, maximum: float) -> float:
     return min(maximum, base * 2 ** max(retry - 1, 0))
 
 
-def arrow_type(column_type: str) -> pa.DataType:
-    """The Arrow type of a registry column type."""
-    return _ARROW_TYPES[column_type]
-
-
 def landing_schema(columns: Sequence[Column]) -> pa.Schema:
     """The landing file's schema: the declared columns, typed, then the lineage columns."""
-    return pa.schema([pa.field(c.name, arrow_type(c.type)) for c in columns] + list(LINEAGE_COLUMNS))
+    return pa.schema([pa.field(c.name, c.arrow_type) for c in columns] + list(LINEAGE_COLUMNS))
 
 
 def _declared_schema(columns: Sequence[Column]) -> pa.Schema:
-    return pa.schema([pa.field(c.name, arrow_type(c.type)) for c in columns])
+    return pa.schema([pa.field(c.name, c.arrow_type) for c in columns])
 
 
 def _json_schema(columns: Sequence[Column]) -> pa.Schema:
     # Arrow's JSON reader takes a date as days since the epoch, not as text: read
     # dates as strings and cast them (a strict cast: 2024-02-30 is refused).
-    return pa.schema([pa.field(c.name, pa.string() if c.type == "date" else arrow_type(c.type)) for c in columns])
+    return pa.schema([pa.field(c.name, pa.string() if c.type == "date" else c.arrow_type) for c in columns])
 
 
 def check_columns(found: Sequence[str], declared: Sequence[str]) -> str | None:
@@ -621,9 +607,9 @@ class _LandingWriter:
         self._writer = None
         if sort_by is not None:
             self._resort(sort_by)
-        _fsync(self.tmp)
+        fsync_path(self.tmp)
         os.replace(self.tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def _resort(self, key: str) -> None:
         # Holds the whole feed in memory: the bounded-memory guarantee is for sorted
@@ -647,25 +633,6 @@ class _LandingWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a directory; the rename is done anyway
-    finally:
-        os.close(fd)
 
 
 def _with_lineage(table: pa.Table, body: str, system: str, category: str, as_of: dt.date) -> pa.Table:

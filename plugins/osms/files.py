@@ -20,7 +20,7 @@ def write_parquet_atomic(table: pa.Table, path: Path, *, compression: str = "zst
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression=compression)
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -44,9 +44,24 @@ def write_bytes_atomic(data: bytes, path: Path) -> Path:
     return path
 
 
-def _fsync(path: str) -> None:
+def fsync_path(path: str | Path) -> None:
+    """Flush a written file to disk before it is renamed into place."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename in ``path`` durable; best effort, as some filesystems refuse it for directories."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)

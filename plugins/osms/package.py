@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from osms import layout
-from osms.files import write_bytes_atomic
+from osms.files import fsync_dir, write_bytes_atomic
 from osms.registry import default_registry
 from osms.status import read_status
 
@@ -290,19 +290,12 @@ def _place(work: Path, final: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
     else:
         os.replace(work, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def _read(path: Path) -> bytes | None:
     return path.read_bytes() if path.is_file() else None
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _private_key(pem: bytes) -> Any:
@@ -713,8 +706,9 @@ def run_package_suite(records_path: Path, *, expected_rows: int, categories: Seq
         run(row_rules, chunk)
 
     problems = [
+        # GX's exception text can quote a cell value (an IIN): it stays out of the message
         f"{rule}: {f['unexpected']:,} rows failed" if f["exception"] is None else f"{rule}: could not be evaluated"
-        f" ({f['exception']})" for rule, f in sorted(failures.items())
+        for rule, f in sorted(failures.items())
     ]
     if unsorted:
         problems.append(f"records.parquet is not sorted by (category, iin) at {unsorted:,} places")

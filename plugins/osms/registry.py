@@ -144,6 +144,22 @@ class _EditionsFile(_Strict):
 # --------------------------------------------------------------------------
 
 
+@functools.cache
+def arrow_type(column_type: ColumnType) -> Any:
+    """The Arrow type of a registry column type (pyarrow is imported on first use, not at parse time)."""
+    import pyarrow as pa
+
+    return {
+        "string": pa.string(),
+        "iin": pa.string(),
+        "enum": pa.string(),
+        "date": pa.date32(),
+        "timestamp": pa.timestamp("s", tz="UTC"),
+        "int": pa.int32(),
+        "bool": pa.bool_(),
+    }[column_type]
+
+
 @dataclass(frozen=True)
 class Column:
     """A column of the source record contract."""
@@ -155,6 +171,11 @@ class Column:
     description: str
     values: tuple[str, ...] | None = None
     pattern: str | None = None
+
+    @property
+    def arrow_type(self) -> Any:
+        """The Arrow type of this column in landing files and served records."""
+        return arrow_type(self.type)
 
     def to_dict(self) -> dict[str, Any]:
         """The column in the stable JSON form."""

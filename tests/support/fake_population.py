@@ -16,12 +16,6 @@ from mocks.config import FIRST_DAY
 from osms import iin
 from osms.registry import default_registry
 
-_ARROW = {
-    "string": pa.string(), "iin": pa.string(), "enum": pa.string(), "date": pa.date32(),
-    "timestamp": pa.timestamp("s", tz="UTC"), "int": pa.int32(), "bool": pa.bool_(),
-}
-
-
 class FakePopulation:
     def __init__(self, size: int = 120) -> None:
         reg = default_registry()
@@ -45,7 +39,7 @@ class FakePopulation:
         ids = np.where(ok, ids, ids2)
         cols = {}
         for col in self._cats[category].record_columns:
-            typ = _ARROW[col.type]
+            typ = col.arrow_type
             if col.name == "record_id":
                 values = [f"{system.upper()}-{k:06d}" for k in i]
             elif col.name == "iin" or col.type == "iin":
