@@ -571,7 +571,7 @@ def _quality_doc(
                 "records_carried_forward": stats["kept_by_body"].get((cat, u.body), 0),
             }
         categories[cat] = {
-            "status": _category_verdict(cat_units),
+            "status": category_verdict(cat_units),
             "rows": stats["rows"].get(cat, 0),
             "decree_row": edition.category(cat).row,
             "records_carried_forward": stats["kept"].get(cat, 0),
@@ -598,7 +598,8 @@ def _quality_doc(
     }
 
 
-def _category_verdict(units: list[Unit]) -> CategoryVerdict:
+def category_verdict(units: list[Unit]) -> CategoryVerdict:
+    """A category's verdict from its units: published, partial, carried_forward or missing."""
     published = [u for u in units if u.status == "published"]
     if len(published) == len(units):
         return "published"
@@ -730,8 +731,12 @@ def _key_boundary(chunk: pa.Table, at: int) -> int:
 # --------------------------------------------------------------------------- verification
 
 
-def verify_package(package_dir: Path, public_key_pem: bytes, *, previous_manifest: Path | None = None) -> list[str]:
-    """Every problem with a package, one sentence each naming the file; [] when all is well."""
+def verify_package(package_dir: Path, public_key_pem: bytes | None, *,
+                   previous_manifest: Path | None = None) -> list[str]:
+    """Every problem with a package, one sentence each naming the file; [] when all is well.
+
+    Without a public key (``None``) the signature is not checked; everything else is.
+    """
     package_dir = Path(package_dir)
     manifest_path = package_dir / MANIFEST
     if not manifest_path.is_file():
@@ -749,7 +754,8 @@ def verify_package(package_dir: Path, public_key_pem: bytes, *, previous_manifes
         problems.append(f"{MANIFEST}: not in canonical JSON form")
 
     problems += _verify_files(package_dir, manifest)
-    problems += _verify_signature(package_dir, manifest_bytes, public_key_pem)
+    if public_key_pem is not None:
+        problems += _verify_signature(package_dir, manifest_bytes, public_key_pem)
     problems += _verify_chain(package_dir, manifest, previous_manifest)
     return problems
 
