@@ -14,12 +14,14 @@ embedded SQLite database under a private ``AIRFLOW_HOME``.
 
 Every server listens on 127.0.0.1 only: the API server is bound there; the scheduler's
 log server (which would bind every interface) and its health check are not started, and
-no triggerer is run (it would serve logs the same way). Task logs are read by the API
-server from the shared local log folder.
+the triggerer, when asked for, runs without its log server either. Task logs are read
+by the API server from the shared local log folder.
 The environment is hermetic: inherited ``AIRFLOW*`` variables are dropped (a test
 runner's unit-test mode must not reach real components) and only what is given here
-and in ``extra_env`` applies. The REST API is reached with a JWT from the simple auth
-manager for the user ``admin``, whose password is generated into ``AIRFLOW_HOME`` (0600).
+and in ``extra_env`` applies. Users are those of Airflow's simple auth manager
+(``users``: name -> role); their passwords are generated once into
+``AIRFLOW_HOME/simple_auth_manager_passwords.json`` (0600) and kept across restarts.
+The REST API is reached with a JWT of one of them (``admin`` by default).
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ ROOT = Path(__file__).resolve().parents[2]
 ALMATY = "Asia/Almaty"
 HOST = "127.0.0.1"
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
+# The triggerer runs deferred tasks (the package DAG's status sensors) and async callbacks.
+ALL_COMPONENTS = (*COMPONENTS, "triggerer")
+# Roles of Airflow's simple auth manager: viewer < user < op < admin.
+DEFAULT_USERS = {"admin": "admin"}
 
 
 class AirflowLocalError(RuntimeError):
@@ -95,9 +101,11 @@ class LocalAirflow:
     port: int = 0  # 0: a free port on 127.0.0.1
     use_job_schedule: bool = True
     timezone: str = ALMATY
+    users: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_USERS))
+    api_user: str = "admin"  # whose JWT api() uses
     components: list[Component] = field(default_factory=list, init=False)
     _seen: list[Any] = field(default_factory=list, init=False, repr=False)  # psutil.Process of all we stopped
-    _token: str | None = field(default=None, init=False, repr=False)
+    _tokens: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(64), init=False, repr=False)
     _api_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), init=False, repr=False)
 
@@ -136,7 +144,7 @@ class LocalAirflow:
             "AIRFLOW__CORE__EXECUTOR": self.executor,
             "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in self.users.items()),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
             "AIRFLOW__API__HOST": HOST,
@@ -164,12 +172,12 @@ class LocalAirflow:
     def start(self, components: Sequence[str] = COMPONENTS, *, migrate: bool = True,
               timeout: float = 120) -> LocalAirflow:
         """Migrate, start the components and wait until the API server reports them healthy."""
-        unknown = set(components) - set(COMPONENTS)
+        unknown = set(components) - set(ALL_COMPONENTS)
         if unknown:
-            raise ValueError(f"unknown components {sorted(unknown)}; known: {COMPONENTS}")
+            raise ValueError(f"unknown components {sorted(unknown)}; known: {ALL_COMPONENTS}")
         if migrate:
             self.migrate()
-        self._write_password()
+        self._write_passwords()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             for name in components:
@@ -184,7 +192,7 @@ class LocalAirflow:
         args = [airflow_executable(), name]
         if name == "api-server":
             args += ["--host", HOST, "--port", str(self.port), "--workers", "1"]
-        elif name == "scheduler":
+        elif name in ("scheduler", "triggerer"):
             args += ["--skip-serve-logs"]  # task logs are read from the shared local folder
         log = self.log_dir / f"{name}.log"
         with log.open("ab") as fh:
@@ -192,12 +200,27 @@ class LocalAirflow:
                                     stderr=subprocess.STDOUT, start_new_session=True)
         return Component(name=name, proc=proc, log=log)
 
-    def _write_password(self) -> None:
-        if self.passwords_file.exists():
+    def passwords(self) -> dict[str, str]:
+        """The users' passwords (generated on the first start)."""
+        try:
+            return dict(json.loads(self.passwords_file.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return {}
+
+    def _write_passwords(self) -> None:
+        """Give every user without a password one; existing passwords are kept (generated once)."""
+        known = self.passwords()
+        missing = [u for u in self.users if u not in known]
+        if not missing:
             return
-        fd = os.open(self.passwords_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        known.update({u: secrets.token_urlsafe(16) for u in missing})
+        tmp = self.passwords_file.with_name(f".{self.passwords_file.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"admin": secrets.token_urlsafe(16)}, fh)
+            json.dump(known, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.passwords_file)
 
     def stop(self, timeout: float = 30) -> list[str]:
         """Stop every component and everything it started; return what had to be killed.
@@ -210,7 +233,7 @@ class LocalAirflow:
         """
         import psutil
 
-        order = {"scheduler": 0, "dag-processor": 1, "api-server": 2}
+        order = {"scheduler": 0, "triggerer": 1, "dag-processor": 2, "api-server": 3}
         killed: list[str] = []
         for comp in sorted(self.components, key=lambda c: order.get(c.name, 9)):
             try:
@@ -331,7 +354,8 @@ class LocalAirflow:
 
     def wait_healthy(self, components: Sequence[str] = COMPONENTS, timeout: float = 120) -> dict[str, Any]:
         """Poll the health endpoint until the database and the given components are healthy."""
-        keys = {"api-server": "metadatabase", "scheduler": "scheduler", "dag-processor": "dag_processor"}
+        keys = {"api-server": "metadatabase", "scheduler": "scheduler", "dag-processor": "dag_processor",
+                "triggerer": "triggerer"}
         wanted = [keys[c] for c in components]
         last: dict[str, Any] | None = None
 
@@ -370,17 +394,18 @@ class LocalAirflow:
             raise AirflowLocalError(f"`airflow {' '.join(args)}` failed ({out.returncode}):\n{out.stdout[-3000:]}")
         return out
 
-    def token(self) -> str:
-        """A JWT for the REST API (user ``admin``)."""
-        if self._token is None:
+    def token(self, user: str | None = None) -> str:
+        """A JWT for the REST API (``api_user`` unless another user is named)."""
+        user = user or self.api_user
+        if user not in self._tokens:
             import httpx
 
-            password = json.loads(self.passwords_file.read_text(encoding="utf-8"))["admin"]
-            r = httpx.post(f"{self.url}/auth/token", json={"username": "admin", "password": password}, timeout=10)
+            password = self.passwords()[user]
+            r = httpx.post(f"{self.url}/auth/token", json={"username": user, "password": password}, timeout=10)
             if r.status_code not in (200, 201):
-                raise AirflowLocalError(f"POST /auth/token answered {r.status_code}: {r.text[:500]}")
-            self._token = r.json()["access_token"]
-        return self._token
+                raise AirflowLocalError(f"POST /auth/token for {user} answered {r.status_code}: {r.text[:500]}")
+            self._tokens[user] = r.json()["access_token"]
+        return self._tokens[user]
 
     def api(self, method: str, path: str, *, ok: Sequence[int] = (200,), **kwargs: Any) -> Any:
         """Call the REST API; return the JSON answer, or None for a status outside ``ok`` that is 404."""
