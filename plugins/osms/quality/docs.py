@@ -28,9 +28,10 @@ What a reconstructed result holds:
 The index page is GX's, plus one tab, "OSMS verdicts", with each (body,
 category)'s verdict, reason and row counts (the verdict also weighs volume,
 which no expectation shows). Pages carry no context id and no build time.
-Opening them, a browser fetches GX's usual CSS/JS and logo from public CDNs,
-as every GX Data Docs site does; the build itself makes no network call, and
-GX analytics are off.
+The files keep GX's links to its CSS/JS and logo on public CDNs; the Data
+quality plugin (``osms.ui``) serves them with those links pointed at vendored
+copies (``osms.ui_assets``), so a page opened there never reaches outside.
+The build itself makes no network call, and GX analytics are off.
 
 ``render_day`` (called by ``validate_category`` after each report) never
 raises: a failed build is logged as a warning with the exception type only.
