@@ -1,0 +1,28 @@
+"""Airflow plugin: the OSMS "Data quality" pages in Airflow's navigation (see ``osms.ui``)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from airflow.plugins_manager import AirflowPlugin
+
+
+class OsmsDataQualityPlugin(AirflowPlugin):
+    """Data quality, trends, Data Docs and package checks for operators and QA, behind Airflow's login."""
+
+    name = "osms_data_quality"
+
+    # Built on first use, once per process: only the API server asks for the app, so
+    # schedulers, DAG processors and task processes never import FastAPI or Jinja for it.
+
+    @cached_property
+    def fastapi_apps(self) -> list[dict]:  # type: ignore[override]
+        from osms.ui import URL_PREFIX, create_app
+
+        return [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "OSMS data quality"}]
+
+    @cached_property
+    def external_views(self) -> list[dict]:  # type: ignore[override]
+        from osms.ui import external_view
+
+        return [external_view()]
