@@ -310,6 +310,31 @@ def run(day: dt.date | None, data_dir: str) -> None:
         sys.exit(1)
 
 
+@main.command("airflow")
+@click.option("--data-dir", default="data", show_default=True, help="Working data root.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535),
+              help="Port of the API server and UI on 127.0.0.1.")
+def airflow_ui(data_dir: str, port: int) -> None:
+    """Run the mocks and Airflow (UI, scheduler, DAG processor, triggerer) on 127.0.0.1 until Ctrl-C."""
+    import errno
+    import logging
+    import socket
+    from pathlib import Path
+
+    from osms.ui_stack import serve
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            click.echo(f"port {port} on 127.0.0.1 is in use; choose another: make airflow PORT=8081", err=True)
+            sys.exit(2)
+    logging.getLogger("mocks").setLevel(logging.WARNING)
+    serve(Path(data_dir), port=port, say=click.echo)
+
+
 def _print_summary(edition: Edition, statuses: dict[str, Any], quality: dict[str, Any] | None) -> None:
     click.echo("\nPer category and body: status, rows in, published, quarantined, warnings, carried forward")
     q_cats = (quality or {}).get("categories", {})
