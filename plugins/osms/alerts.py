@@ -1,0 +1,253 @@
+"""Deadline alert of the daily package: D's package is due at the State Corporation by D+1 07:00 Almaty.
+
+For operators: the package for D must reach the State Corporation by 07:00 Asia/Almaty on D+1.
+If a run of ``osms_daily_package`` has not delivered it by then (still waiting for bodies, retrying
+the delivery, or failed), Airflow marks the run's deadline missed and the triggerer raises the
+alert: one ERROR line in the triggerer's log (DAG, run, D, deadline; no personal data) and a JSON
+POST ``{dag_id, run_id, day, deadline, message}`` to the Airflow HTTP connection
+``osms_alert_webhook``, for example ``AIRFLOW_CONN_OSMS_ALERT_WEBHOOK='{"conn_type": "http",
+"host": "https://alerts.example.kz/hooks/osms", "password": "<token>"}'`` (the password, if any, is
+sent as a bearer token; ``host``, ``port``, ``schema`` and an extra ``endpoint`` path work too). To
+use another connection, set the Airflow variable ``osms_alert_webhook_conn`` to its id. Without the
+connection the alert is only logged, with a warning that the webhook is not configured. The POST is
+tried up to 4 times on server errors, connection errors and timeouts; a POST that still fails is
+logged with the connection id and the HTTP status, never the token. Backfill runs never alert, nor
+does a run for a D whose package already has a receipt received by the deadline (e.g. a manual
+rerun of a delivered day). The triggerer must be running (the status sensors need it too) with the
+same ``OSMS_DATA_DIR`` as the workers; if it cannot see the receipt, it alerts.
+
+How (for engineers): the DAG carries one ``DeadlineAlert`` (Airflow's deadline feature) with the
+reference ``DAGRUN_LOGICAL_DATE`` and the interval 30 h 15 min: a scheduled run for D has the
+logical date D 00:45 Almaty, so its deadline is D+1 07:00 Almaty whatever Almaty's UTC offset
+(+06:00 before 2024-03-01, +05:00 since), except for D = 2024-02-29, the one day whose window holds
+the change, whose deadline fell at 06:00. A manual run's deadline counts from the logical date it
+was given. Airflow creates the deadline with the run, drops it when the run succeeds before it, and
+otherwise hands the callback below to the triggerer once it has passed (also for backfill runs,
+which is why the callback checks the run type). The connection id is read when the alert fires,
+so changing the variable needs no redeploy. Runs under ``airflow dags test`` (``osms run``) carry
+no deadline: no scheduler watches it there (see ``osms.package_dag.delivery_deadline``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ALMATY = "Asia/Almaty"
+DEFAULT_CONN_ID = "osms_alert_webhook"
+CONN_ID_VARIABLE = "osms_alert_webhook_conn"
+# Airflow's DagRunType.BACKFILL_JOB, as the run appears in the callback's context
+BACKFILL = "backfill"
+# A chat or paging webhook answers within seconds; 4 tries over ~14 s (2, 4, 8 s apart) ride
+# out a restart of the receiver without holding the triggerer's attention for long.
+POST_ATTEMPTS = 4
+POST_BACKOFF = 2.0
+POST_TIMEOUT = 10.0
+
+
+class AlertNotPosted(RuntimeError):
+    """The webhook did not take the alert; the message names the connection and the status, never the token."""
+
+
+@dataclass(frozen=True)
+class MissedDeadline:
+    """A package run whose deadline passed: what the alert says."""
+
+    dag_id: str
+    run_id: str
+    run_type: str
+    day: dt.date
+    deadline: dt.datetime  # aware, in Almaty
+
+    @classmethod
+    def from_context(cls, context: dict[str, Any]) -> MissedDeadline:
+        """Read the context Airflow gives a deadline callback (the run as the REST API shows it, the deadline)."""
+        from osms.dag_factory import run_day
+
+        run = context["dag_run"]
+        moments = {k: _aware(run[k]) for k in ("logical_date", "data_interval_start") if run.get(k)}
+        return cls(
+            dag_id=run["dag_id"],
+            run_id=run["dag_run_id"],
+            run_type=str(run.get("run_type") or ""),
+            day=run_day(moments),
+            deadline=_aware(context["deadline"]["deadline_time"]).astimezone(_almaty()),
+        )
+
+    @property
+    def message(self) -> str:
+        """One line for people: which package, which deadline, which run."""
+        return (f"package for {self.day.isoformat()} not delivered to the State Corporation by its deadline"
+                f" {self.deadline.isoformat()} ({self.dag_id}, run {self.run_id})")
+
+    def as_json(self) -> dict[str, str]:
+        """The webhook's body."""
+        return {"dag_id": self.dag_id, "run_id": self.run_id, "day": self.day.isoformat(),
+                "deadline": self.deadline.isoformat(), "message": self.message}
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """Where the alert goes: URL and optional bearer token of an Airflow HTTP connection."""
+
+    conn_id: str
+    url: str
+    token: str | None = None
+
+    def __repr__(self) -> str:  # the URL of a chat webhook may carry its secret too
+        return f"Webhook(conn_id={self.conn_id!r})"
+
+
+async def package_deadline_missed(context: dict[str, Any]) -> str:
+    """Deadline callback of the package DAG (runs in the triggerer): log and post the alert, unless not due."""
+    return await handle_missed_deadline(context)
+
+
+async def handle_missed_deadline(context: dict[str, Any], *, transport: Any = None,
+                                 backoff: float = POST_BACKOFF) -> str:
+    """Alert for a missed package deadline; return the outcome in a few words (Airflow keeps it as text).
+
+    ``transport`` (an httpx transport) and ``backoff`` are for tests.
+    """
+    # off the event loop: reading D imports the pipeline's date rules (and the triggerer runs other triggers)
+    missed = await asyncio.to_thread(MissedDeadline.from_context, context)
+    if missed.run_type == BACKFILL:
+        log.info("deadline %s of %s run %s (D=%s) passed: a backfill run, no alert", missed.deadline.isoformat(),
+                 missed.dag_id, missed.run_id, missed.day)
+        return "no alert: backfill run"
+    received_at = await asyncio.to_thread(delivered_at, missed.day)
+    if received_at is not None and received_at <= missed.deadline:
+        log.info("deadline %s of %s run %s (D=%s) passed, but the package was delivered at %s: no alert",
+                 missed.deadline.isoformat(), missed.dag_id, missed.run_id, missed.day, received_at.isoformat())
+        return f"no alert: delivered at {received_at.isoformat()}"
+
+    log.error("DEADLINE MISSED: %s", missed.message)
+    conn_id = await asyncio.to_thread(webhook_conn_id)
+    webhook = await webhook_of(conn_id)
+    if webhook is None:
+        log.warning("alert webhook not configured: Airflow connection %r is not defined (set AIRFLOW_CONN_%s, or"
+                    " the variable %s to another connection id); the alert for run %s is only in this log",
+                    conn_id, conn_id.upper(), CONN_ID_VARIABLE, missed.run_id)
+        return f"alert logged, not posted: connection {conn_id} not defined"
+    try:
+        status = await post_alert(webhook, missed.as_json(), transport=transport, backoff=backoff)
+    except AlertNotPosted as exc:
+        log.error("alert for run %s not posted: %s", missed.run_id, exc)
+        raise
+    log.info("alert for run %s posted to connection %s (HTTP %s)", missed.run_id, conn_id, status)
+    return f"alert posted to connection {conn_id} (HTTP {status})"
+
+
+def delivered_at(day: dt.date) -> dt.datetime | None:
+    """When the State Corporation received D's package, by its receipt under ``OSMS_DATA_DIR`` (None: no receipt)."""
+    from osms import layout
+    from osms.deliver import read_receipt
+
+    receipt = read_receipt(layout.package_dir(layout.data_dir(), day))
+    if receipt is None:
+        return None
+    try:
+        return _aware(receipt.received_at)
+    except ValueError:
+        return None  # a receipt that does not say when cannot show the deadline was met
+
+
+def webhook_conn_id() -> str:
+    """The alert connection's id: the variable ``osms_alert_webhook_conn`` if set, else ``osms_alert_webhook``."""
+    from airflow.sdk import Variable
+
+    try:
+        name = Variable.get(CONN_ID_VARIABLE, default=None)
+    except Exception as exc:  # the alert must still go out: to the default connection
+        log.warning("variable %s not readable (%s): posting to connection %s", CONN_ID_VARIABLE,
+                    type(exc).__name__, DEFAULT_CONN_ID)
+        return DEFAULT_CONN_ID
+    return (name or "").strip() or DEFAULT_CONN_ID
+
+
+async def webhook_of(conn_id: str) -> Webhook | None:
+    """The webhook of an Airflow HTTP connection, or None when the connection is not defined."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = await Connection.async_get(conn_id)
+    except AirflowNotFoundException:
+        return None
+    host = (conn.host or "").strip()
+    if not host:
+        raise ValueError(f"connection {conn_id!r} has no host")
+    if "://" in host:
+        url = host  # a whole URL, as chat webhooks are handed out
+    else:
+        scheme = (conn.schema or "http").lower()
+        if scheme not in ("http", "https"):
+            scheme = "https" if (conn.conn_type or "").lower() == "https" else "http"
+        port = f":{conn.port}" if conn.port else ""
+        endpoint = str((conn.extra_dejson or {}).get("endpoint") or "").lstrip("/")
+        url = f"{scheme}://{host}{port}/{endpoint}"
+    return Webhook(conn_id=conn_id, url=url, token=conn.password or None)
+
+
+class _ServerError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+async def post_alert(webhook: Webhook, body: dict[str, str], *, transport: Any = None,
+                     attempts: int = POST_ATTEMPTS, backoff: float = POST_BACKOFF) -> int:
+    """POST the alert; retry server errors, connection errors and timeouts; return the HTTP status."""
+    import httpx
+    import tenacity
+
+    headers = {"Authorization": f"Bearer {webhook.token}"} if webhook.token else {}
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("alert POST to connection %s failed (%s), try %d of %d; retrying in %.0f s", webhook.conn_id,
+                    _cause(exc), state.attempt_number, attempts, state.next_action.sleep if state.next_action else 0)
+
+    retrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=tenacity.wait_exponential(multiplier=backoff, max=30) if backoff else tenacity.wait_none(),
+        retry=tenacity.retry_if_exception_type((httpx.TransportError, _ServerError)),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    async with httpx.AsyncClient(transport=transport, timeout=POST_TIMEOUT) as client:
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    response = await client.post(webhook.url, json=body, headers=headers)
+                    if response.status_code >= 500:
+                        raise _ServerError(response.status_code)
+        except (httpx.TransportError, _ServerError) as exc:
+            raise AlertNotPosted(f"connection {webhook.conn_id}: {_cause(exc)} after {attempts} tries") from None
+    if response.status_code >= 300:
+        raise AlertNotPosted(f"connection {webhook.conn_id}: HTTP {response.status_code} (not retried)")
+    return response.status_code
+
+
+def _cause(exc: BaseException | None) -> str:
+    """The status or the kind of failure; an httpx error's text could name the URL, so only its type."""
+    if isinstance(exc, _ServerError):
+        return f"HTTP {exc.status}"
+    return type(exc).__name__ if exc is not None else "unknown"
+
+
+def _almaty() -> dt.tzinfo:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(ALMATY)
+
+
+def _aware(value: Any) -> dt.datetime:
+    """A datetime from the callback's context or a receipt (ISO text or datetime); naive counts as UTC."""
+    moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
