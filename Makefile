@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATE ?=
 
-.PHONY: setup run test unit bench bench-mocks clean
+.PHONY: setup run airflow test unit e2e browser bench bench-mocks clean
 SCALE ?= 1.0
 
 setup: $(STAMP)
@@ -23,11 +23,30 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 run: setup
 	$(BIN)/osms run $(if $(DATE),--date $(DATE))
 
-test: setup
+# Airflow with the UI on http://127.0.0.1:$(PORT), the mocks, every DAG unpaused; Ctrl-C stops it.
+PORT ?= 8080
+airflow: setup
+	$(BIN)/osms airflow --port $(PORT)
+
+# Every test: unit, integration and browser (installs Debian's Chromium first when missing).
+test: setup browser
 	$(BIN)/pytest
 
 unit: setup
 	$(BIN)/pytest -m unit
+
+# Browser tests only (Debian's Chromium driven by Playwright; see tests/e2e).
+e2e: setup browser
+	$(BIN)/pytest -m e2e
+
+# The browser the e2e tests drive: Debian's chromium package (Playwright downloads none).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then echo "chromium: $$($(CHROMIUM) --version 2>/dev/null)"; \
+	else echo "installing Debian's chromium for the browser tests ..."; \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium >/dev/null && \
+	  $(CHROMIUM) --version; fi
 
 # Figures for every stage at a size that finishes in minutes on 2 cores; the
 # national-scale runs are `make bench-mocks SCALE=1.0` and BENCH_ROWS=13000000.
