@@ -221,6 +221,7 @@ def test_quality_page_shows_statuses_rules_carry_forward_and_one_chart_pair_per_
     assert "required:last_name" in html and "trailing median" in html
     assert html.count('<svg class="chart"') == 2 * 16
     assert f"{D0}" in html  # carried forward from
+    assert 'href="/dags/agency_justice/runs" target="_top"' in html  # to the body's runs, out of the frame
     assert "https://" not in html.replace("http://www.w3.org/2000/svg", "")
 
 
