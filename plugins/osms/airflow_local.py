@@ -213,14 +213,10 @@ class LocalAirflow:
         missing = [u for u in self.users if u not in known]
         if not missing:
             return
+        from osms.files import write_bytes_atomic
+
         known.update({u: secrets.token_urlsafe(16) for u in missing})
-        tmp = self.passwords_file.with_name(f".{self.passwords_file.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(known, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.passwords_file)
+        write_bytes_atomic(json.dumps(known, indent=2, sort_keys=True).encode(), self.passwords_file, mode=0o600)
 
     def stop(self, timeout: float = 30) -> list[str]:
         """Stop every component and everything it started; return what had to be killed.

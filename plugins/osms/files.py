@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -28,11 +29,16 @@ def write_parquet_atomic(table: pa.Table, path: Path, *, compression: str = "zst
     return path
 
 
-def write_bytes_atomic(data: bytes, path: Path) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory."""
+def write_bytes_atomic(data: bytes, path: Path, *, mode: int | None = None) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same directory.
+
+    The file is the owner's only (0600, as ``mkstemp`` makes it) unless ``mode`` says otherwise.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -42,6 +48,15 @@ def write_bytes_atomic(data: bytes, path: Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def fsync_path(path: str | Path) -> None:

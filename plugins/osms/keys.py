@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from osms.files import write_bytes_atomic
+
 PRIVATE_NAME = "osms_dev_ed25519.pem"
 PUBLIC_NAME = "osms_dev_ed25519.pub.pem"
 
@@ -31,16 +33,6 @@ def ensure_dev_keypair(key_dir: Path | None = None) -> tuple[Path, Path]:
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    _write_atomic(private, private_pem, 0o600)
-    _write_atomic(public, public_pem, 0o644)
+    write_bytes_atomic(private_pem, private, mode=0o600)
+    write_bytes_atomic(public_pem, public, mode=0o644)
     return private, public
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

@@ -12,6 +12,19 @@ def data_dir() -> Path:
     return Path(os.environ.get("OSMS_DATA_DIR", "data")).resolve()
 
 
+def dated_dirs(parent: Path) -> list[tuple[dt.date, Path]]:
+    """The date partitions under ``parent``: subdirectories named ``YYYY-MM-DD`` (others are skipped)."""
+    if not parent.is_dir():
+        return []
+    out = []
+    for p in parent.iterdir():
+        try:
+            out.append((dt.date.fromisoformat(p.name), p))
+        except ValueError:
+            continue
+    return [(d, p) for d, p in out if p.is_dir()]
+
+
 def landing(root: Path, day: dt.date, body: str, system: str, category: str) -> Path:
     """The landing file of one feed on one day."""
     return root / "landing" / day.isoformat() / body / system / f"{category}.parquet"

@@ -32,7 +32,6 @@ DAG imports this module at parse time.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -45,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from osms import layout
-from osms.files import fsync_dir, write_bytes_atomic
+from osms.files import fsync_dir, sha256_file, write_bytes_atomic
 from osms.registry import default_registry
 from osms.status import read_status
 
@@ -145,29 +144,8 @@ def package_id(day: dt.date) -> str:
 
 def previous_delivered(data_dir: Path, day: dt.date) -> Path | None:
     """The package directory of the latest date before ``day`` that has a receipt (was delivered)."""
-    dated = [(d, p) for d, p in _dated_dirs(data_dir / "packages") if d < day and (p / RECEIPT).is_file()]
+    dated = [(d, p) for d, p in layout.dated_dirs(data_dir / "packages") if d < day and (p / RECEIPT).is_file()]
     return max(dated)[1] if dated else None
-
-
-def _dated_dirs(parent: Path) -> list[tuple[dt.date, Path]]:
-    """Subdirectories named ``YYYY-MM-DD`` (temporary and other entries are skipped)."""
-    if not parent.is_dir():
-        return []
-    out = []
-    for p in parent.iterdir():
-        try:
-            out.append((dt.date.fromisoformat(p.name), p))
-        except ValueError:
-            continue
-    return [(d, p) for d, p in out if p.is_dir()]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- units and carry forward
@@ -176,7 +154,7 @@ def _sha256(path: Path) -> str:
 def plan_units(data_dir: Path, day: dt.date, edition: Edition, *, earliest: dt.date | None = None) -> list[Unit]:
     """Every (body, category) of the edition with its verdict on D and the date its data comes from."""
     earliest = earliest or min(e.effective_from for e in default_registry().editions)
-    earlier_days = sorted((d for d, _ in _dated_dirs(data_dir / "status") if earliest <= d < day), reverse=True)
+    earlier_days = sorted((d for d, _ in layout.dated_dirs(data_dir / "status") if earliest <= d < day), reverse=True)
     status_cache: dict[tuple[dt.date, str], Any] = {}
 
     def status_of(d: dt.date, body: str) -> Any:
@@ -255,7 +233,7 @@ def build_package(
         write_bytes_atomic(key.sign(manifest_bytes), work / SIGNATURE)
         _place(work, final)
         return PackageResult(
-            day=day, path=final, package_id=manifest["package_id"], manifest_sha256=_sha256(final / MANIFEST),
+            day=day, path=final, package_id=manifest["package_id"], manifest_sha256=sha256_file(final / MANIFEST),
             rows=quality["totals"]["rows"], categories=quality["categories"],
         )
     finally:
@@ -617,7 +595,7 @@ def _manifest_doc(
     for name in PACKAGE_FILES:
         path = work / name
         rows = pq.ParquetFile(path).metadata.num_rows if name.endswith(".parquet") else None
-        files.append({"name": name, "sha256": _sha256(path), "bytes": path.stat().st_size, "rows": rows})
+        files.append({"name": name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "rows": rows})
     return {
         "schema": PACKAGE_SCHEMA,
         "package_id": package_id(day),
@@ -628,7 +606,7 @@ def _manifest_doc(
             "decree": {"number": edition.decree.number, "date": edition.decree.date.isoformat(),
                        "title": edition.decree.title},
         },
-        "previous_manifest_sha256": _sha256(previous / MANIFEST) if previous else None,
+        "previous_manifest_sha256": sha256_file(previous / MANIFEST) if previous else None,
         "files": files,
         "categories": {k: {"status": v["status"], "rows": v["rows"]} for k, v in quality["categories"].items()},
         "producer": {"name": PRODUCER, "version": version},
@@ -780,7 +758,7 @@ def _verify_files(package_dir: Path, manifest: dict[str, Any]) -> list[str]:
         if path.stat().st_size != entry.get("bytes"):
             size = path.stat().st_size
             problems.append(f"{name}: size {size} bytes differs from the manifest ({entry.get('bytes')})")
-        if _sha256(path) != entry.get("sha256"):
+        if sha256_file(path) != entry.get("sha256"):
             problems.append(f"{name}: SHA-256 differs from the manifest")
         elif name.endswith(".parquet"):
             rows = pq.ParquetFile(path).metadata.num_rows
@@ -820,7 +798,7 @@ def _verify_chain(package_dir: Path, manifest: dict[str, Any], previous_manifest
         shown = _short_path(previous_manifest)
         if not previous_manifest.is_file():
             return [f"chain: {shown} does not exist"]
-        actual = _sha256(previous_manifest)
+        actual = sha256_file(previous_manifest)
         if claimed is None:
             return [f"chain: previous_manifest_sha256 is null, but {shown} was given as the previous package"]
         if claimed != actual:
@@ -832,7 +810,7 @@ def _verify_chain(package_dir: Path, manifest: dict[str, Any], previous_manifest
     except ValueError:
         return [f"{MANIFEST}: logical_date {manifest.get('logical_date')!r} is not a date"]
     earlier = sorted(
-        ((d, p) for d, p in _dated_dirs(package_dir.resolve().parent) if d < day and (p / MANIFEST).is_file()),
+        ((d, p) for d, p in layout.dated_dirs(package_dir.resolve().parent) if d < day and (p / MANIFEST).is_file()),
         reverse=True,
     )
     if claimed is None:
@@ -844,7 +822,7 @@ def _verify_chain(package_dir: Path, manifest: dict[str, Any], previous_manifest
     if not earlier:
         return []  # a package on its own (copied out): the link cannot be checked here
     for _, p in earlier:
-        if _sha256(p / MANIFEST) == claimed:
+        if sha256_file(p / MANIFEST) == claimed:
             return []
     return [f"chain: previous_manifest_sha256 {claimed} does not match {_short_path(earlier[0][1] / MANIFEST)}"
             " nor any earlier manifest beside this package"]

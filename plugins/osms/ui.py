@@ -124,10 +124,7 @@ def create_app(authorize: Authorize | None = None, *, prefix: str = URL_PREFIX,
     def day_or_latest(day: str | None) -> tuple[dt.date | None, list[dt.date]]:
         days = available_days(root())
         if day:
-            try:
-                return parse_day(day), days
-            except BadDay as exc:
-                raise HTTPException(status_code=400, detail=str(exc)) from None
+            return _day(day), days
         return (days[0] if days else None), days
 
     @app.get("/", include_in_schema=False)
@@ -166,12 +163,7 @@ def create_app(authorize: Authorize | None = None, *, prefix: str = URL_PREFIX,
 
     @app.get("/docs/{day}/{path:path}")
     def data_docs(day: str, path: str = "") -> Response:
-        try:
-            d = parse_day(day)
-        except BadDay as exc:
-            raise HTTPException(status_code=400, detail=str(exc)) from None
-        site = docs_dir(root(), d)
-        target = _inside(site, path or "index.html")
+        target = _inside(docs_dir(root(), _day(day)), path or "index.html")
         if target.suffix == ".html":
             html = target.read_text(encoding="utf-8", errors="replace")
             return HTMLResponse(ui_assets.localize_docs_html(html, f"{prefix}/static"), headers=_NO_STORE)
@@ -179,10 +171,7 @@ def create_app(authorize: Authorize | None = None, *, prefix: str = URL_PREFIX,
 
     @app.get("/static/{path:path}")
     def static(path: str) -> Response:
-        try:
-            target = ui_assets.vendor_file(path)
-        except (ValueError, FileNotFoundError, OSError):
-            raise HTTPException(status_code=404, detail="Not Found") from None
+        target = _inside(ui_assets.UI_STATIC, path)
         return FileResponse(target, media_type=ui_assets.media_type(target),
                             headers={"Cache-Control": "private, max-age=86400"})
 
@@ -228,15 +217,11 @@ def _day(text: str) -> dt.date:
 
 
 def _inside(folder: Path, relative: str) -> Path:
-    """``folder/relative`` if it is an existing file inside ``folder`` (symlinks resolved); else 404."""
-    parts = relative.replace("\\", "/").split("/")
-    if "\x00" in relative or relative.startswith("/") or any(p in ("..", ".") for p in parts):
-        raise HTTPException(status_code=404, detail="Not Found")
-    base = folder.resolve()
-    target = (base / relative).resolve()
-    if not target.is_relative_to(base) or not target.is_file():
-        raise HTTPException(status_code=404, detail="Not Found")
-    return target
+    """``folder/relative`` if it is a file inside ``folder`` (see ``ui_assets.safe_file``); else 404."""
+    try:
+        return ui_assets.safe_file(folder, relative)
+    except (FileNotFoundError, ValueError, OSError):
+        raise HTTPException(status_code=404, detail="Not Found") from None
 
 
 def external_view() -> dict[str, Any]:

@@ -124,11 +124,11 @@ CONTENT_SECURITY_POLICY = (
 
 
 class AssetNotFoundError(FileNotFoundError):
-    """No file under ``ui_static`` answers the requested path."""
+    """No file under the folder (``ui_static``, a Data Docs site) answers the requested path."""
 
 
 class UnsafeAssetPathError(AssetNotFoundError, ValueError):
-    """The requested path could name something outside ``ui_static``; refused without looking."""
+    """The requested path could name something outside its folder; refused without looking."""
 
 
 # --------------------------------------------------------------------------- rewriting pages
@@ -363,7 +363,12 @@ def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
 
 def vendor_file(relpath: str) -> Path:
     """The file under ``ui_static`` named by ``relpath`` (as the route received it, e.g.
-    ``vendor/jquery@3.7.1/dist/jquery.min.js``); raise rather than leave ``ui_static``.
+    ``vendor/jquery@3.7.1/dist/jquery.min.js``); raise rather than leave ``ui_static``."""
+    return safe_file(UI_STATIC, relpath)
+
+
+def safe_file(folder: Path, relpath: str) -> Path:
+    """The regular file ``folder/relpath`` as a route received ``relpath``; raise rather than leave ``folder``.
 
     Refused (:class:`UnsafeAssetPathError`, a ``ValueError``): empty, absolute, ``.``/``..`` or empty
     segments, backslashes, ``%`` (the router has already decoded once; decoding again is how ``%2e%2e``
@@ -378,13 +383,13 @@ def vendor_file(relpath: str) -> Path:
     parts = relpath.split("/")
     if any(part in ("", ".", "..") for part in parts):
         raise UnsafeAssetPathError(f"asset path {relpath!r} has an empty, '.' or '..' segment")
-    root = UI_STATIC.resolve()
+    root = Path(folder).resolve()
     try:
         target = root.joinpath(*parts).resolve(strict=True)
     except (OSError, RuntimeError):  # missing, a symlink loop (RuntimeError before 3.13), name too long
         raise AssetNotFoundError(f"no asset {relpath!r}") from None
     if not target.is_relative_to(root):
-        raise UnsafeAssetPathError(f"asset path {relpath!r} leads outside the static folder")
+        raise UnsafeAssetPathError(f"asset path {relpath!r} leads outside its folder")
     if not target.is_file():
         raise AssetNotFoundError(f"asset {relpath!r} is not a file")
     return target

@@ -9,7 +9,6 @@ name can reach a page. Nothing here writes.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -18,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from osms import layout
+from osms.files import sha256_file
 from osms.registry import Edition, NoEditionInForce, default_registry
-from osms.status import read_status
+from osms.status import BodyStatus, CategoryStatus, read_status
 
 TREND_DAYS = 30
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -39,37 +39,41 @@ def parse_day(text: str) -> dt.date:
         raise BadDay(f"{text} is not a calendar date") from None
 
 
-def _dated(parent: Path) -> list[dt.date]:
-    out = []
-    if parent.is_dir():
-        for p in parent.iterdir():
-            if p.is_dir() and _DAY.fullmatch(p.name):
-                try:
-                    out.append(dt.date.fromisoformat(p.name))
-                except ValueError:
-                    continue
-    return out
-
-
 def available_days(root: Path) -> list[dt.date]:
     """Dates with a status or a package, newest first."""
-    return sorted(set(_dated(root / "status")) | set(_dated(root / "packages")), reverse=True)
+    return sorted({d for kind in ("status", "packages") for d, _ in layout.dated_dirs(root / kind)}, reverse=True)
 
 
 @dataclass(frozen=True)
 class UnitRow:
-    """One body's part of a category on D."""
+    """One body's part of a category on D: its verdict and what its status reported (None: nothing)."""
 
     body: str
     status: str  # published, held_back, failed, missing (did not report)
     reason: str | None
-    rows_in: int
-    rows_published: int
-    rows_quarantined: int
-    quarantined_by_rule: dict[str, int]
-    warnings_by_rule: dict[str, int]
     carried_forward_from: dt.date | None
-    systems: dict[str, dict[str, Any]]  # per feed: rows/pages/retries or the error
+    reported: CategoryStatus | None
+
+    @property
+    def rows_in(self) -> int:
+        return self.reported.rows_in if self.reported else 0
+
+    @property
+    def rows_published(self) -> int:
+        return self.reported.rows_published if self.reported else 0
+
+    @property
+    def rows_quarantined(self) -> int:
+        return self.reported.rows_quarantined if self.reported else 0
+
+    @property
+    def quarantined_by_rule(self) -> dict[str, int]:
+        return dict(sorted(self.reported.quarantined_by_rule.items())) if self.reported else {}
+
+    @property
+    def warnings_by_rule(self) -> dict[str, int]:
+        """Rules that warned at least once."""
+        return {k: v for k, v in sorted(self.reported.warnings_by_rule.items()) if v} if self.reported else {}
 
 
 @dataclass(frozen=True)
@@ -204,25 +208,9 @@ def day_report(root: Path, day: dt.date) -> DayReport:
     rows = []
     for ec in edition.categories:
         cat_units = [u for u in units if u.category == ec.code]
-        unit_rows = []
-        for u in cat_units:
-            st = statuses.get(u.body)
-            cs = None
-            if st is not None:
-                try:
-                    cs = st.category(ec.code)
-                except KeyError:
-                    cs = None
-            unit_rows.append(UnitRow(
-                body=u.body, status=u.status, reason=u.reason,
-                rows_in=cs.rows_in if cs else 0,
-                rows_published=cs.rows_published if cs else 0,
-                rows_quarantined=cs.rows_quarantined if cs else 0,
-                quarantined_by_rule=dict(sorted(cs.quarantined_by_rule.items())) if cs else {},
-                warnings_by_rule={k: v for k, v in sorted(cs.warnings_by_rule.items()) if v} if cs else {},
-                carried_forward_from=u.carried_forward_from,
-                systems=dict(cs.feeds) if cs else {},
-            ))
+        unit_rows = [UnitRow(body=u.body, status=u.status, reason=u.reason,
+                             carried_forward_from=u.carried_forward_from,
+                             reported=_reported(statuses.get(u.body), ec.code)) for u in cat_units]
         q_cat = (quality.get("categories") or {}).get(ec.code) or {}
         rows.append(CategoryRow(
             row=ec.row, code=ec.code, name=ec.category.name_en, provisional=ec.provisional,
@@ -235,6 +223,15 @@ def day_report(root: Path, day: dt.date) -> DayReport:
         bodies_missing=tuple(sorted(b for b, s in statuses.items() if s is None)),
         has_package=has_package, has_docs=has_docs,
     )
+
+
+def _reported(status: BodyStatus | None, category: str) -> CategoryStatus | None:
+    if status is None:
+        return None
+    try:
+        return status.category(category)
+    except KeyError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -340,24 +337,20 @@ def package_view(root: Path, day: dt.date, public_key: Path | None) -> PackageVi
         "problems": [p for p in problems if p.startswith("chain:")],
     }
     return PackageView(
-        day=day, exists=True, manifest=manifest, manifest_sha256=_sha256(manifest_path), problems=problems,
+        day=day, exists=True, manifest=manifest, manifest_sha256=sha256_file(manifest_path), problems=problems,
         files=tuple(files), signature_ok=signature_ok, chain=chain, receipt=_read_json(pdir / RECEIPT),
         public_key=public_key.name if public_key is not None and public_key.is_file() else None,
     )
 
 
 def _previous_day(root: Path, day: dt.date, sha: str | None) -> str | None:
-    if not sha:
-        return None
-    for d in sorted((d for d in _dated(root / "packages") if d < day), reverse=True):
-        path = layout.package_dir(root, d) / "manifest.json"
-        if path.is_file() and _sha256(path) == sha:
-            return d.isoformat()
-    return None
+    """The date of the package the chain link names: the previous delivered one, when its hash matches."""
+    from osms.package import MANIFEST, previous_delivered
 
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    previous = previous_delivered(root, day) if sha else None
+    if previous is None or sha256_file(previous / MANIFEST) != sha:
+        return None  # verify_package names the broken link
+    return previous.name
 
 
 def _read_json(path: Path) -> Any:

@@ -28,6 +28,7 @@ import pytest
 from mocks.service import MockServices
 from osms.airflow_local import AirflowLocalError, LocalAirflow, tail
 from osms.local_run import ALMATY, airflow_env, logical_date, migrate, run_dag
+from tests.support.airflow import backfill_create
 
 pytestmark = pytest.mark.integration
 
@@ -53,21 +54,6 @@ def _runs_summary(af: LocalAirflow) -> str:
                 for log in logs[-1:]:
                     lines.append(f"    --- {log} ---\n{tail(log, 30)}")
     return "\n".join(lines)
-
-
-def _backfill_create(af: LocalAirflow, from_date: str, to_date: str) -> None:
-    """``airflow backfill create`` as an operator types it; retried only if SQLite was busy.
-
-    The CLI writes the metadata database directly while the scheduler and the DAG processor
-    use it too; on a lock error it removes its partial backfill, so trying again is safe.
-    """
-    args = ("backfill", "create", "--dag-id", DAG_ID, "--from-date", from_date, "--to-date", to_date)
-    for attempt in range(3):
-        out = af.cli(*args, check=False)
-        if out.returncode == 0:
-            return
-        if "database is locked" not in out.stdout or attempt == 2:
-            pytest.fail(f"`airflow {' '.join(args)}` failed ({out.returncode}):\n{out.stdout[-3000:]}")
 
 
 def _wait_for_backfill(af: LocalAirflow) -> list[dict]:
@@ -111,7 +97,7 @@ def test_backfill_equals_dags_test_per_date(clean_mocks: MockServices, tmp_path:
         assert af.api("PATCH", f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})["is_paused"] is False
 
         # the run moments with their offset (00:30 Almaty), see the module docstring
-        _backfill_create(af, logical_date(DAYS[0]), logical_date(DAYS[-1]))
+        backfill_create(af, DAG_ID, logical_date(DAYS[0]), logical_date(DAYS[-1]))
         runs = _wait_for_backfill(af)
         assert [_run_day(r) for r in runs] == DAYS
         assert all(pendulum.parse(r["logical_date"]).in_timezone(ALMATY).time() == dt.time(0, 30) for r in runs)

@@ -28,6 +28,7 @@ import pendulum
 import pytest
 
 from osms.airflow_local import ALL_COMPONENTS, HOST, AirflowLocalError, LocalAirflow
+from tests.support.airflow import backfill_create
 
 pytestmark = pytest.mark.integration
 
@@ -85,18 +86,6 @@ def _logical_date(day: dt.date) -> str:
     return pendulum.datetime(day.year, day.month, day.day, 0, 45, tz="Asia/Almaty").isoformat()
 
 
-def _backfill_create(af: LocalAirflow, day: dt.date) -> None:
-    """``airflow backfill create`` for one day; retried only if SQLite was busy (the CLI then undoes its part)."""
-    args = ("backfill", "create", "--dag-id", DAG_ID, "--from-date", _logical_date(day), "--to-date",
-            _logical_date(day))
-    for attempt in range(3):
-        out = af.cli(*args, check=False)
-        if out.returncode == 0:
-            return
-        if "database is locked" not in out.stdout or attempt == 2:
-            pytest.fail(f"`airflow {' '.join(args)}` failed ({out.returncode}):\n{out.stdout[-3000:]}")
-
-
 def _deadline_callbacks(af: LocalAirflow) -> dict[str, dict[str, Any]]:
     """Per run id: its deadline (time, missed) and its callback's state and output, from the metadata database."""
     db = sqlite3.connect(f"file:{af.home / 'airflow.db'}?mode=ro", uri=True, timeout=10)
@@ -128,7 +117,7 @@ def test_late_run_alerts_once_backfill_never(receiver: Receiver, tmp_path: Path)
         assert [(a["reference_type"], a["interval"]) for a in alerts] == [("DagRunLogicalDateDeadline", 30.25 * 3600)]
 
         # act: a backfill run and a manual run, each for a past day whose package was never delivered
-        _backfill_create(af, BACKFILL_DAY)
+        backfill_create(af, DAG_ID, _logical_date(BACKFILL_DAY), _logical_date(BACKFILL_DAY))
         manual = af.api("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": _logical_date(LATE_DAY)})
         [backfill] = af.dag_runs(DAG_ID, run_type="backfill")
 
