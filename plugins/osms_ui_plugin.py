@@ -1,4 +1,5 @@
-"""Airflow plugin: the OSMS "Data quality" pages in Airflow's navigation (see ``osms.ui``)."""
+"""Airflow plugin: the OSMS "Data quality" pages in Airflow's navigation (see ``osms.ui``), and the
+package DAG's deadline reference (see ``osms.alerts``)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,16 @@ from functools import cached_property
 
 from airflow.plugins_manager import AirflowPlugin
 
+from osms.alerts import PackageDue
+
 
 class OsmsDataQualityPlugin(AirflowPlugin):
     """Data quality, trends, Data Docs and package checks for operators and QA, behind Airflow's login."""
 
     name = "osms_data_quality"
+    # The package DAG's deadline (D+1 07:00 Almaty, none for backfills): Airflow reads it back from the
+    # serialized DAG only if a plugin registers it. A light import: no FastAPI, no pipeline.
+    deadline_references = [PackageDue]
 
     # Built on first use, once per process: only the API server asks for the app, so
     # schedulers, DAG processors and task processes never import FastAPI or Jinja for it.

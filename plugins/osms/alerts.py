@@ -16,16 +16,18 @@ does a run for a D whose package already has a receipt received by the deadline 
 rerun of a delivered day). The triggerer must be running (the status sensors need it too) with the
 same ``OSMS_DATA_DIR`` as the workers; if it cannot see the receipt, it alerts.
 
-How (for engineers): the DAG carries one ``DeadlineAlert`` (Airflow's deadline feature) with the
-reference ``DAGRUN_LOGICAL_DATE`` and the interval 30 h 15 min: a scheduled run for D has the
-logical date D 00:45 Almaty, so its deadline is D+1 07:00 Almaty whatever Almaty's UTC offset
-(+06:00 before 2024-03-01, +05:00 since), except for D = 2024-02-29, the one day whose window holds
-the change, whose deadline fell at 06:00. A manual run's deadline counts from the logical date it
-was given. Airflow creates the deadline with the run, drops it when the run succeeds before it, and
-otherwise hands the callback below to the triggerer once it has passed (also for backfill runs,
-which is why the callback checks the run type). The connection id is read when the alert fires,
-so changing the variable needs no redeploy. Runs under ``airflow dags test`` (``osms run``) carry
-no deadline: no scheduler watches it there (see ``osms.package_dag.delivery_deadline``).
+How (for engineers): the DAG carries one ``DeadlineAlert`` (Airflow's deadline feature) whose
+reference is ``PackageDue`` below, a custom deadline reference registered by the project's plugin
+(``plugins/osms_ui_plugin.py``): when Airflow creates a run it asks the reference for the run's
+deadline, and it answers D+1 07:00 Almaty by the calendar, so the deadline holds across Almaty's
+offset change (+06:00 before 2024-03-01, +05:00 since), and no deadline at all for a backfill run.
+D is the run's date as every task reads it (``osms.dag_factory.run_day``), so a manual run for D
+is due when the scheduled one is. Airflow drops the deadline when the run succeeds before it, and
+otherwise hands the callback below to the triggerer once it has passed; the callback checks the
+run type too (runs created before this reference had interval deadlines, backfills included). The
+connection id is read when the alert fires, so changing the variable needs no redeploy. Runs under
+``airflow dags test`` (``osms run``) carry no deadline: no scheduler watches it there (see
+``osms.package_dag.delivery_deadline``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from airflow.sdk.definitions.deadline import BaseDeadlineReference
+
 log = logging.getLogger(__name__)
 
 ALMATY = "Asia/Almaty"
@@ -43,11 +47,50 @@ DEFAULT_CONN_ID = "osms_alert_webhook"
 CONN_ID_VARIABLE = "osms_alert_webhook_conn"
 # Airflow's DagRunType.BACKFILL_JOB, as the run appears in the callback's context
 BACKFILL = "backfill"
+# D's package is due at the State Corporation on D+1 at this Almaty wall-clock time
+DUE_DAYS_AFTER = 1
+DUE_TIME = dt.time(7, 0)
 # A chat or paging webhook answers within seconds; 4 tries over ~14 s (2, 4, 8 s apart) ride
 # out a restart of the receiver without holding the triggerer's attention for long.
 POST_ATTEMPTS = 4
 POST_BACKOFF = 2.0
 POST_TIMEOUT = 10.0
+
+
+def package_due(moment: dt.datetime | None, run_type: str) -> dt.datetime | None:
+    """When the package of the run whose logical date is ``moment`` is due (UTC); None for a backfill run."""
+    from osms.dag_factory import run_day
+
+    if moment is None or getattr(run_type, "value", run_type) == BACKFILL:
+        return None
+    day = run_day({"logical_date": _aware(moment)})
+    due = dt.datetime.combine(day + dt.timedelta(days=DUE_DAYS_AFTER), DUE_TIME, tzinfo=_almaty())
+    return due.astimezone(dt.UTC)
+
+
+class PackageDue(BaseDeadlineReference):
+    """Deadline reference of the package DAG: D+1 07:00 Almaty for the run's D; none for a backfill run.
+
+    Airflow evaluates it (``_evaluate_with``) in the scheduler or the API server when it creates a
+    run, and adds the DeadlineAlert's interval (zero here) to the answer; None means no deadline.
+    Registered through the plugin's ``deadline_references`` so Airflow can read it back from the
+    serialized DAG.
+    """
+
+    required_kwargs = {"dag_id", "run_id"}
+
+    def _evaluate_with(self, *, session: Any, dag_id: str, run_id: str, **_: Any) -> dt.datetime | None:
+        from airflow.models import DagRun
+        from sqlalchemy import select
+
+        row = session.execute(
+            select(DagRun.logical_date, DagRun.data_interval_start, DagRun.run_type)
+            .where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
+        ).one_or_none()
+        if row is None:
+            return None
+        logical_date, interval_start, run_type = row
+        return package_due(logical_date or interval_start, run_type)
 
 
 class AlertNotPosted(RuntimeError):

@@ -19,14 +19,13 @@ from airflow.sdk import (
     BaseSensorOperator,
     CronDataIntervalTimetable,
     DeadlineAlert,
-    DeadlineReference,
     task,
 )
 from airflow.sdk.exceptions import AirflowSkipException
 from airflow.task.trigger_rule import TriggerRule
 
 from osms import layout
-from osms.alerts import package_deadline_missed
+from osms.alerts import PackageDue, package_deadline_missed
 from osms.dag_factory import ALMATY, OWNER, START_DATE, run_day
 from osms.registry import NoEditionInForce, default_registry
 
@@ -37,9 +36,6 @@ SCHEDULE = "45 0 * * *"
 # is still delivered before the 07:00 deadline when one body is late.
 STATUS_WAIT = timedelta(hours=5)
 SIGNING_KEY_VARIABLE = "osms_signing_key"
-# The package for D is due at the State Corporation by D+1 07:00 Almaty. A scheduled run's logical
-# date is D 00:45 Almaty, so its deadline is this long after it (see osms.alerts).
-DEADLINE_AFTER_LOGICAL_DATE = timedelta(days=1, hours=7) - timedelta(minutes=45)
 
 
 class BodyStatusSensor(BaseSensorOperator):
@@ -96,8 +92,8 @@ def delivery_deadline() -> DeadlineAlert | None:
     if sys.argv[1:3] == ["dags", "test"]:
         return None
     return DeadlineAlert(
-        reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
-        interval=DEADLINE_AFTER_LOGICAL_DATE,
+        reference=PackageDue(),  # D+1 07:00 Almaty by the calendar; none for backfill runs
+        interval=timedelta(0),
         callback=AsyncCallback(package_deadline_missed),
         name="package delivered by D+1 07:00 Asia/Almaty",
     )

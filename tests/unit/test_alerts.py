@@ -103,61 +103,121 @@ def _write_receipt(data: Path, day: dt.date, received_at: str) -> None:
 # ----------------------------------------------------------------------------- the DAG's deadline
 
 
-def test_dag_has_one_deadline_alert_that_serializes(dag) -> None:
-    from airflow.sdk import AsyncCallback, DeadlineReference
+def _stored_alert(dag):
+    """The DAG's deadline alert, as the DAG processor stores it (JSON), and as the scheduler reads it back."""
     from airflow.serialization.decoders import decode_deadline_alert
     from airflow.serialization.encoders import encode_deadline_alert
 
-    # arrange
     [alert] = dag.deadline
-    # act: what the DAG processor stores and the scheduler reads back
-    stored = decode_deadline_alert(json.loads(json.dumps(encode_deadline_alert(alert))))
+    stored = json.loads(json.dumps(encode_deadline_alert(alert)))
+    return alert, stored, decode_deadline_alert(stored)
+
+
+def test_dag_has_one_deadline_alert_that_serializes(dag) -> None:
+    from airflow.sdk import AsyncCallback
+
+    # act: what the DAG processor stores and the scheduler reads back (the plugin registers the reference)
+    alert, stored, read = _stored_alert(dag)
     # assert
-    assert alert.reference == DeadlineReference.DAGRUN_LOGICAL_DATE
+    assert isinstance(alert.reference, alerts.PackageDue)
     assert isinstance(alert.callback, AsyncCallback)  # runs in the triggerer, on any executor
     assert alert.callback.path == "osms.alerts.package_deadline_missed" and alert.callback.kwargs == {}
-    assert type(stored.reference).__name__ == "DagRunLogicalDateDeadline"
-    assert stored.interval == dt.timedelta(hours=30, minutes=15)
+    assert json.dumps(stored).count("osms.alerts.PackageDue") == 1  # the reference's class path
+    assert isinstance(read.reference.inner_ref, alerts.PackageDue)
+    assert read.interval == dt.timedelta(0)
 
 
-def _scheduled_deadline(dag, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
-    """(logical date, deadline) of the scheduled run for D, as the scheduler computes them."""
+def test_reference_needs_the_plugin() -> None:
+    """Without the plugin's registration Airflow refuses to read the reference back: the plugin lists it."""
+    from airflow import plugins_manager
+
+    assert plugins_manager.get_deadline_references_plugins()["osms.alerts.PackageDue"] is alerts.PackageDue
+
+
+def _scheduled_logical_date(dag, day: dt.date) -> dt.datetime:
+    """The logical date of the scheduled run for D, as the scheduler computes it."""
     from airflow.serialization.encoders import coerce_to_core_timetable
     from airflow.timetables.base import TimeRestriction
 
-    [alert] = dag.deadline
     earliest = pendulum.datetime(day.year, day.month, day.day, tz="Asia/Almaty")
     info = coerce_to_core_timetable(dag.timetable).next_dagrun_info(
         last_automated_data_interval=None, restriction=TimeRestriction(earliest=earliest, latest=None, catchup=True))
-    return info.logical_date, info.logical_date + alert.interval
+    return info.logical_date
+
+
+class _Session:
+    """Answers the reference's one query with the given run row, as the metadata database would."""
+
+    def __init__(self, row: tuple | None) -> None:
+        self.row = row
+        self.statements: list[Any] = []
+
+    def execute(self, statement: Any) -> Any:
+        self.statements.append(statement)
+        row = self.row
+
+        class Result:
+            def one_or_none(self) -> tuple | None:
+                return row
+
+        return Result()
+
+
+def _deadline(dag, logical: dt.datetime | None, run_type: str, interval_start: dt.datetime | None = None):
+    """The deadline Airflow creates for a run (reference evaluated through the serialized DAG, plus interval)."""
+    _, _, stored = _stored_alert(dag)
+    session = _Session((logical, interval_start or logical, run_type))
+    deadline = stored.reference.evaluate_with(session=session, interval=stored.interval,
+                                              dag_id=DAG_ID, run_id="r1")
+    assert len(session.statements) == 1
+    return deadline
 
 
 @pytest.mark.parametrize(("day", "utc_hour"), [
     (dt.date(2022, 9, 26), 1),   # the first day, UTC+6
     (dt.date(2024, 2, 28), 1),   # UTC+6 at both ends
+    (dt.date(2024, 2, 29), 2),   # the night Almaty moved from UTC+6 to UTC+5: still 07:00 local
     (dt.date(2024, 3, 1), 2),    # UTC+5 since 2024-03-01 00:00
     (dt.date(2025, 6, 1), 2),
     (dt.date(2026, 12, 31), 2),  # across a year end
 ])
 def test_deadline_is_next_day_seven_in_almaty(dag, day: dt.date, utc_hour: int) -> None:
-    # act
-    logical, deadline = _scheduled_deadline(dag, day)
-    # assert
     from osms.dag_factory import run_day
 
+    # arrange
+    logical = _scheduled_logical_date(dag, day)
+    # act
+    deadline = _deadline(dag, logical, "scheduled")
+    # assert
     assert run_day({"logical_date": logical}) == day
     local = deadline.astimezone(ALMATY)
     assert (local.date(), local.time()) == (day + dt.timedelta(days=1), dt.time(7, 0))
     assert deadline.astimezone(dt.UTC).hour == utc_hour  # one local time, two UTC offsets
 
 
-def test_deadline_of_the_day_almaty_changed_its_offset(dag) -> None:
-    """The one day whose window holds the offset change (00:00 on 2024-03-01): its deadline fell an hour early.
+def test_manual_run_is_due_when_the_scheduled_run_of_its_day_is(dag) -> None:
+    # a manual run for D keeps the logical date the operator typed, any time of D in Almaty
+    for local_time in (dt.time(0, 0), dt.time(0, 45), dt.time(23, 59)):
+        logical = dt.datetime.combine(DAY, local_time, tzinfo=ALMATY).astimezone(dt.UTC)
+        assert _deadline(dag, logical, "manual") == DEADLINE
 
-    Only a backfill (no alert) or a manual rerun (its deadline long past) can run that day again.
-    """
-    _, deadline = _scheduled_deadline(dag, dt.date(2024, 2, 29))
-    assert deadline.astimezone(ALMATY).isoformat() == "2024-03-01T06:00:00+05:00"
+
+def test_backfill_and_dateless_runs_get_no_deadline(dag) -> None:
+    logical = _scheduled_logical_date(dag, DAY)
+    assert _deadline(dag, logical, "backfill") is None
+    assert _deadline(dag, None, "asset_triggered", interval_start=None) is None
+    # a run the database no longer has
+    _, _, stored = _stored_alert(dag)
+    assert stored.reference.evaluate_with(session=_Session(None), interval=stored.interval,
+                                          dag_id=DAG_ID, run_id="gone") is None
+
+
+def test_reference_requires_the_run() -> None:
+    with pytest.raises(ValueError, match="missing required parameters"):
+        from airflow.serialization.definitions.deadline import SerializedReferenceModels
+
+        SerializedReferenceModels.SerializedCustomReference(alerts.PackageDue()).evaluate_with(
+            session=_Session(None), interval=dt.timedelta(0), dag_id=DAG_ID)
 
 
 def test_no_deadline_under_dags_test(monkeypatch: pytest.MonkeyPatch) -> None:
