@@ -182,10 +182,8 @@ def _with_mock_options(fn: Any) -> Any:
 def mocks_serve(config_file: str | None, seed: int | None, scale: float | None, data_dir: str | None,
                 sources_port: int, state_corp_port: int) -> None:
     """Serve the mock source systems and State Corporation on 127.0.0.1 until Ctrl-C."""
-    import signal
-    import threading
-
     from mocks.service import start_mocks
+    from osms.stopping import StopSignals
 
     cfg = _mock_config(config_file, seed, scale, data_dir)
     click.echo(f"population: seed {cfg.seed}, scale {cfg.scale} (cache: {cfg.cache_dir})", err=True)
@@ -197,11 +195,9 @@ def mocks_serve(config_file: str | None, seed: int | None, scale: float | None, 
     click.echo(f"Airflow env:       {env}  (set -a; . {env}; set +a)")
     click.echo(f"receiver key:      {services.public_key_path}")
     click.echo("Ctrl-C stops both.")
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait()
-    services.stop()
+    with StopSignals() as stop:  # still recording while stopping: a second Ctrl-C cannot cut the stop short
+        stop.wait()
+        services.stop()
     click.echo("stopped.", err=True)
 
 

@@ -18,8 +18,6 @@ Users of Airflow's simple auth manager, with passwords generated once into
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,21 +108,18 @@ def airflow_stack(data_dir: Path, *, port: int = DEFAULT_PORT, use_job_schedule:
 
 def serve(data_dir: Path, *, port: int = DEFAULT_PORT, say: Callable[[str], None] = print) -> None:
     """``make airflow``: start, print where to go and who can log in, run until Ctrl-C."""
-    stop = threading.Event()
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with airflow_stack(data_dir, port=port, say=say) as stack:
-            af = stack.airflow
-            say("")
-            say(f"Airflow is up: {stack.url}")
-            say(f"  Data quality: {stack.data_quality_url}")
-            say("  users: " + ", ".join(f"{u} ({r})" for u, r in USERS.items()))
-            say(f"  passwords: {af.passwords_file}   (generated once; `cat` it, keep it private)")
-            say(f"  component logs: {af.log_dir}")
-            say("Press Ctrl-C to stop.")
-            while not stop.wait(5):
-                af.check_alive()
-            say("stopping ...")
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    from osms.stopping import StopSignals
+
+    # Ctrl-C while starting: the start completes, then everything stops
+    with StopSignals() as stop, airflow_stack(data_dir, port=port, say=say) as stack:
+        af = stack.airflow
+        say("")
+        say(f"Airflow is up: {stack.url}")
+        say(f"  Data quality: {stack.data_quality_url}")
+        say("  users: " + ", ".join(f"{u} ({r})" for u, r in USERS.items()))
+        say(f"  passwords: {af.passwords_file}   (generated once; `cat` it, keep it private)")
+        say(f"  component logs: {af.log_dir}")
+        say("Press Ctrl-C to stop.")
+        while not stop.wait(5):
+            af.check_alive()
+        say("stopping ...")
