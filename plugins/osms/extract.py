@@ -633,8 +633,6 @@ class _LandingWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-
-
 def _with_lineage(table: pa.Table, body: str, system: str, category: str, as_of: dt.date) -> pa.Table:
     n = table.num_rows
     for f, value in zip(LINEAGE_COLUMNS, (body, system, category, as_of), strict=True):

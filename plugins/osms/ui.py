@@ -220,7 +220,7 @@ def _inside(folder: Path, relative: str) -> Path:
     """``folder/relative`` if it is a file inside ``folder`` (see ``ui_assets.safe_file``); else 404."""
     try:
         return ui_assets.safe_file(folder, relative)
-    except (FileNotFoundError, ValueError, OSError):
+    except (ValueError, OSError):  # refused, missing or unreadable: all look the same
         raise HTTPException(status_code=404, detail="Not Found") from None
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 
 __all__ = [
     "ASSETS",
-    "CONTENT_SECURITY_POLICY",
     "PACKAGES",
     "UI_STATIC",
     "AssetNotFoundError",
@@ -113,14 +112,6 @@ ASSETS: dict[str, str] = {
     "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/logo-long.png": "images/gx-logo-long.svg",
     "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/full_logo_dark.png": "images/gx-logo-dark.svg",
 }
-
-# For the route serving localized pages: the rewrite covers markup, this covers whatever a script
-# might still try. GX's pages run inline scripts and Vega compiles expressions with Function().
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; object-src 'none'; "
-    "frame-src 'none'; base-uri 'none'; form-action 'self'"
-)
 
 
 class AssetNotFoundError(FileNotFoundError):
