@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,3 +82,81 @@ def fsync_dir(path: str | Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class RowGroupWriter:
+    """Parquet with row groups of exactly ``row_group_rows`` rows (the last one shorter), whatever the batches.
+
+    Rows arrive in tables of any size and are cut into fixed row groups, so the
+    file's bytes depend on its rows alone, never on how a producer batched them:
+    what makes the package byte-identical run after run. Nothing time-dependent
+    goes in (pyarrow writes no timestamp). The file is written in place: callers
+    write into a work folder or a temporary path and rename.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema, *, row_group_rows: int, compression: str = "zstd",
+                 compression_level: int | None = None) -> None:
+        import pyarrow.parquet as pq
+
+        self.path, self.schema, self.row_group_rows = Path(path), schema, row_group_rows
+        self._writer = pq.ParquetWriter(self.path, schema, compression=compression,
+                                        compression_level=compression_level)
+        self._pending: list[pa.Table] = []
+        self._buffered = 0
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        """Append rows (cast to the file's schema); complete row groups go to the file at once."""
+        import pyarrow as pa
+
+        if table.num_rows == 0:
+            return
+        self._pending.append(table.cast(self.schema) if table.schema != self.schema else table)
+        self._buffered += table.num_rows
+        self.rows += table.num_rows
+        while self._buffered >= self.row_group_rows:
+            joined = pa.concat_tables(self._pending)
+            self._writer.write_table(joined.slice(0, self.row_group_rows), row_group_size=self.row_group_rows)
+            rest = joined.slice(self.row_group_rows)
+            self._pending, self._buffered = [rest], rest.num_rows
+
+    def close(self) -> int:
+        """Write the last row group and close the file; return the rows written."""
+        import pyarrow as pa
+
+        if self._buffered:
+            self._writer.write_table(pa.concat_tables(self._pending), row_group_size=self.row_group_rows)
+        self._pending, self._buffered = [], 0
+        self._writer.close()
+        return self.rows
+
+    def abort(self) -> None:
+        """Close without finishing; the caller removes the file."""
+        try:
+            self._writer.close()
+        except Exception:  # noqa: BLE001: already failing; the file is removed by the caller
+            pass
+
+
+@contextmanager
+def parquet_writer_atomic(path: Path, schema: pa.Schema, *, row_group_rows: int,
+                          compression_level: int | None = None) -> Iterator[RowGroupWriter]:
+    """A :class:`RowGroupWriter` on a temporary file beside ``path``, renamed onto it when the block succeeds.
+
+    If the block raises, the temporary file is removed and ``path`` stays as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    writer = RowGroupWriter(Path(tmp), schema, row_group_rows=row_group_rows, compression_level=compression_level)
+    try:
+        yield writer
+        writer.close()
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        writer.abort()
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -20,7 +20,7 @@ or formats them into messages.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -291,3 +291,22 @@ def generate(birth_date: dt.date, sex: Sex, serial: int = 0) -> str:
 def reasons_text(reasons: Iterable[int]) -> list[str]:
     """Each reason code in words."""
     return [Reason(int(r)).text for r in reasons]
+
+
+def prefix_ranges(counts: Mapping[str | None, int], rows: int) -> list[tuple[str | None, str | None]]:
+    """Ranges [lo, hi) of IINs holding at most about ``rows`` rows each, from a count of rows per IIN prefix.
+
+    A pass over a feed or a package takes one range at a time, so that what it holds
+    is bounded by ``rows`` and not by the data; taking the ranges in order keeps the
+    output sorted by IIN. A prefix is never split (its rows may exceed ``rows``);
+    ``None`` counts rows without an IIN, which belong to the last range (``hi`` None).
+    """
+    edges: list[str | None] = [None]
+    filled = 0
+    for prefix in sorted(p for p in counts if p is not None):
+        if filled and filled + counts[prefix] > rows:
+            edges.append(prefix)
+            filled = 0
+        filled += counts[prefix]
+    edges.append(None)
+    return list(zip(edges[:-1], edges[1:], strict=True))

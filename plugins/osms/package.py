@@ -22,9 +22,11 @@ Rules, in the decree's words:
   a body must not cost anyone coverage. A new person with only quarantined
   records is not added.
 
-Consolidation runs in DuckDB with a memory limit and a spill directory, so that
-the national scale (about 13 million rows) fits in bounded memory. Nothing in a
-package depends on the wall clock: the same D and inputs give the same bytes.
+Consolidation (:mod:`osms.consolidate`) runs in DuckDB one category and one range
+of IINs at a time, within the task's memory budget, appending each range to the
+files in order: the national package (about 12 million rows) and a larger one
+are built in bounded memory. Nothing in a package depends on the wall clock: the
+same D and inputs give the same bytes.
 DuckDB, pyarrow, GX and cryptography are imported inside functions: the package
 DAG imports this module at parse time.
 """
@@ -44,6 +46,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from osms import layout
+from osms.consolidate import (
+    CONFLICT_FIELDS,
+    CategorySources,
+    ConsolidationStats,
+    changes_schema,
+    records_schema,
+)
 from osms.files import fsync_dir, sha256_file, write_bytes_atomic
 from osms.registry import default_registry
 from osms.status import read_status
@@ -77,16 +86,9 @@ PACKAGE_FILES = (RECORDS, CHANGES, QUALITY)  # what the manifest lists, in this 
 # Fixed row groups make the bytes independent of how DuckDB batches its output;
 # half a million rows keeps a row group of records.parquet near 60 MB in memory.
 ROW_GROUP_ROWS = 500_000
-_FETCH_ROWS = 100_000
-# The package suite's row-level rules run on chunks of this many rows (GX on
-# pandas holds several copies of a frame per expectation).
-GATE_CHUNK_ROWS = 1_000_000
-PERSON_FIELDS = ("last_name", "first_name", "patronymic", "birth_date", "sex")
-CONFLICT_FIELDS = PERSON_FIELDS + ("period_start", "period_end")
-# What a ``changed`` membership compares: the person, the period and the decree's
-# facts. ``bodies``/``systems``/``sources`` are lineage: a second body reporting
-# the same person is not a change of membership.
-CHANGE_FIELDS = PERSON_FIELDS + ("period_start", "period_end", "decree_row", "funding")
+# The package suite's row-level rules run on chunks of this many rows; None: the
+# task budget's (GX on pandas holds several copies of a frame per expectation).
+GATE_CHUNK_ROWS: int | None = None
 
 UnitStatus = Literal["published", "held_back", "failed", "missing"]
 CategoryVerdict = Literal["published", "carried_forward", "partial", "missing"]
@@ -197,13 +199,21 @@ def _verdict(status: Any, category: str) -> tuple[UnitStatus, str | None, dict[s
 
 
 def build_package(
-    *, day: dt.date, data_dir: Path, signing_key_pem: bytes, producer_version: str, memory_limit: str = "2GB"
+    *, day: dt.date, data_dir: Path, signing_key_pem: bytes, producer_version: str, memory_limit: str | None = None
 ) -> PackageResult:
-    """Build, check, sign and place ``packages/<D>/``; a delivered package is never changed."""
+    """Build, check, sign and place ``packages/<D>/``; a delivered package is never changed.
+
+    ``memory_limit`` overrides DuckDB's share of the task's memory budget (:mod:`osms.budget`).
+    """
+    from osms.budget import task_budget
+    from osms.consolidate import consolidate, open_duckdb
+    from osms.files import RowGroupWriter
+
     data_dir = Path(data_dir)
     registry = default_registry()
     edition = registry.edition_on(day)
     key = _private_key(signing_key_pem)
+    budget = task_budget()
     final = layout.package_dir(data_dir, day)
     pid = os.getpid()
     work = final.parent / f".{day.isoformat()}.tmp-{pid}"
@@ -215,12 +225,19 @@ def build_package(
         earliest = min(e.effective_from for e in registry.editions)
         units = plan_units(data_dir, day, edition, earliest=earliest)
         previous = previous_delivered(data_dir, day)
-        with _duckdb(spill, memory_limit) as con, _step("consolidate"):
-            stats = _consolidate(con, data_dir, units, edition, previous)
-            with _step("write records.parquet"):
-                _write_query(con, "SELECT * FROM records ORDER BY category, iin", work / RECORDS, _records_schema())
-            with _step("changes"):
-                stats["changes"] = _write_changes(con, previous, work / CHANGES)
+        with _step("consolidate"), open_duckdb(spill, memory_limit or budget.duckdb_limit) as con:
+            categories = _category_sources(con, data_dir, units, edition, previous)
+            records = RowGroupWriter(work / RECORDS, records_schema(), row_group_rows=ROW_GROUP_ROWS,
+                                     compression_level=3)
+            changes = RowGroupWriter(work / CHANGES, changes_schema(), row_group_rows=ROW_GROUP_ROWS,
+                                     compression_level=3)
+            try:
+                stats = consolidate(con, categories, previous / RECORDS if previous else None, records=records,
+                                    changes=changes, partition_rows=budget.package_partition_rows)
+            finally:
+                records.close()
+                changes.close()
+            log.info("package: %d rows in %d ranges of IINs", records.rows, stats.ranges)
         quality = _quality_doc(day, edition, units, stats, previous)
         write_bytes_atomic(canonical_json(quality), work / QUALITY)
         with _step("package suite"):
@@ -239,6 +256,24 @@ def build_package(
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(spill, ignore_errors=True)
+
+
+def _category_sources(con: duckdb.DuckDBPyConnection, data_dir: Path, units: list[Unit], edition: Edition,
+                      previous: Path | None) -> list[CategorySources]:
+    """Every category of the edition with its used units' files, and any other category of the previous package."""
+    codes = {c.code for c in edition.categories}
+    out = []
+    for cat in edition.categories:
+        used = tuple(
+            (u.body, layout.validated(data_dir, u.source_day, u.body, u.category),
+             layout.quarantine(data_dir, u.source_day, u.body, u.category))
+            for u in sorted(units, key=lambda u: u.body) if u.category == cat.code and u.source_day is not None
+        )
+        out.append(CategorySources(category=cat.code, decree_row=cat.row, funding=cat.funding, units=used))
+    if previous is not None:
+        old = con.execute("SELECT DISTINCT category FROM read_parquet(?)", [str(previous / RECORDS)]).fetchall()
+        out += [CategorySources(category=c, decree_row=None, funding=None) for (c,) in old if c not in codes]
+    return out
 
 
 @contextmanager
@@ -288,225 +323,6 @@ def _private_key(pem: bytes) -> Any:
     return key
 
 
-# --------------------------------------------------------------------------- consolidation (DuckDB)
-
-
-@contextmanager
-def _duckdb(spill: Path, memory_limit: str) -> Iterator[duckdb.DuckDBPyConnection]:
-    """An in-memory DuckDB whose tables, joins and sorts beyond the limit spill to ``spill``."""
-    import duckdb
-
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute(f"SET memory_limit = {_lit(memory_limit)}")
-        con.execute(f"SET temp_directory = {_lit(str(spill / 'spill'))}")
-        con.execute("SET preserve_insertion_order = false")  # order comes from ORDER BY only
-        yield con
-    finally:
-        con.close()
-
-
-def _lit(value: str) -> str:
-    """A SQL string literal."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-_SRC_COLUMNS = (
-    "system VARCHAR", "record_id VARCHAR", "iin VARCHAR", "last_name VARCHAR", "first_name VARCHAR",
-    "patronymic VARCHAR", "birth_date DATE", "sex VARCHAR", "period_start DATE", "period_end DATE",
-)
-
-
-def _union(selects: list[str], empty_columns: Sequence[str]) -> str:
-    if selects:
-        return "\nUNION ALL\n".join(selects)
-    return "SELECT " + ", ".join(f"NULL::{c.split()[1]} AS {c.split()[0]}" for c in empty_columns) + " WHERE false"
-
-
-def _consolidate(
-    con: duckdb.DuckDBPyConnection, data_dir: Path, units: list[Unit], edition: Edition, previous: Path | None
-) -> dict[str, Any]:
-    """Create the ``records`` table (one row per (iin, category)) and return its counts."""
-    used = [u for u in units if u.source_day is not None]
-    src = []
-    quarantined = []
-    for u in used:
-        cols = ", ".join(f"CAST({c.split()[0]} AS {c.split()[1]}) AS {c.split()[0]}" for c in _SRC_COLUMNS)
-        path = layout.validated(data_dir, u.source_day, u.body, u.category)
-        src.append(f"SELECT {_lit(u.body)} AS body, {_lit(u.category)} AS category, {cols}"
-                   f" FROM read_parquet({_lit(str(path))})")
-        qpath = layout.quarantine(data_dir, u.source_day, u.body, u.category)
-        if qpath.is_file():
-            quarantined.append(
-                f"SELECT {_lit(u.body)} AS body, {_lit(u.category)} AS category,"
-                f" {_lit(u.body + '/')} || CAST(system AS VARCHAR) || '/' || CAST(record_id AS VARCHAR) AS source"
-                f" FROM read_parquet({_lit(str(qpath))}) WHERE system IS NOT NULL AND record_id IS NOT NULL"
-            )
-    # Read every source file once; the steps below scan the copy (spilled beyond the limit).
-    con.execute("CREATE TABLE src AS " + _union(src, ("body VARCHAR", "category VARCHAR", *_SRC_COLUMNS)))
-    con.execute("CREATE TEMP VIEW quarantined AS " + _union(
-        quarantined, ("body VARCHAR", "category VARCHAR", "source VARCHAR")))
-    cats = [(c.code, c.row, c.funding) for c in edition.categories]
-    con.execute("CREATE TABLE edition_categories (category VARCHAR, decree_row INTEGER, funding VARCHAR)")
-    con.executemany("INSERT INTO edition_categories VALUES (?, ?, ?)", cats)
-
-    # Most persons are reported by one record: they are taken as they are. Only the
-    # (iin, category) reported more than once are aggregated, and a field's min
-    # equals its max when the feeds agree: only disagreeing groups are voted on.
-    con.execute("CREATE TABLE multi AS SELECT iin, category FROM src GROUP BY iin, category HAVING count(*) > 1")
-    con.execute("CREATE TABLE contested AS SELECT * FROM src SEMI JOIN multi USING (iin, category)")
-    person = ",\n".join(
-        f"min({f}) AS {f}, min({f}) IS DISTINCT FROM max({f}) AS c_{f}" for f in PERSON_FIELDS
-    )
-    no_conflict = ", ".join(f"false AS c_{f}" for f in CONFLICT_FIELDS)
-    con.execute(f"""
-        CREATE TABLE merged AS
-        SELECT iin, category, {", ".join(PERSON_FIELDS)}, period_start, period_end,
-          [body] AS bodies, [system] AS systems, [body || '/' || system || '/' || record_id] AS sources,
-          false AS kept_from_previous, {no_conflict}
-        FROM src ANTI JOIN multi USING (iin, category)
-        UNION ALL BY NAME
-        SELECT iin, category,
-          {person},
-          min(period_start) AS period_start,
-          min(period_start) IS DISTINCT FROM max(period_start) AS c_period_start,
-          CASE WHEN bool_or(period_end IS NULL) THEN NULL ELSE max(period_end) END AS period_end,
-          (bool_or(period_end IS NULL) AND bool_or(period_end IS NOT NULL))
-            OR min(period_end) IS DISTINCT FROM max(period_end) AS c_period_end,
-          list_sort(list_distinct(list(body))) AS bodies,
-          list_sort(list_distinct(list(system))) AS systems,
-          list_sort(list_distinct(list(body || '/' || system || '/' || record_id))) AS sources,
-          false AS kept_from_previous
-        FROM contested GROUP BY iin, category
-    """)
-    for f in PERSON_FIELDS:
-        if not con.execute(f"SELECT bool_or(c_{f}) FROM merged").fetchone()[0]:
-            continue
-        # the most reported value; ties go to the smallest (a missing value is not a vote)
-        con.execute(f"""
-            UPDATE merged SET {f} = w.v FROM (
-              SELECT iin, category, first(v ORDER BY n DESC, v ASC) AS v FROM (
-                SELECT s.iin, s.category, s.{f} AS v, count(*) AS n
-                FROM contested s SEMI JOIN (SELECT iin, category FROM merged WHERE c_{f}) c
-                  ON s.iin = c.iin AND s.category = c.category
-                WHERE s.{f} IS NOT NULL GROUP BY ALL
-              ) GROUP BY iin, category
-            ) w
-            WHERE merged.iin = w.iin AND merged.category = w.category
-        """)
-
-    # Per-record protection: a previous row whose source record is quarantined now
-    # stays, unless the person is present anyway.
-    if previous is not None:
-        prev = _lit(str(previous / RECORDS))
-        con.execute(f"""
-            CREATE TABLE kept AS
-            SELECT DISTINCT p.iin, p.category, q.body
-            FROM (SELECT iin, category, unnest(sources) AS source FROM read_parquet({prev})) p
-            JOIN quarantined q ON p.category = q.category AND p.source = q.source
-            WHERE NOT EXISTS (SELECT 1 FROM merged m WHERE m.iin = p.iin AND m.category = p.category)
-        """)
-        flags = ", ".join(f"false AS c_{f}" for f in CONFLICT_FIELDS)
-        con.execute(f"""
-            INSERT INTO merged BY NAME
-            SELECT p.iin, p.category, {", ".join("p." + f for f in PERSON_FIELDS)},
-              p.period_start, p.period_end, p.bodies, p.systems, p.sources, true AS kept_from_previous, {flags}
-            FROM read_parquet({prev}) p
-            SEMI JOIN (SELECT DISTINCT iin, category FROM kept) k ON p.iin = k.iin AND p.category = k.category
-        """)
-    else:
-        con.execute("CREATE TABLE kept (iin VARCHAR, category VARCHAR, body VARCHAR)")
-
-    con.execute(f"""
-        CREATE TABLE records AS
-        SELECT m.iin, m.category, e.decree_row, e.funding,
-          {", ".join("m." + f for f in PERSON_FIELDS)}, m.period_start, m.period_end,
-          m.bodies, m.systems, m.sources
-        FROM merged m JOIN edition_categories e USING (category)
-    """)
-
-    stats: dict[str, Any] = {"rows": {}, "conflicts": {}, "kept": {}, "kept_by_body": {}, "used_by_unit": {}}
-    for cat, n in con.execute("SELECT category, count(*) FROM records GROUP BY category").fetchall():
-        stats["rows"][cat] = n
-    sums = ", ".join(f"sum(c_{f}::INTEGER)" for f in CONFLICT_FIELDS)
-    for cat, *counts in con.execute(f"SELECT category, {sums} FROM merged GROUP BY category").fetchall():
-        stats["conflicts"][cat] = {f: int(n or 0) for f, n in zip(CONFLICT_FIELDS, counts)}
-    kept_rows = "SELECT category, count(*) FROM merged WHERE kept_from_previous GROUP BY category"
-    for cat, n in con.execute(kept_rows).fetchall():
-        stats["kept"][cat] = n
-    for cat, body, n in con.execute("SELECT category, body, count(*) FROM kept GROUP BY ALL").fetchall():
-        stats["kept_by_body"][(cat, body)] = n
-    for body, cat, n in con.execute("SELECT body, category, count(*) FROM src GROUP BY ALL").fetchall():
-        stats["used_by_unit"][(body, cat)] = n
-    return stats
-
-
-def _write_changes(con: duckdb.DuckDBPyConnection, previous: Path | None, path: Path) -> dict[str, int]:
-    """Write changes.parquet against the previous delivered package; return counts per kind."""
-    prev = f"read_parquet({_lit(str(previous / RECORDS))})" if previous else "(SELECT * FROM records WHERE false)"
-    differs = ", ".join(f"CASE WHEN r.{f} IS DISTINCT FROM p.{f} THEN '{f}' END" for f in CHANGE_FIELDS)
-    con.execute(f"""
-        CREATE TABLE changes AS
-        SELECT * FROM (
-          SELECT
-            CASE WHEN p.iin IS NULL THEN 'added' WHEN r.iin IS NULL THEN 'removed' ELSE 'changed' END AS change,
-            coalesce(r.iin, p.iin) AS iin,
-            coalesce(r.category, p.category) AS category,
-            CASE WHEN r.iin IS NOT NULL AND p.iin IS NOT NULL
-              THEN list_filter([{differs}], lambda x: x IS NOT NULL) END AS fields
-          FROM records r FULL OUTER JOIN {prev} p ON r.iin = p.iin AND r.category = p.category
-        ) WHERE change <> 'changed' OR len(fields) > 0
-    """)
-    _write_query(con, "SELECT * FROM changes ORDER BY category, iin", path, _changes_schema())
-    counts = dict.fromkeys(("added", "removed", "changed"), 0)
-    counts.update(dict(con.execute("SELECT change, count(*) FROM changes GROUP BY change").fetchall()))
-    return counts
-
-
-def _records_schema() -> pa.Schema:
-    import pyarrow as pa
-
-    s = pa.string()
-    return pa.schema([
-        ("iin", s), ("category", s), ("decree_row", pa.int32()), ("funding", s),
-        ("last_name", s), ("first_name", s), ("patronymic", s), ("birth_date", pa.date32()), ("sex", s),
-        ("period_start", pa.date32()), ("period_end", pa.date32()),
-        ("bodies", pa.list_(s)), ("systems", pa.list_(s)), ("sources", pa.list_(s)),
-    ])
-
-
-def _changes_schema() -> pa.Schema:
-    import pyarrow as pa
-
-    s = pa.string()
-    return pa.schema([("change", s), ("iin", s), ("category", s), ("fields", pa.list_(s))])
-
-
-def _write_query(con: duckdb.DuckDBPyConnection, sql: str, path: Path, schema: pa.Schema) -> int:
-    """Stream a query into Parquet with fixed row groups, zstd and nothing time-dependent."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    reader = con.sql(sql).to_arrow_reader(_FETCH_ROWS)
-    total = 0
-    with pq.ParquetWriter(path, schema, compression="zstd", compression_level=3) as writer:
-        pending: list[pa.Table] = []
-        n = 0
-        for batch in reader:
-            t = pa.Table.from_batches([batch]).cast(schema)
-            pending.append(t)
-            n += t.num_rows
-            while n >= ROW_GROUP_ROWS:
-                joined = pa.concat_tables(pending)
-                writer.write_table(joined.slice(0, ROW_GROUP_ROWS), row_group_size=ROW_GROUP_ROWS)
-                pending, n = [joined.slice(ROW_GROUP_ROWS)], n - ROW_GROUP_ROWS
-                total += ROW_GROUP_ROWS
-        if n:
-            writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP_ROWS)
-            total += n
-    return total
-
-
 # --------------------------------------------------------------------------- quality.json and manifest
 
 
@@ -526,7 +342,7 @@ NOTES = (
 
 
 def _quality_doc(
-    day: dt.date, edition: Edition, units: list[Unit], stats: dict[str, Any], previous: Path | None
+    day: dt.date, edition: Edition, units: list[Unit], stats: ConsolidationStats, previous: Path | None
 ) -> dict[str, Any]:
     """quality.json: per category and body, counts and verdicts only."""
     categories: dict[str, Any] = {}
@@ -544,15 +360,15 @@ def _quality_doc(
                 "rows_quarantined": c.get("rows_quarantined", 0),
                 "quarantined_by_rule": c.get("quarantined_by_rule", {}),
                 "carried_forward_from": u.carried_forward_from.isoformat() if u.carried_forward_from else None,
-                "rows_used": stats["used_by_unit"].get((u.body, cat), 0),
-                "records_carried_forward": stats["kept_by_body"].get((cat, u.body), 0),
+                "rows_used": stats.used_by_unit.get((u.body, cat), 0),
+                "records_carried_forward": stats.kept_by_body.get((cat, u.body), 0),
             }
         categories[cat] = {
             "status": category_verdict(cat_units),
-            "rows": stats["rows"].get(cat, 0),
+            "rows": stats.rows.get(cat, 0),
             "decree_row": edition.category(cat).row,
-            "records_carried_forward": stats["kept"].get(cat, 0),
-            "conflicts": stats["conflicts"].get(cat, dict.fromkeys(CONFLICT_FIELDS, 0)),
+            "records_carried_forward": stats.kept.get(cat, 0),
+            "conflicts": stats.conflicts.get(cat, dict.fromkeys(CONFLICT_FIELDS, 0)),
             "bodies": bodies,
         }
     statuses = [c["status"] for c in categories.values()]
@@ -570,7 +386,7 @@ def _quality_doc(
         "edition": {"code": edition.code, "provisional": edition.provisional},
         "categories": categories,
         "totals": totals,
-        "changes": {"against": previous.name if previous else None, **stats["changes"]},
+        "changes": {"against": previous.name if previous else None, **stats.changes},
         "notes": list(NOTES),
     }
 
@@ -627,9 +443,12 @@ def run_package_suite(records_path: Path, *, expected_rows: int, categories: Seq
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from osms.budget import task_budget
+    from osms.quality.frames import columns_used, to_frame
+    from osms.quality.runner import rule_results, run_expectations
     from osms.quality.suites import load_suite_dict
-    from osms.quality.validate import _run_suite
 
+    chunk_rows = GATE_CHUNK_ROWS or task_budget().gate_chunk_rows
     suite = load_suite_dict("package")
     parameters = {"expected_rows": int(expected_rows), "edition_categories": sorted(categories)}
     table_rules = [e for e in suite["expectations"] if e.get("meta", {}).get("scope") == "table"]
@@ -639,8 +458,11 @@ def run_package_suite(records_path: Path, *, expected_rows: int, categories: Seq
     def run(expectations: list[dict[str, Any]], table: pa.Table) -> None:
         if not expectations:
             return
-        part = {**suite, "expectations": expectations}
-        for r in _run_suite(part, table, parameters, chunk_rows=max(table.num_rows, 1), gx_runs=[]):
+        results = rule_results(expectations, table.num_rows)
+        for res in run_expectations(suite["name"], expectations, to_frame(table, columns_used(expectations) or
+                                                                          table.column_names), parameters)["results"]:
+            results[res["expectation_config"]["meta"]["rule"]].add(res)
+        for r in results.values():
             if r.success and r.exception is None:
                 continue
             f = failures.setdefault(r.rule, {"unexpected": 0, "exception": None})
@@ -648,20 +470,20 @@ def run_package_suite(records_path: Path, *, expected_rows: int, categories: Seq
             f["exception"] = f["exception"] or r.exception
 
     pf = pq.ParquetFile(records_path)
-    run(table_rules, pq.read_table(records_path, columns=["category"], read_dictionary=["category"]))
+    run(table_rules, pq.read_table(records_path, columns=["category"]))
 
     unsorted = 0
     carry: pa.Table | None = None
     last_key: tuple[str, str] | None = None
-    batches = pf.iter_batches(batch_size=GATE_CHUNK_ROWS, columns=["iin", "category"])
+    batches = pf.iter_batches(batch_size=chunk_rows, columns=["iin", "category"])
     for batch in [*batches, None]:
         if batch is not None:
             incoming = pa.Table.from_batches([batch])
             chunk = incoming if carry is None else pa.concat_tables([carry, incoming])
-            if chunk.num_rows < GATE_CHUNK_ROWS:
+            if chunk.num_rows < chunk_rows:
                 carry = chunk
                 continue
-            cut = _key_boundary(chunk, GATE_CHUNK_ROWS)
+            cut = _key_boundary(chunk, chunk_rows)
             if cut >= chunk.num_rows:  # the last key may go on in the next batch
                 carry = chunk
                 continue

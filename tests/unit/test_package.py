@@ -496,16 +496,17 @@ def test_a_duplicate_across_a_chunk_boundary_is_caught(tmp_path, monkeypatch):
 
 def test_a_failing_gate_writes_no_package(tmp_path, keys, monkeypatch):
     # Arrange: consolidation that (wrongly) yields a duplicate row
+    from osms import consolidate
+
     _two_bodies(tmp_path)
-    original = package._consolidate
+    original = consolidate._consolidate_range
 
-    def broken(con, *args):
-        stats = original(con, *args)
-        con.execute("INSERT INTO records SELECT * FROM records WHERE category = 'children' LIMIT 1")
-        stats["rows"]["children"] += 1
-        return stats
+    def broken(con, cat, *args):
+        original(con, cat, *args)
+        if cat.category == "children":
+            con.execute("INSERT INTO osms_records SELECT * FROM osms_records LIMIT 1")
 
-    monkeypatch.setattr(package, "_consolidate", broken)
+    monkeypatch.setattr(consolidate, "_consolidate_range", broken)
 
     # Act / Assert
     with pytest.raises(PackageGateError, match="iin_category_unique"):

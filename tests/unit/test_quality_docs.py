@@ -101,9 +101,9 @@ def day(tmp_path_factory: pytest.TempPathFactory) -> Day:
         for r in rows:
             personal.update(str(r[c]) for c in ("iin", "child_iin", "last_name", "first_name", "patronymic")
                             if r.get(c))
-    # validate_category renders the day's docs after each report, as in the DAGs.
     outcomes = [validate_category(body=b, category=c, as_of=DAY, landing_paths=paths, data_dir=data_dir)
                 for (b, c), paths in landed.items()]
+    docs.render_day(data_dir, DAY)  # once the bodies have reported, as the package DAG does
     return Day(data_dir, outcomes, personal)
 
 

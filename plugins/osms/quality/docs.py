@@ -218,8 +218,13 @@ def _run_time(report: dict[str, Any], as_of: dt.date) -> dt.datetime:
 
 
 def _configs(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each rule's expectation configuration, from the first scrubbed GX run that held it."""
+    """Each rule's expectation configuration: the report's own list, else the first scrubbed GX run that held it."""
     configs: dict[str, dict[str, Any]] = {}
+    for c in report.get("expectations", []):
+        rule = (c.get("meta") or {}).get("rule")
+        if rule:
+            configs[rule] = {"type": c["type"], "kwargs": c.get("kwargs") or {}, "meta": c.get("meta") or {},
+                             "severity": c.get("severity", "critical")}
     for run in report.get("gx_runs", []):
         for res in run.get("results", []):
             c = res.get("expectation_config") or {}

@@ -25,6 +25,7 @@ __all__ = [
     "expectations_dir",
     "load_suite_dict",
     "render_registry_rules",
+    "resolve_parameters",
     "suite_parameters",
     "years_before",
 ]
@@ -95,6 +96,17 @@ def suite_parameters(suite: dict[str, Any], as_of: dt.date, edition: str) -> dic
             day += dt.timedelta(days=1)
         values[name] = _midnight(day)
     return values
+
+
+def resolve_parameters(node: Any, parameters: dict[str, Any]) -> Any:
+    """``node`` (an expectation's kwargs) with every ``{"$PARAMETER": name}`` replaced by its value."""
+    if isinstance(node, dict):
+        if set(node) == {"$PARAMETER"}:
+            return parameters[node["$PARAMETER"]]
+        return {k: resolve_parameters(v, parameters) for k, v in node.items()}
+    if isinstance(node, list):
+        return [resolve_parameters(v, parameters) for v in node]
+    return node
 
 
 def _midnight(day: dt.date) -> str:

@@ -9,6 +9,22 @@ Nothing here restates a rule. The only row-level decision taken outside GX is
 exact duplicates (a repeated identical row keeps one copy), which must happen
 before GX so that the copy is not reported as a broken ``record_id_unique``.
 
+Memory is bounded by the task's budget (:mod:`osms.budget`), not by the feed:
+
+- exact duplicates and the uniqueness rules, which compare rows with each other,
+  are found by a hash pass over the whole feed in DuckDB (spilling beyond its
+  limit) and GX runs over the candidates only (:mod:`osms.quality.uniqueness`);
+- the feed is then read one range of IINs at a time (about a million rows at
+  2 GiB, ranges cut from the hash pass's histogram of IIN prefixes), each range
+  validated by one GX run of the row rules, split, sorted and appended, so the
+  validated and quarantine files come out sorted by (IIN, record id, system)
+  without a sort of the whole feed;
+- a feed that fits in one chunk is read once and every rule runs in its GX run.
+
+GX gets its frames through :mod:`osms.quality.frames`, typed so that its pandas
+metrics stay vectorised. The day's Data Docs are rendered once per day, after
+every body has reported (``osms.quality.docs.render_day``), not by each task.
+
 pandas, pyarrow and GX are imported inside functions: DAG files import this
 module at parse time.
 """
@@ -17,41 +33,47 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import io
 import json
+import logging
+import os
+import shutil
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from osms.files import write_bytes_atomic, write_parquet_atomic
+from osms import layout
+from osms.budget import task_budget
+from osms.files import write_bytes_atomic
+from osms.quality.runner import MIN_ROWS_TO_HOLD, RuleResult, mostly_success, rule_results, run_expectations
 from osms.quality.scrub import scrub_validation_result
-from osms.quality.suites import load_suite_dict, suite_parameters
+from osms.quality.suites import load_suite_dict, resolve_parameters, suite_parameters
 from osms.registry import default_registry
 
 if TYPE_CHECKING:
+    import duckdb
     import numpy as np
-    import pandas as pd
     import pyarrow as pa
 
     from osms.registry import EditionCategory
 
-__all__ = ["CategoryOutcome", "DUPLICATE_RULE", "RuleResult", "validate_category", "write_feedback"]
+__all__ = ["CategoryOutcome", "DUPLICATE_RULE", "MIN_ROWS_TO_HOLD", "RuleResult", "validate_category",
+           "write_feedback"]
+
+log = logging.getLogger(__name__)
 
 Verdict = Literal["published", "held_back"]
 LINEAGE_COLUMNS = ("body", "system", "category", "as_of")
 SORT_KEY = (("iin", "ascending"), ("record_id", "ascending"), ("system", "ascending"))
 DUPLICATE_RULE = "duplicate_record"
-# GX on pandas holds several boolean/index copies of a frame per expectation; a
-# million rows keeps a chunk well under a gigabyte whatever the category.
-DEFAULT_CHUNK_ROWS = 1_000_000
-# Rules that compare rows with each other: they must see the whole feed, not a chunk.
-_TABLE_WIDE_TYPES = frozenset({"expect_compound_columns_to_be_unique", "expect_column_values_to_be_unique"})
-# pandas datetime64[ns] spans 1677..2262; GX only compares dates vectorised in ns,
-# so dates outside are clamped to the span's ends (they still break every date rule).
-_NS_MIN, _NS_MAX = dt.date(1678, 1, 1), dt.date(2261, 12, 31)
+# Rows per row group of the validated and quarantine files: the package reads ranges of
+# IINs from them, and Parquet's row-group statistics let it skip the rest.
+OUTPUT_ROW_GROUP_ROWS = 100_000
+_POS = "_osms_position"
 
 
 @dataclass(frozen=True)
@@ -81,85 +103,6 @@ class CategoryOutcome:
         return out
 
 
-# A rule past its threshold holds a category back only with at least this many
-# failing rows (or half the feed): see RuleResult.holds_back.
-MIN_ROWS_TO_HOLD = 10
-
-
-@dataclass
-class RuleResult:
-    """One expectation's outcome, merged over the chunks it ran on."""
-
-    rule: str
-    type: str
-    severity: str
-    mostly: float
-    element_count: int = 0
-    unexpected_count: int = 0
-    missing_count: int = 0
-    success: bool = True  # GX's own verdict, every chunk's
-    exception: str | None = None
-    chunks: int = 0
-    rows: int = 0  # rows of the (deduplicated) feed the rule ran over
-    unexpected_index: list[Any] = dataclasses.field(default_factory=list, repr=False)
-
-    @property
-    def critical(self) -> bool:
-        """Whether failing this rule quarantines a row (``warning``/``info`` only count)."""
-        return self.severity == "critical"
-
-    @property
-    def unexpected_percent(self) -> float:
-        """Share of the feed's rows that broke the rule, in per cent."""
-        return 100.0 * self.unexpected_count / self.rows if self.rows else 0.0
-
-    @property
-    def within_threshold(self) -> bool:
-        """Whether at most ``1 - mostly`` of the feed's rows broke the rule.
-
-        GX's own ``success`` divides by the non-missing values the rule looked at:
-        a few bad ``period_end`` among mostly open-ended periods, or the one WWII
-        veteran of a day with a wrong birth date, would then read as 100 % failed
-        and hold back a whole category. The verdict is about whether the extract
-        is usable, so it divides by every row of the feed, with GX's comparison.
-        """
-        from great_expectations.expectations.expectation import _mostly_success
-
-        if self.exception is not None:
-            return False
-        return self.rows == 0 or _mostly_success(self.rows, self.unexpected_count, self.mostly)
-
-    @property
-    def holds_back(self) -> bool:
-        """Whether this rule's failures make the whole extract unusable.
-
-        Past its threshold, yes, but only when the breach is systematic: a handful
-        of bad rows in a small feed (one kandas record in 49 is 2 %) is a row
-        problem, for quarantine, not a reason to hold back everyone else. So a
-        breach needs at least MIN_ROWS_TO_HOLD failing rows, or half the feed.
-        """
-        if self.within_threshold:
-            return False
-        return self.unexpected_count >= MIN_ROWS_TO_HOLD or self.unexpected_count * 2 >= self.rows
-
-    def counts(self) -> dict[str, Any]:
-        """The rule's counts for the report: no values."""
-        return {
-            "rule": self.rule,
-            "type": self.type,
-            "severity": self.severity,
-            "gx_success": self.success,
-            "within_threshold": self.within_threshold,
-            "mostly": self.mostly,
-            "rows": self.rows,
-            "element_count": self.element_count,
-            "missing_count": self.missing_count,
-            "unexpected_count": self.unexpected_count,
-            "unexpected_percent": round(self.unexpected_percent, 4),
-            "raised_exception": self.exception is not None,
-        }
-
-
 # --------------------------------------------------------------------------- the helper
 
 
@@ -171,65 +114,134 @@ def validate_category(
     landing_paths: Sequence[Path],
     data_dir: Path,
     trailing_counts: Sequence[int] = (),
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = None,
     expectations_dir: Path | None = None,
 ) -> CategoryOutcome:
     """Validate a body's landing data for one category and date; write validated, quarantine and report files."""
     import numpy as np
     import pyarrow as pa
 
+    from osms.files import parquet_writer_atomic
+    from osms.iin import prefix_ranges
+    from osms.quality.frames import columns_used, to_frame
+    from osms.quality.uniqueness import find_table_wide, is_table_wide
+
+    budget = task_budget()
+    chunk_rows = int(chunk_rows or budget.validation_chunk_rows)
     edition = default_registry().edition_on(as_of)
     cat = edition.category(category)
     suite = load_suite_dict(category, expectations_dir)
     parameters = suite_parameters(suite, as_of, edition.code)
+    expectations: list[dict[str, Any]] = suite["expectations"]
+    feed = _Landing(landing_paths, cat, body=body, as_of=as_of)
+    rows_in = feed.rows
+    record_columns = [c.name for c in cat.record_columns]
 
-    table = _read_landing(landing_paths, cat, body=body, as_of=as_of)
-    rows_in = table.num_rows
-    keep, copies = _exact_duplicates(table, [c.name for c in cat.record_columns] + ["system"])
-    kept = table.take(pa.array(keep, pa.int64()))
+    def gx(part: list[dict[str, Any]], table: pa.Table, positions: np.ndarray) -> dict[str, Any]:
+        """GX's result of ``part`` over ``table``, its unexpected indices turned into feed positions."""
+        result = run_expectations(suite["name"], part, to_frame(table, columns_used(part)), parameters)
+        for res in result["results"]:
+            body = res.get("result") or {}
+            if body.get("unexpected_index_list"):
+                body["unexpected_index_list"] = positions[np.asarray(body["unexpected_index_list"], np.int64)].tolist()
+        return result
 
     gx_runs: list[dict[str, Any]] = []
-    results = _run_suite(suite, kept, parameters, chunk_rows=chunk_rows, gx_runs=gx_runs)
+    one_chunk = rows_in <= chunk_rows
+    table_wide = [e for e in expectations if is_table_wide(e)]
+    row_rules = expectations if one_chunk else [e for e in expectations if not is_table_wide(e)]
+    work = data_dir / "tmp" / f"validate-{as_of.isoformat()}-{body}-{category}-{os.getpid()}"
+    timer = _Timer()
+    try:
+        with _duckdb(work, budget.duckdb_limit) as con:
+            whole: pa.Table | None = None
+            if one_chunk:
+                whole = feed.read(con)
+                copies = _exact_copies(whole, [*record_columns, "system"])
+                wide = None
+                ranges: list[tuple[str | None, str | None]] = [(None, None)]
+            else:
+                with timer("duplicates and uniqueness"):
+                    wide = find_table_wide(feed, record_columns=record_columns, expectations=table_wide,
+                                           chunk_rows=chunk_rows, con=con, validate=gx)
+                copies = wide.copies
+                gx_runs += [scrub_validation_result({"rows": "candidates", **run}) for run in wide.gx_runs]
+                ranges = prefix_ranges(wide.prefix_counts, chunk_rows)
 
-    # Which rows broke which critical rules (positions in ``kept``).
-    row_rules: dict[int, list[str]] = {}
-    for r in sorted(results, key=lambda r: r.rule):
-        if r.critical:
-            for pos in r.unexpected_index:
-                row_rules.setdefault(int(pos), []).append(r.rule)
-    bad = np.array(sorted(row_rules), dtype=np.int64)
-    good_mask = np.ones(kept.num_rows, dtype=bool)
-    good_mask[bad] = False
+            kept_rows = rows_in - len(copies)
+            results = rule_results(expectations, kept_rows)
+            if wide is not None:
+                for e in table_wide:
+                    r = results[e["meta"]["rule"]]
+                    r.chunks, r.element_count, r.missing_count = 1, kept_rows, wide.missing.get(r.rule, 0)
+                    r.unexpected_count = len(wide.unexpected.get(r.rule, ()))
+                    r.exception = wide.exceptions.get(r.rule)
+                    r.success = r.exception is None and mostly_success(kept_rows - r.missing_count,
+                                                                       r.unexpected_count, r.mostly)
+            critical = sorted(r.rule for r in results.values() if r.critical)
+            warning_rules = sorted(r.rule for r in results.values() if not r.critical)
+            quarantined_by_rule = dict.fromkeys(critical, 0)
+            warnings_by_rule = dict.fromkeys(warning_rules, 0)
 
-    quarantined_by_rule: dict[str, int] = {}
-    for rules in row_rules.values():
-        for rule in rules:
-            quarantined_by_rule[rule] = quarantined_by_rule.get(rule, 0) + 1
+            schema = feed.schema
+            q_schema = schema.append(pa.field("rules", pa.list_(pa.string())))
+            with parquet_writer_atomic(layout.validated(data_dir, as_of, body, category), schema,
+                                       row_group_rows=OUTPUT_ROW_GROUP_ROWS) as validated, \
+                    parquet_writer_atomic(layout.quarantine(data_dir, as_of, body, category), q_schema,
+                                          row_group_rows=OUTPUT_ROW_GROUP_ROWS) as quarantine:
+                # One range of IINs at a time, in order: each range is validated, sorted and written
+                # whole, so the files come out sorted without a sort of the whole feed.
+                for lo, hi in ranges:
+                    with timer("read"):
+                        chunk, positions = (whole, np.arange(rows_in, dtype=np.int64)) if whole is not None \
+                            else feed.read_range(con, lo, hi)
+                    whole = None
+                    copy = _member(positions, copies)
+                    kept, kept_pos = chunk.filter(pa.array(~copy)), positions[~copy]
+                    with timer("gx"):
+                        run = gx(row_rules, kept, kept_pos) if kept.num_rows else {"results": []}
+                    if kept.num_rows:
+                        gx_runs.append(scrub_validation_result({"rows": [lo, hi], **run}))
+                    broken: dict[str, np.ndarray] = {}
+                    for res in run["results"]:
+                        r = results[res["expectation_config"]["meta"]["rule"]]
+                        r.add(res)
+                        broken[r.rule] = np.sort(np.asarray(r.unexpected_index, dtype=np.int64))
+                        r.unexpected_index = []  # this range's rows are settled below: nothing accumulates
+                    if wide is not None:
+                        for rule, where in wide.unexpected.items():
+                            broken[rule] = where[_member(where, kept_pos)]
+                    bad = np.zeros(kept.num_rows, dtype=bool)
+                    rules_of: dict[int, list[str]] = {}
+                    for rule in critical:
+                        local = np.searchsorted(kept_pos, broken.get(rule, np.zeros(0, np.int64)))
+                        bad[local] = True
+                        quarantined_by_rule[rule] += len(local)
+                        for i in local.tolist():
+                            rules_of.setdefault(i, []).append(rule)
+                    for rule in warning_rules:  # a warning counts where the row is published
+                        local = np.searchsorted(kept_pos, broken.get(rule, np.zeros(0, np.int64)))
+                        warnings_by_rule[rule] += int((~bad[local]).sum())
+                    with timer("sort and write"):
+                        validated.write(kept.filter(pa.array(~bad)).sort_by(list(SORT_KEY)))
+                        bad_at = np.flatnonzero(bad)
+                        quarantined = [_with_rules(kept.take(pa.array(bad_at)), [rules_of[i] for i in bad_at.tolist()])]
+                        if copy.any():
+                            quarantined.append(_with_rules(chunk.filter(pa.array(copy)),
+                                                           [[DUPLICATE_RULE]] * int(copy.sum())))
+                        quarantine.write(pa.concat_tables(quarantined).sort_by(list(SORT_KEY)))
+                    del chunk, kept, run
+                    pa.default_memory_pool().release_unused()  # a range's buffers go back before the next
+        log.info("%s/%s, %s rows in %d range(s): %s", body, category, f"{rows_in:,}", len(ranges), timer)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
     if len(copies):
         quarantined_by_rule[DUPLICATE_RULE] = len(copies)
-    # A warning counts where the row is published: a quarantined row's warning is moot.
-    warnings_by_rule = {
-        r.rule: int(good_mask[np.asarray(r.unexpected_index, dtype=np.int64)].sum()) if r.unexpected_index else 0
-        for r in results
-        if not r.critical
-    }
-
-    published = kept.filter(pa.array(good_mask))
-    quarantined = pa.concat_tables(
-        [
-            _with_rules(kept.take(pa.array(bad)), [sorted(row_rules[int(p)]) for p in bad]),
-            _with_rules(table.take(pa.array(copies, pa.int64())), [[DUPLICATE_RULE]] * len(copies)),
-        ]
-    )
-    day = as_of.isoformat()
-    validated_path = write_parquet_atomic(
-        published.sort_by(list(SORT_KEY)), data_dir / "validated" / day / body / f"{category}.parquet"
-    )
-    quarantine_path = write_parquet_atomic(
-        quarantined.sort_by(list(SORT_KEY)), data_dir / "quarantine" / day / body / f"{category}.parquet"
-    )
-
-    reason = _held_back_reason(results, rows_in, trailing_counts, suite.get("meta", {}).get("volume_minimum_share", 0.8))
+    quarantined_by_rule = {k: v for k, v in sorted(quarantined_by_rule.items()) if v}
+    rule_list = list(results.values())
+    reason = _held_back_reason(rule_list, rows_in, trailing_counts,
+                               suite.get("meta", {}).get("volume_minimum_share", 0.8))
     outcome = CategoryOutcome(
         body=body,
         category=category,
@@ -237,15 +249,15 @@ def validate_category(
         verdict="held_back" if reason else "published",
         reason=reason,
         rows_in=rows_in,
-        rows_published=published.num_rows,
-        rows_quarantined=quarantined.num_rows,
-        quarantined_by_rule=dict(sorted(quarantined_by_rule.items())),
+        rows_published=validated.rows,
+        rows_quarantined=quarantine.rows,
+        quarantined_by_rule=quarantined_by_rule,
         warnings_by_rule=dict(sorted(warnings_by_rule.items())),
-        validated_path=validated_path,
-        quarantine_path=quarantine_path,
+        validated_path=layout.validated(data_dir, as_of, body, category),
+        quarantine_path=layout.quarantine(data_dir, as_of, body, category),
     )
     assert outcome.rows_in == outcome.rows_published + outcome.rows_quarantined, "a row was lost"
-    report_path = _write_report(outcome, results, gx_runs, suite, parameters, edition.code, data_dir)
+    report_path = _write_report(outcome, rule_list, gx_runs, suite, parameters, edition.code, data_dir)
     return dataclasses.replace(outcome, report_path=report_path)
 
 
@@ -281,6 +293,7 @@ def write_feedback(body: str, as_of: dt.date, data_dir: Path) -> Path:
 
 
 def _arrow_type(column_type: str) -> pa.DataType:
+    """The type a landing column is read as (wider than the landing file's: what GX compares)."""
     import pyarrow as pa
 
     return {
@@ -289,26 +302,46 @@ def _arrow_type(column_type: str) -> pa.DataType:
     }[column_type]
 
 
-def _read_landing(paths: Sequence[Path], cat: EditionCategory, *, body: str, as_of: dt.date) -> pa.Table:
-    """Every landing file of the category, in the record contract's columns plus lineage.
+class _Landing:
+    """The landing files of one (body, category), read as the record contract plus lineage.
 
     A column a file lacks is added empty, so its ``required:`` rule reports it
     rather than the run failing; lineage a file lacks comes from the call and the
-    landing path (``landing/D/<body>/<system>/<category>.parquet``).
+    landing path (``landing/D/<body>/<system>/<category>.parquet``). A row's
+    position counts rows from the first file's first row, file after file.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    fields = [pa.field(c.name, _arrow_type(c.type)) for c in cat.record_columns]
-    fields += [pa.field("body", pa.string()), pa.field("system", pa.string()),
-               pa.field("category", pa.string()), pa.field("as_of", pa.date32())]
-    schema = pa.schema(fields)
-    parts = []
-    for path in paths:
-        t = pq.read_table(path)
-        lineage = {"body": body, "system": Path(path).parent.name, "category": cat.code, "as_of": as_of}
+    def __init__(self, paths: Sequence[Path], cat: EditionCategory, *, body: str, as_of: dt.date) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        fields = [pa.field(c.name, _arrow_type(c.type)) for c in cat.record_columns]
+        fields += [pa.field("body", pa.string()), pa.field("system", pa.string()),
+                   pa.field("category", pa.string()), pa.field("as_of", pa.date32())]
+        self.schema = pa.schema(fields)
+        self.category, self.body, self.as_of = cat.code, body, as_of
+        self._files = []
+        start = 0
+        for path in map(Path, paths):
+            meta = pq.ParquetFile(path).metadata
+            self._files.append((path, start, set(meta.schema.to_arrow_schema().names), self._lineage(path)))
+            start += meta.num_rows
+        self.rows = start
+
+    def _lineage(self, path: Path) -> dict[str, Any]:
+        return {"body": self.body, "system": path.parent.name, "category": self.category, "as_of": self.as_of}
+
+    def files(self) -> list[tuple[Path, int, set[str], dict[str, Any]]]:
+        """(path, position of its first row, its columns, lineage values) per landing file, in order."""
+        return list(self._files)
+
+    def conform(self, t: pa.Table, path: Path) -> pa.Table:
+        """Rows of ``path`` in the contract's columns and types, with lineage and missing columns filled."""
+        import pyarrow as pa
+
+        lineage = self._lineage(path)
         cols = []
-        for f in schema:
+        for f in self.schema:
             if f.name in t.column_names:
                 col = t.column(f.name)
                 cols.append(col if col.type == f.type else col.cast(f.type))
@@ -316,25 +349,66 @@ def _read_landing(paths: Sequence[Path], cat: EditionCategory, *, body: str, as_
                 cols.append(pa.array([lineage[f.name]] * t.num_rows, f.type))
             else:
                 cols.append(pa.nulls(t.num_rows, f.type))
-        parts.append(pa.Table.from_arrays(cols, schema=schema))
-    if not parts:
-        return schema.empty_table()
-    return pa.concat_tables(parts).combine_chunks()
+        return pa.Table.from_arrays(cols, schema=self.schema)
+
+    def read(self, con: duckdb.DuckDBPyConnection) -> pa.Table:
+        """Every row, in position order."""
+        return self.read_range(con, None, None)[0]
+
+    def read_range(self, con: duckdb.DuckDBPyConnection, lo: str | None, hi: str | None) -> tuple[pa.Table, np.ndarray]:
+        """(rows whose IIN is in [lo, hi), their positions), in position order; missing IINs belong to the last range."""
+        import numpy as np
+        import pyarrow as pa
+
+        parts, positions = [], []
+        for path, start, present, _ in self._files:
+            where, params = [], []
+            if "iin" in present:
+                if lo is not None:
+                    where.append("iin >= ?")
+                    params.append(lo)
+                if hi is not None:
+                    where.append("iin < ?")
+                    params.append(hi)
+                if where and hi is None:
+                    where = [f"({' AND '.join(where)} OR iin IS NULL)"]
+            elif hi is not None:
+                continue  # no IIN at all: every row is missing one, so it belongs to the last range
+            sql = (f"SELECT * EXCLUDE (file_row_number), file_row_number AS {_POS}"
+                   f" FROM read_parquet(?, file_row_number = true)" + (f" WHERE {' AND '.join(where)}" if where else ""))
+            rows = con.sql(sql, params=[str(path), *params]).to_arrow_table()
+            rows = rows.sort_by(_POS)
+            positions.append(rows.column(_POS).to_numpy().astype(np.int64) + start)
+            parts.append(self.conform(rows.drop_columns([_POS]), path))
+        if not parts:
+            return self.schema.empty_table(), np.zeros(0, np.int64)
+        return pa.concat_tables(parts).combine_chunks(), np.concatenate(positions)
 
 
-def _exact_duplicates(table: pa.Table, columns: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(positions of rows to keep, positions of repeated identical copies): the first copy is kept."""
+def _member(positions: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Which ``positions`` are in ``sorted_set`` (both sorted int64)."""
+    import numpy as np
+
+    if not len(sorted_set):
+        return np.zeros(len(positions), dtype=bool)
+    at = np.searchsorted(sorted_set, positions)
+    at[at == len(sorted_set)] = 0
+    return sorted_set[at] == positions
+
+
+def _exact_copies(table: pa.Table, columns: list[str]) -> np.ndarray:
+    """Positions of the rows that repeat an earlier row in every column (the first copy is kept)."""
     import numpy as np
     import pyarrow as pa
 
     n = table.num_rows
     if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.zeros(0, np.int64)
     keyed = table.select(columns).append_column("_pos", pa.array(np.arange(n, dtype=np.int64)))
     firsts = keyed.group_by(columns, use_threads=False).aggregate([("_pos", "min")]).column("_pos_min")
     first = np.zeros(n, dtype=bool)
     first[firsts.to_numpy()] = True
-    return np.flatnonzero(first), np.flatnonzero(~first)
+    return np.flatnonzero(~first).astype(np.int64)
 
 
 def _with_rules(table: pa.Table, rules: list[list[str]]) -> pa.Table:
@@ -343,130 +417,55 @@ def _with_rules(table: pa.Table, rules: list[list[str]]) -> pa.Table:
     return table.append_column("rules", pa.array(rules, pa.list_(pa.string())))
 
 
-# --------------------------------------------------------------------------- running GX
+class _Timer:
+    """Seconds spent per step of the chunk loop, for one log line (no data, only step names)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - t0
+
+    def each(self, items: Iterator[Any], step: str) -> Iterator[Any]:
+        """The items of ``items``, the time spent producing them counted under ``step``."""
+        while True:
+            with self(step):
+                item = next(items, None)
+            if item is None:
+                return
+            yield item
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
 
 
-@functools.lru_cache(maxsize=1)
-def _batch_definition() -> Any:
-    """One ephemeral GX context and whole-dataframe batch definition per process."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    import osms.quality.expectations  # noqa: F401  registers the IIN expectations
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    asset = context.data_sources.add_pandas("osms_landing").add_dataframe_asset("category_records")
-    return asset.add_batch_definition_whole_dataframe("whole_feed")
+@contextmanager
+def _step(name: str) -> Iterator[None]:
+    """Log how long a step took (its name only)."""
+    t0 = time.perf_counter()
+    yield
+    log.info("%s took %.1f s", name, time.perf_counter() - t0)
 
 
-def _columns_used(expectations: list[dict[str, Any]]) -> list[str]:
-    used: set[str] = set()
-    for e in expectations:
-        kw = e["kwargs"]
-        used.update(kw[k] for k in ("column", "column_A", "column_B") if k in kw)
-        used.update(kw.get("column_list", []))
-        cond = kw.get("row_condition")
-        if isinstance(cond, dict):
-            used.update(_condition_columns(cond))
-    return sorted(used)
+@contextmanager
+def _duckdb(work: Path, memory_limit: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB for the hash pass, spilling to ``work`` beyond the task's share."""
+    import duckdb
 
-
-def _condition_columns(cond: dict[str, Any]) -> set[str]:
-    if "column" in cond and isinstance(cond["column"], dict):
-        return {cond["column"]["name"]}
-    return set().union(*(_condition_columns(c) for c in cond.get("conditions", []))) if cond.get("conditions") else set()
-
-
-def _to_frame(table: pa.Table, columns: list[str]) -> pd.DataFrame:
-    """The columns GX needs, typed so that GX's pandas metrics take their vectorised paths."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    arrays = {}
-    for name in columns:
-        col = table.column(name)
-        if pa.types.is_date32(col.type):
-            lo, hi = pa.scalar(_NS_MIN, pa.date32()), pa.scalar(_NS_MAX, pa.date32())
-            col = pc.if_else(pc.less(col, lo), lo, pc.if_else(pc.greater(col, hi), hi, col)).cast(pa.timestamp("ns"))
-        elif pa.types.is_integer(col.type):
-            col = col.cast(pa.float64())  # GX's vectorised between needs numpy int64/float64; nulls become NaN
-        arrays[name] = col
-    return pa.table(arrays).to_pandas()
-
-
-def _run_suite(
-    suite: dict[str, Any], table: pa.Table, parameters: dict[str, Any], *, chunk_rows: int, gx_runs: list[dict[str, Any]]
-) -> list[RuleResult]:
-    """Run the suite over ``table`` with GX; table-wide rules over the whole table, the rest chunk by chunk.
-
-    Each GX run's result is appended to ``gx_runs`` already scrubbed of values.
-    """
-    expectations = suite["expectations"]
-    rules = [e.get("meta", {}).get("rule") for e in expectations]
-    if None in rules or len(set(rules)) != len(rules):
-        raise ValueError(f"suite {suite['name']!r}: every expectation needs a unique meta.rule")
-    results = {
-        e["meta"]["rule"]: RuleResult(
-            rule=e["meta"]["rule"], type=e["type"], severity=e.get("severity", "critical"),
-            mostly=float(e["kwargs"].get("mostly", 1.0)), rows=table.num_rows,
-        )
-        for e in expectations
-    }
-    n = table.num_rows
-    whole = [e for e in expectations if e["type"] in _TABLE_WIDE_TYPES or n <= chunk_rows]
-    chunked = [e for e in expectations if e not in whole]
-    runs: list[tuple[list[dict[str, Any]], int, int]] = []
-    if whole:
-        runs.append((whole, 0, n))
-    if chunked:
-        runs.extend((chunked, start, min(start + chunk_rows, n)) for start in range(0, n, chunk_rows))
-    for part, start, stop in runs:
-        frame = _to_frame(table.slice(start, stop - start), _columns_used(part))
-        frame.index = range(start, stop)  # unexpected_index_list then holds positions in ``table``
-        run = _validate_frame(suite, part, frame, parameters)
-        gx_runs.append(scrub_validation_result({"rows": [start, stop], **run}))
-        for res in run["results"]:
-            r = results[res["expectation_config"]["meta"]["rule"]]
-            r.chunks += 1
-            exc = res.get("exception_info") or {}
-            raised = [v for v in exc.values() if isinstance(v, dict) and v.get("raised_exception")]
-            if exc.get("raised_exception") or raised:
-                info = exc if exc.get("raised_exception") else raised[0]
-                r.exception = str(info.get("exception_message"))[:300]
-                r.success = False
-                continue
-            body = res.get("result", {})
-            r.element_count += int(body.get("element_count", 0))
-            r.unexpected_count += int(body.get("unexpected_count", 0))
-            r.missing_count += int(body.get("missing_count", 0) or 0)
-            r.unexpected_index.extend(body.get("unexpected_index_list") or [])
-            r.success = r.success and bool(res["success"])
-    return list(results.values())
-
-
-def _validate_frame(
-    suite: dict[str, Any], expectations: list[dict[str, Any]], frame: pd.DataFrame, parameters: dict[str, Any]
-) -> dict[str, Any]:
-    import great_expectations as gx
-
-    batch_definition = _batch_definition()
-    gx_suite = gx.ExpectationSuite(name=suite["name"], expectations=[_config(e) for e in expectations])
-    batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
-    result = batch.validate(
-        gx_suite, expectation_parameters=parameters, result_format={"result_format": "COMPLETE"}
-    )
-    return result.to_json_dict()
-
-
-def _config(expectation: dict[str, Any]) -> Any:
-    """An expectation of the suite JSON as a GX Expectation object."""
-    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
-
-    return ExpectationConfiguration(
-        type=expectation["type"], kwargs=expectation["kwargs"], meta=expectation.get("meta"),
-        severity=expectation.get("severity", "critical"),
-    ).to_domain_obj()
+    work.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute("SET memory_limit = ?", [memory_limit])
+        con.execute("SET temp_directory = ?", [str(work / "duckdb")])
+        con.execute("SET preserve_insertion_order = false")
+        yield con
+    finally:
+        con.close()
 
 
 # --------------------------------------------------------------------------- verdict and report
@@ -507,22 +506,23 @@ def _write_report(
     edition: str,
     data_dir: Path,
 ) -> Path:
-    """Store the run's GX results as counts and percentages only, and render the day's page."""
+    """Store the run's GX results as counts and percentages only (Data Docs are rendered from them once a day)."""
     report = scrub_validation_result(
         {
             "schema": "osms.quality.gx/1",
             "suite": suite["name"],
             "edition": edition,
             "parameters": parameters,
+            "expectations": [
+                {"type": e["type"], "kwargs": resolve_parameters(e["kwargs"], parameters), "meta": e.get("meta", {}),
+                 "severity": e.get("severity", "critical")}
+                for e in suite["expectations"]
+            ],
             "outcome": {k: v for k, v in outcome.as_dict().items() if not k.endswith("_path")},
             "results": [r.counts() for r in sorted(results, key=lambda r: r.rule)],
             "gx_runs": gx_runs,
         }
     )
-    day = outcome.as_of.isoformat()
-    path = data_dir / "reports" / "gx" / day / outcome.body / f"{outcome.category}.json"
+    path = data_dir / "reports" / "gx" / outcome.as_of.isoformat() / outcome.body / f"{outcome.category}.json"
     write_bytes_atomic((json.dumps(report, indent=2, sort_keys=True) + "\n").encode(), path)
-    from osms.quality.docs import render_day
-
-    render_day(data_dir, outcome.as_of)
     return path
