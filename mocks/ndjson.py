@@ -5,19 +5,42 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# JSON needs these escaped inside strings; anything below 0x20 is rare enough in
-# source data that rows holding one are encoded by the json module instead.
-_CONTROL = r"[\x00-\x1f]"
+# What a string value's bytes may need: 1 a backslash, 2 a quote (both escaped in
+# place), 4 a control character below 0x20 (rare enough in source data that a page
+# holding one is encoded by the json module instead).
+_FLAGS = np.zeros(256, np.uint8)
+_FLAGS[ord("\\")] = 1
+_FLAGS[ord('"')] = 2
+_FLAGS[:0x20] = 4
+
+
+class _NeedsJsonModule(Exception):
+    """A value holds a control character."""
+
+
+def _value_bytes(strings: pa.Array) -> np.ndarray:
+    """The bytes of all the values of a string array, one after another (no copy)."""
+    data = strings.buffers()[2]
+    if data is None or len(strings) == 0:
+        return np.zeros(0, np.uint8)
+    offsets = np.frombuffer(strings.buffers()[1], np.int32, count=len(strings) + 1, offset=strings.offset * 4)
+    return np.frombuffer(data, np.uint8)[int(offsets[0]):int(offsets[-1])]
 
 
 def _quoted(strings: pa.Array) -> pa.Array:
-    # scanning is far cheaper than replacing, and most columns hold neither character
-    if pc.any(pc.match_substring(strings, "\\")).as_py():
+    # one pass over the raw bytes is far cheaper than a search per value, and most
+    # columns hold none of these characters
+    raw = _value_bytes(strings)
+    flags = int(np.bitwise_or.reduce(_FLAGS[raw])) if len(raw) else 0
+    if flags & 4:
+        raise _NeedsJsonModule
+    if flags & 1:
         strings = pc.replace_substring(strings, "\\", "\\\\")
-    if pc.any(pc.match_substring(strings, '"')).as_py():
+    if flags & 2:
         strings = pc.replace_substring(strings, '"', '\\"')
     return pc.binary_join_element_wise('"', strings, '"', "")
 
@@ -52,22 +75,18 @@ def encode(table: pa.Table, rename: Mapping[str, str] | None = None) -> bytes:
         return b""
     rename = rename or {}
     parts: list[pa.Array | str] = []
-    for i, name in enumerate(table.column_names):
-        key = json.dumps(rename.get(name, name), ensure_ascii=False)
-        parts.append(("{" if i == 0 else ",") + key + ":")
-        parts.append(_json_values(table.column(i).combine_chunks()))
+    try:
+        for i, name in enumerate(table.column_names):
+            key = json.dumps(rename.get(name, name), ensure_ascii=False)
+            parts.append(("{" if i == 0 else ",") + key + ":")
+            parts.append(_json_values(table.column(i).combine_chunks()))
+    except _NeedsJsonModule:
+        return _encode_slow(table, rename)
     parts.append("}\n")
     lines = pc.binary_join_element_wise(*parts, "")
-    if any(pc.any(pc.match_substring_regex(table.column(i), _CONTROL)).as_py()
-           for i, f in enumerate(table.schema) if pa.types.is_string(f.type)):
-        return _encode_slow(table, rename)
     lines = lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines
-    offsets = lines.buffers()[1]
-    data = lines.buffers()[2]
-    import numpy as np
-
-    o = np.frombuffer(offsets, dtype=np.int32, count=n + 1, offset=lines.offset * 4)
-    return data.to_pybytes()[int(o[0]) : int(o[-1])]
+    offsets = np.frombuffer(lines.buffers()[1], np.int32, count=n + 1, offset=lines.offset * 4)
+    return lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0])).to_pybytes()
 
 
 def _encode_slow(table: pa.Table, rename: Mapping[str, str]) -> bytes:

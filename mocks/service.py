@@ -41,11 +41,15 @@ class MockServices:
 
     def airflow_env(self) -> dict[str, str]:
         """``AIRFLOW_CONN_*`` variables: one HTTP connection per system, one for the receiver."""
+        from mocks.sources import MAX_LIMIT
+
         env = {}
         port = self.sources.port
         for system, token in sorted(self.tokens.items()):
+            # the largest page the mock serves: fewer, larger requests at national scale
             env[f"AIRFLOW_CONN_OSMS_SOURCE_{system.upper()}"] = json.dumps(
-                {"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http", "password": token}
+                {"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http", "password": token,
+                 "extra": {"page_size": MAX_LIMIT}}
             )
         env["AIRFLOW_CONN_OSMS_STATE_CORP"] = json.dumps(
             {"conn_type": "http", "host": "127.0.0.1", "port": self.state_corp.port, "schema": "http",

@@ -233,6 +233,7 @@ def _response(status: int, body: bytes = b"", headers: dict[str, str] | None = N
     r = requests.Response()
     r.status_code = status
     r._content = body
+    r._content_consumed = True  # read already: iter_content, as the client streams it, gives these bytes
     r.headers.update(headers or {})
     return r
 
@@ -245,7 +246,7 @@ class _ScriptedSession:
         self.headers: dict[str, str] = {}
         self.calls: list[dict] = []
 
-    def get(self, url: str, params: dict, timeout: float) -> requests.Response:
+    def get(self, url: str, params: dict, timeout: float, stream: bool = False) -> requests.Response:
         self.calls.append(dict(params))
         item = self.responses.pop(0)
         if isinstance(item, Exception):
