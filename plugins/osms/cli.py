@@ -258,41 +258,60 @@ def package_verify(package_dir: str, public_key: str | None, previous: str | Non
 # --------------------------------------------------------------------------- run
 
 
+# Exit codes of ``osms run`` (the README lists them): a cron job or a CI wrapper can tell what happened.
+EXIT_DELIVERED = 0  # every DAG succeeded and the day's package has a receipt
+EXIT_DAG_FAILED = 3  # the package was delivered, but a DAG run failed (a body's data is carried forward)
+EXIT_NOT_DELIVERED = 4  # no receipt for the day's package
+
+
 @main.command("run")
 @click.option("--date", "day", type=DATE, default=None, help="Logical date (default: yesterday in Asia/Almaty).")
 @click.option("--data-dir", default="data", show_default=True, help="Working data root.")
-def run(day: dt.date | None, data_dir: str) -> None:
-    """Run the daily job for a date: mocks, 8 agency DAGs and the package DAG on embedded SQLite."""
+@click.option("--scale", type=float, default=None,
+              help="Share of the real country the mocks serve (1.0 = 20.3 M persons; default 0.001).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Airflow worker processes running DAGs side by side (default: the machine's cores).")
+def run(day: dt.date | None, data_dir: str, scale: float | None, workers: int | None) -> None:
+    """Run the daily job for a date: mocks, 8 agency DAGs and the package DAG on embedded SQLite.
+
+    Exit status: 0 delivered and every DAG succeeded; 3 delivered, but a DAG run
+    failed; 4 nothing delivered for the date.
+    """
     import json
+    import logging
+    import time
     from pathlib import Path
 
     from mocks.config import MockConfig
     from mocks.service import start_mocks
     from osms import layout
-    from osms.local_run import airflow_env, migrate, run_day_dags, signing_env
+    from osms.local_run import airflow_env, run_day_dags, signing_env, start_migrate, wait_migrate
 
     day = day or yesterday_in_almaty()
     _, edition = _edition_or_exit(day)
     root = Path(data_dir).resolve()
+    cfg = _mock_config(None, None, scale, str(root))
     click.echo(
         f"osms run for {day.isoformat()}: edition {edition.code}{' (provisional)' if edition.provisional else ''},"
         f" {len(edition.bodies)} bodies, {len(edition.feeds)} feeds; data in {root}"
     )
-    cfg = MockConfig(data_dir=root / "mocks")
-    import logging
-
     logging.getLogger("mocks").setLevel(logging.WARNING)  # the receiver's own log is in its state dir
-    click.echo("starting the mock source systems and State Corporation on 127.0.0.1 ...")
+    # The metadata database is migrated while the population loads: neither waits for the other.
+    migrating = start_migrate(airflow_env(root, signing_env()))
+    click.echo(f"starting the mock source systems and State Corporation on 127.0.0.1 (scale {cfg.scale}) ...")
     with start_mocks(cfg, progress=True) as services:
         click.echo(f"  sources {services.sources_url}, receiver {services.state_corp_url}")
         env = airflow_env(root, {**services.airflow_env(), **signing_env()})
         click.echo("preparing the embedded Airflow metadata database (SQLite) ...")
-        migrate(env)
+        wait_migrate(migrating)
         click.echo(f"running the DAGs for {day.isoformat()} (logs in {root / 'airflow' / 'logs' / f'run-{day}'}):")
-        results, statuses = run_day_dags(day, root, env, say=click.echo)
+        started = time.perf_counter()
+        results, statuses = run_day_dags(day, root, env, workers=workers, say=click.echo)
+        click.echo(f"  all DAGs in {time.perf_counter() - started:,.0f} s")
     package = layout.package_dir(root, day)
     quality = json.loads((package / "quality.json").read_text()) if (package / "quality.json").exists() else None
     _print_summary(edition, statuses, quality)
+    _print_costs(root, day)
     receipt = package / "receipt.json"
     if receipt.exists():
         r = json.loads(receipt.read_text())
@@ -301,9 +320,27 @@ def run(day: dt.date | None, data_dir: str) -> None:
         click.echo(f"\nno package was delivered for {day.isoformat()}")
     failed = [r.dag_id for r in results if not r.ok]
     if failed:
-        click.echo(f"\nruns that did not succeed: {', '.join(failed)} (the statuses above say why).")
+        click.echo(f"\nruns that did not succeed: {', '.join(failed)} (the statuses above and the logs say why).")
     if not receipt.exists():
-        sys.exit(1)
+        sys.exit(EXIT_NOT_DELIVERED)
+    if failed:
+        sys.exit(EXIT_DAG_FAILED)
+
+
+def _print_costs(root: Any, day: dt.date) -> None:
+    """The costliest tasks of the run (wall, CPU, peak memory), from the task metrics."""
+    from osms.task_metrics import read_metrics
+
+    metrics = [m for m in read_metrics(root, day.isoformat()) if m.get("peak_rss_bytes")]
+    if not metrics:
+        return
+    top = sorted(metrics, key=lambda m: -m["wall_seconds"])[:5]
+    peak = max(metrics, key=lambda m: m["peak_rss_bytes"])
+    click.echo("\nCostliest tasks (wall, CPU, peak memory of the task's process):")
+    for m in top:
+        click.echo(f"  {m['dag_id'] + '.' + m['task_id']:<52} {m['wall_seconds']:>7.1f} s {m['cpu_seconds']:>7.1f} s"
+                   f" {m['peak_rss_bytes'] / 2**20:>7,.0f} MiB")
+    click.echo(f"  highest peak: {peak['peak_rss_bytes'] / 2**20:,.0f} MiB ({peak['dag_id']}.{peak['task_id']})")
 
 
 @main.command("airflow")

@@ -1,27 +1,42 @@
 """The daily job on one machine: mocks on 127.0.0.1, Airflow on embedded SQLite, every DAG for D.
 
-What ``osms run`` (and so ``make run``) does. Each DAG runs with ``airflow dags test``
-in its own process, with the project's dags and plugins, the connections given as
-``AIRFLOW_CONN_*`` pointing at the mocks, and its log kept under
-``<data>/airflow/logs/run-<D>/``; the console shows one line per DAG and a summary.
+What ``osms run`` (and so ``make run``) does. Each DAG run is Airflow's own
+``dag.test()`` (what ``airflow dags test`` runs: the DAG's tasks in process, one
+after another, against the metadata database), but the runs are carried by warm
+worker processes, one per core, that keep Airflow, pyarrow and Great
+Expectations imported from one DAG to the next: starting Airflow costs 15 to 20
+CPU-seconds, which nine processes one after another paid nine times.
+
+The agency DAGs go to whichever worker is free, the largest body first (by the
+rows it reported on its last reported day, else by its number of feeds), so the
+two cores stay busy; once every body has reported, one worker runs the package
+DAG. Each DAG run's whole log is kept in ``<data>/airflow/logs/run-<D>/<dag_id>.log``
+and each task's cost in ``<data>/metrics/<D>/`` (see :mod:`osms.task_metrics`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from osms.registry import default_registry
 from osms.status import BodyStatus, read_status
 
 ROOT = Path(__file__).resolve().parents[2]
 ALMATY = "Asia/Almaty"
+# SQLite makes a second writer wait for the first; two workers write small transactions,
+# so a wait is short, but a worker must never fail on one (Python's default is 5 s).
+SQLITE_CONNECT_ARGS = {"timeout": 120}
 
 
 @dataclass(frozen=True)
@@ -45,8 +60,11 @@ def airflow_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": f"{__name__}.SQLITE_CONNECT_ARGS",
         "AIRFLOW__CORE__DEFAULT_TIMEZONE": ALMATY,
         "OSMS_DATA_DIR": str(data_dir),
+        # dag.test() has no scheduler to watch a deadline (see osms.package_dag.delivery_deadline)
+        "OSMS_DEADLINE_ALERTS": "off",
         **extra,
     }
     return env
@@ -54,10 +72,21 @@ def airflow_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
 
 def migrate(env: dict[str, str]) -> None:
     """Create or upgrade the embedded metadata database (quick when already current)."""
+    wait_migrate(start_migrate(env))
+
+
+def start_migrate(env: dict[str, str]) -> subprocess.Popen[str]:
+    """``airflow db migrate`` started in the background; :func:`wait_migrate` checks it."""
     airflow = str(Path(sys.executable).with_name("airflow"))
-    out = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"airflow db migrate failed:\n{out.stderr[-2000:]}")
+    return subprocess.Popen([airflow, "db", "migrate"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def wait_migrate(proc: subprocess.Popen[str]) -> None:
+    """Wait for a migration started by :func:`start_migrate`; RuntimeError with its output if it failed."""
+    out = proc.communicate()[0]
+    if proc.returncode != 0:
+        raise RuntimeError(f"airflow db migrate failed:\n{out[-2000:]}")
 
 
 def logical_date(day: dt.date) -> str:
@@ -68,35 +97,160 @@ def logical_date(day: dt.date) -> str:
 
 
 def run_dag(dag_id: str, day: dt.date, env: dict[str, str], log_dir: Path) -> DagRunResult:
-    """Run one DAG for D with ``airflow dags test``; its whole output goes to a log file."""
+    """Run one DAG for D with ``airflow dags test`` in a process of its own; its whole output goes to a log file."""
     airflow = str(Path(sys.executable).with_name("airflow"))
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{dag_id}.log"
     start = time.perf_counter()
     with log.open("w", encoding="utf-8") as fh:
         dag_file = ROOT / "dags" / f"{dag_id}.py"
-        proc = subprocess.run([airflow, "dags", "test", "-f", str(dag_file), dag_id, logical_date(day)], env=env, stdout=fh,
-                              stderr=subprocess.STDOUT)
+        proc = subprocess.run([airflow, "dags", "test", "-f", str(dag_file), dag_id, logical_date(day)], env=env,
+                              stdout=fh, stderr=subprocess.STDOUT)
     text = log.read_text(encoding="utf-8", errors="replace")
     ok = proc.returncode == 0 and "state=success" in text.replace("DagRunState.SUCCESS", "state=success")
     return DagRunResult(dag_id=dag_id, ok=ok, seconds=time.perf_counter() - start, log=log)
 
 
+# --------------------------------------------------------------------------- warm workers
+
+
+class DagWorkers:
+    """Worker processes that run DAGs with ``dag.test()``, one DAG at a time each, kept warm between DAGs."""
+
+    def __init__(self, env: dict[str, str], workers: int) -> None:
+        self._procs = [
+            subprocess.Popen([sys.executable, "-m", __name__, "worker"], env=env, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
+                             start_new_session=True)
+            for _ in range(max(1, workers))
+        ]
+
+    def prepare(self, log: Path) -> None:
+        """Have one worker write every DAG to the metadata database, before DAGs run side by side.
+
+        ``dag.test()`` writes its DAG's bundle to the database first; two workers doing
+        that at once on a new database would both insert the same DAGs.
+        """
+        proc = self._procs[0]
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps({"prepare": True, "log": str(log)}) + "\n")
+        answer = json.loads(proc.stdout.readline() or '{"ok": false}')
+        if not answer.get("ok"):
+            raise RuntimeError(f"the DAGs could not be written to the metadata database (log: {log})")
+
+    def run(self, jobs: Sequence[tuple[str, dt.date, Path]],
+            on_done: Callable[[DagRunResult], None] = lambda r: None, *,
+            conf: dict[str, Any] | None = None) -> list[DagRunResult]:
+        """Run ``(dag_id, D, log file)`` jobs in order of the list, each on the next free worker."""
+        pending: queue.Queue[tuple[str, dt.date, Path] | None] = queue.Queue()
+        for job in jobs:
+            pending.put(job)
+        results: list[DagRunResult] = []
+        lock = threading.Lock()
+
+        def serve(proc: subprocess.Popen[str]) -> None:
+            while True:
+                try:
+                    job = pending.get_nowait()
+                except queue.Empty:
+                    return
+                dag_id, day, log = job
+                started = time.perf_counter()
+                assert proc.stdin is not None and proc.stdout is not None
+                try:
+                    proc.stdin.write(json.dumps({"dag_id": dag_id, "day": day.isoformat(), "log": str(log),
+                                                 "conf": conf or {}}) + "\n")
+                    answer = json.loads(proc.stdout.readline() or '{"ok": false}')
+                except (OSError, ValueError):
+                    answer = {"ok": False}
+                result = DagRunResult(dag_id=dag_id, ok=bool(answer.get("ok")),
+                                      seconds=time.perf_counter() - started, log=log)
+                with lock:
+                    results.append(result)
+                    on_done(result)
+                if proc.poll() is not None:  # the worker died: it takes no more jobs
+                    return
+
+        threads = [threading.Thread(target=serve, args=(p,), daemon=True) for p in self._procs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        while not pending.empty():  # every worker died: what is left did not run
+            job = pending.get_nowait()
+            if job is not None:
+                results.append(DagRunResult(dag_id=job[0], ok=False, seconds=0.0, log=job[2]))
+        return results
+
+    def close(self) -> None:
+        """Tell every worker to stop, and wait for it."""
+        for proc in self._procs:
+            try:
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            except OSError:
+                pass
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> DagWorkers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def body_weights(data_dir: Path, day: dt.date) -> dict[str, int]:
+    """How much work each body of D's edition is likely to be: its rows on its last reported day, else its feeds."""
+    edition = default_registry().edition_on(day)
+    weights = {b.code: len(edition.feeds_of(b.code)) for b in edition.bodies}
+    status_root = data_dir / "status"
+    reported = sorted((p.name for p in status_root.iterdir() if p.is_dir()), reverse=True) \
+        if status_root.is_dir() else []
+    for body in weights:
+        for name in reported:
+            try:
+                status = read_status(data_dir, dt.date.fromisoformat(name), body)
+            except (ValueError, OSError, KeyError, TypeError):
+                continue
+            if status is not None:
+                weights[body] = 1_000 + sum(c.rows_in for c in status.categories)  # rows outweigh feed counts
+                break
+    return weights
+
+
 def run_day_dags(day: dt.date, data_dir: Path, env: dict[str, str], *, package: bool = True,
+                 workers: int | None = None,
                  say: Callable[[str], None] = print) -> tuple[list[DagRunResult], dict[str, BodyStatus | None]]:
-    """Run every body's agency DAG for D, then the package DAG; return the runs and the statuses."""
-    from osms.package_dag import DAG_ID
+    """Run every body's agency DAG for D on warm workers, then the package DAG; return the runs and the statuses."""
+    from osms.package_dag import DAG_ID, STATUS_WAIT_CONF
 
     edition = default_registry().edition_on(day)
     log_dir = data_dir / "airflow" / "logs" / f"run-{day.isoformat()}"
-    dag_ids = [b.dag_id for b in edition.bodies] + ([DAG_ID] if package else [])
-    results = []
-    for i, dag_id in enumerate(dag_ids, 1):
-        started = time.perf_counter()
-        result = run_dag(dag_id, day, env, log_dir)
-        results.append(result)
-        say(f"  [{i}/{len(dag_ids)}] {dag_id:<22} {'done' if result.ok else 'FAILED'}"
-            f" in {time.perf_counter() - started:,.0f} s" + ("" if result.ok else f" (log: {result.log})"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    weights = body_weights(data_dir, day)
+    bodies = sorted(edition.bodies, key=lambda b: (-weights.get(b.code, 0), b.code))
+    total = len(bodies) + (1 if package else 0)
+    count = 0
+
+    def done(r: DagRunResult) -> None:
+        nonlocal count
+        count += 1
+        say(f"  [{count}/{total}] {r.dag_id:<22} {'done' if r.ok else 'FAILED'} in {r.seconds:,.0f} s"
+            + ("" if r.ok else f" (log: {r.log})"))
+
+    workers = workers or max(1, min(len(bodies), os.cpu_count() or 1))
+    with DagWorkers(env, workers) as pool:
+        pool.prepare(log_dir / "prepare.log")
+        results = pool.run([(b.dag_id, day, log_dir / f"{b.dag_id}.log") for b in bodies], on_done=done)
+        if package:
+            # every body's run has ended: a body without a status failed, nothing is left to wait for
+            results += pool.run([(DAG_ID, day, log_dir / f"{DAG_ID}.log")], on_done=done,
+                                conf={STATUS_WAIT_CONF: 0})
     statuses = {b.code: read_status(data_dir, day, b.code) for b in edition.bodies}
     return results, statuses
 
@@ -107,3 +261,71 @@ def signing_env() -> dict[str, str]:
 
     private, _ = ensure_dev_keypair()
     return {"AIRFLOW_VAR_OSMS_SIGNING_KEY": private.read_text()}
+
+
+# --------------------------------------------------------------------------- the worker process
+
+
+def _worker() -> int:
+    """A warm worker: read ``{"dag_id", "day", "log"}`` lines on stdin, run each DAG, answer one line on stdout."""
+    import traceback
+
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    from airflow.utils.providers_configuration_loader import providers_configuration_loaded
+
+    def bundle() -> Any:
+        from airflow.dag_processing.bundles.manager import DagBundlesManager
+
+        manager = DagBundlesManager()
+        manager.sync_bundles_to_db()
+        found = next(b for b in manager.get_all_dag_bundles() if b.name == "dags-folder")
+        found.initialize()
+        return found
+
+    @providers_configuration_loaded
+    def prepare() -> bool:
+        from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+
+        b = bundle()
+        bag = BundleDagBag(dag_folder=b.path, bundle_path=b.path, bundle_name=b.name)
+        sync_bag_to_db(bag, b.name, b.version)
+        return not bag.import_errors
+
+    @providers_configuration_loaded
+    def run(dag_id: str, day: dt.date, conf: dict[str, Any]) -> bool:
+        import pendulum
+        from airflow.dag_processing.dagbag import BundleDagBag
+
+        b = bundle()
+        # the DAG's file parsed afresh for each run, as `airflow dags test -f` does
+        bag = BundleDagBag(dag_folder=str(Path(b.path) / f"{dag_id}.py"), bundle_path=b.path, bundle_name=b.name)
+        if dag_id not in bag.dags:
+            raise RuntimeError(f"DAG {dag_id} did not load: {bag.import_errors}")
+        dagrun = bag.dags[dag_id].test(logical_date=pendulum.parse(logical_date(day)), run_conf=conf or None)
+        return str(dagrun.state) in ("success", "DagRunState.SUCCESS")
+
+    for line in sys.stdin:
+        job = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        try:
+            ok = prepare() if job.get("prepare") else run(job["dag_id"], dt.date.fromisoformat(job["day"]),
+                                                          job.get("conf") or {})
+        except Exception:  # noqa: BLE001: the run failed; its log says why, the next DAG still runs
+            traceback.print_exc()
+            ok = False
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        answers.write(json.dumps({"dag_id": job.get("dag_id"), "ok": ok}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # python -m osms.local_run worker
+    if sys.argv[1:] != ["worker"]:
+        raise SystemExit("usage: python -m osms.local_run worker")
+    raise SystemExit(_worker())

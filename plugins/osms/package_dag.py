@@ -9,7 +9,7 @@ categories are carried forward, never read as removals.
 from __future__ import annotations
 
 import datetime as dt
-import sys
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +21,7 @@ from airflow.sdk import (
     DeadlineAlert,
     task,
 )
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.task.trigger_rule import TriggerRule
 
 from osms import layout
@@ -35,7 +35,10 @@ SCHEDULE = "45 0 * * *"
 # Bodies report within minutes normally; wait up to 5 hours, so that the package
 # is still delivered before the 07:00 deadline when one body is late.
 STATUS_WAIT = timedelta(hours=5)
+# A run's conf may shorten the wait (minutes; 0: a body without a status has failed, now).
+STATUS_WAIT_CONF = "status_wait_minutes"
 SIGNING_KEY_VARIABLE = "osms_signing_key"
+DEADLINE_ALERTS_ENV = "OSMS_DEADLINE_ALERTS"
 
 
 class BodyStatusSensor(BaseSensorOperator):
@@ -65,7 +68,14 @@ class BodyStatusSensor(BaseSensorOperator):
             raise AirflowSkipException(f"{self.body} is not a responsible body on {day} (edition {edition.code})")
         if self.poke(context):
             return None
+        wait = self._wait(context)
+        if wait <= timedelta(0):
+            # The run was started knowing every body has finished (osms run, or an operator's
+            # rerun of a late day): a body without a status has failed; nothing is worth waiting for.
+            raise AirflowFailException(f"{self.body} wrote no status for {day}, and this run does not wait"
+                                       f" ({STATUS_WAIT_CONF} = 0): it counts as failed")
         if not self.deferrable:
+            self.timeout = wait.total_seconds()
             return super().execute(context)  # the usual poke loop
         # A body that never reports makes the wait time out: the sensor fails, and
         # build_package (all_done) counts the body as failed and carries it forward.
@@ -74,8 +84,19 @@ class BodyStatusSensor(BaseSensorOperator):
         self.defer(
             trigger=FileTrigger(filepath=str(self._path(context)), poke_interval=30.0),
             method_name="execute_complete",
-            timeout=self.timeout if isinstance(self.timeout, timedelta) else timedelta(seconds=float(self.timeout)),
+            timeout=wait,
         )
+
+    def _wait(self, context: Any) -> timedelta:
+        """How long to wait: the run's ``status_wait_minutes`` if its conf gives one, else the sensor's timeout."""
+        conf = getattr(context.get("dag_run"), "conf", None) or {}
+        if conf.get(STATUS_WAIT_CONF) is not None:
+            try:
+                return timedelta(minutes=float(conf[STATUS_WAIT_CONF]))
+            except (TypeError, ValueError):
+                raise AirflowFailException(f"{STATUS_WAIT_CONF} must be a number of minutes,"
+                                           f" not {conf[STATUS_WAIT_CONF]!r}") from None
+        return self.timeout if isinstance(self.timeout, timedelta) else timedelta(seconds=float(self.timeout))
 
     def execute_complete(self, context: Any, event: Any = None) -> None:
         """The status file appeared."""
@@ -85,11 +106,12 @@ class BodyStatusSensor(BaseSensorOperator):
 def delivery_deadline() -> DeadlineAlert | None:
     """Not delivered by D+1 07:00 Almaty: alert (``osms.alerts``; never for backfill runs).
 
-    None under ``airflow dags test`` (what ``osms run`` uses): no scheduler watches deadlines
-    there, and Airflow 3.3.2 fails the succeeded run of a DAG that has one
-    (apache/airflow#73428, 'dict' object has no attribute 'hex'); drop this once that is fixed.
+    None where the environment turns deadlines off (``OSMS_DEADLINE_ALERTS=off``): ``osms run``
+    runs DAGs with ``dag.test()``, where no scheduler watches deadlines and Airflow 3.3.2 fails
+    the succeeded run of a DAG that has one (apache/airflow#73428, 'dict' object has no
+    attribute 'hex'); drop that setting once that is fixed.
     """
-    if sys.argv[1:3] == ["dags", "test"]:
+    if os.environ.get(DEADLINE_ALERTS_ENV, "on").strip().lower() in ("off", "false", "0", "no"):
         return None
     return DeadlineAlert(
         reference=PackageDue(),  # D+1 07:00 Almaty by the calendar; none for backfill runs
@@ -119,6 +141,19 @@ def build(**context: Any) -> dict[str, Any]:
         "categories": {code: {k: v for k, v in c.items() if k in ("status", "rows")} for code, c in
                        result.categories.items()},
     }
+
+
+@task(task_id="data_docs", trigger_rule=TriggerRule.ALL_DONE)
+def data_docs(**context: Any) -> dict[str, Any]:
+    """Render the day's GX Data Docs from every body's scrubbed reports: once a day, once the bodies reported.
+
+    Never fails the run: a page that cannot be rendered is logged (by type only) and
+    the reports it would show stay on disk for the next render.
+    """
+    from osms.quality.docs import render_day
+
+    day = run_day(context)
+    return {"index": str(render_day(layout.data_dir(), day))}
 
 
 @task(task_id="deliver", retries=12, retry_delay=timedelta(minutes=5), retry_exponential_backoff=0)
@@ -176,5 +211,6 @@ def build_package_dag() -> DAG:
         ]
         built = build()
         waits >> built
+        waits >> data_docs()
         report(built, deliver(built))
     return dag

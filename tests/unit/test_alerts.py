@@ -220,11 +220,13 @@ def test_reference_requires_the_run() -> None:
             session=_Session(None), interval=dt.timedelta(0), dag_id=DAG_ID)
 
 
-def test_no_deadline_under_dags_test(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``osms run`` uses ``airflow dags test``, where Airflow 3.3.2 fails a succeeded run with a deadline."""
-    monkeypatch.setattr(sys, "argv", ["airflow", "dags", "test", "-f", "dags/osms_daily_package.py", DAG_ID])
+def test_no_deadline_where_the_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``osms run`` runs ``dag.test()``, where Airflow 3.3.2 fails a succeeded run with a deadline: its settings say off."""
+    from osms.local_run import airflow_env
+
+    monkeypatch.setenv("OSMS_DEADLINE_ALERTS", airflow_env(Path("/tmp/osms-test"), {})["OSMS_DEADLINE_ALERTS"])
     assert not build_package_dag().deadline
-    monkeypatch.setattr(sys, "argv", ["airflow", "dag-processor"])
+    monkeypatch.delenv("OSMS_DEADLINE_ALERTS")
     assert len(build_package_dag().deadline) == 1
 
 
