@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import duckdb
+    import numpy as np
     import pyarrow as pa
 
     from osms.files import RowGroupWriter
@@ -161,20 +162,25 @@ def consolidate(
         _quarantined_sources(con, cat, prev is not None)
         for lo, hi in prefix_ranges(counts, partition_rows):
             stats.ranges += 1
-            _consolidate_range(con, cat, prev, lo, hi, stats)
-            part = con.sql("SELECT * FROM osms_records ORDER BY iin").to_arrow_table()
+            part = _consolidate_range(con, cat, prev, lo, hi, stats)
             check(part)
             records.write(part)
             stats.add(stats.rows, cat.category, part.num_rows)
-            changed = _changes(con, prev is not None)
+            changed = _changes(con, part, prev is not None)
             changes.write(changed)
-            for kind, n in con.execute("SELECT change, count(*) FROM osms_changes GROUP BY change").fetchall():
+            for kind, n in zip(*_value_counts(changed.column("change")), strict=True):
                 stats.add(stats.changes, kind, n)
             del part, changed
-    for table in ("osms_src", "osms_multi", "osms_contested", "osms_merged", "osms_kept", "osms_records",
-                  "osms_prev", "osms_changes", "osms_quarantined"):
+    for table in ("osms_prev", "osms_kept", "osms_quarantined"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     return stats
+
+
+def _value_counts(column: pa.ChunkedArray) -> tuple[list[Any], list[int]]:
+    import pyarrow.compute as pc
+
+    counts = pc.value_counts(column)
+    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
 
 
 # --------------------------------------------------------------------------- one range
@@ -223,66 +229,36 @@ def _quarantined_sources(con: duckdb.DuckDBPyConnection, cat: CategorySources, n
 
 
 def _consolidate_range(con: duckdb.DuckDBPyConnection, cat: CategorySources, prev: str | None,
-                       lo: str | None, hi: str | None, stats: ConsolidationStats) -> None:
-    """``osms_records`` (and ``osms_prev``): the category's consolidated rows with IINs in [lo, hi)."""
+                       lo: str | None, hi: str | None, stats: ConsolidationStats) -> pa.Table:
+    """The category's package rows with IINs in [lo, hi), sorted by IIN (``osms_prev``: the previous package's)."""
+    import pyarrow as pa
+
     where, range_params = _range_condition(lo, hi)
     cols = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in _SOURCE_COLUMNS)
     selects, params = [], []
     for body, validated, _ in cat.units:
         selects.append(f"SELECT ? AS body, {cols} FROM read_parquet(?) WHERE {where}")
         params += [body, str(validated), *range_params]
-    empty = "SELECT NULL::VARCHAR AS body, " + ", ".join(f"NULL::{t} AS {c}" for c, t in _SOURCE_COLUMNS) + " WHERE false"
-    con.execute("CREATE OR REPLACE TEMP TABLE osms_src AS " + (" UNION ALL ".join(selects) or empty), params)
-    for body, n in con.execute("SELECT body, count(*) FROM osms_src GROUP BY body").fetchall():
+    if selects:
+        # sorted by person and source: a person's records are adjacent, their sources in list order
+        src = con.sql(f"SELECT *, body || '/' || system || '/' || record_id AS source"
+                      f" FROM ({' UNION ALL '.join(selects)}) ORDER BY iin, source", params=params).to_arrow_table()
+    else:
+        src = pa.schema([("body", pa.string()), *[(c, pa.date32() if t == "DATE" else pa.string())
+                                                   for c, t in _SOURCE_COLUMNS], ("source", pa.string())]).empty_table()
+    for body, n in zip(*_value_counts(src.column("body")), strict=True):
         stats.add(stats.used_by_unit, (body, cat.category), n)
-
-    # Most persons are reported by one record: they are taken as they are. Only the IINs
-    # reported more than once are aggregated, and a field's min equals its max when the
-    # feeds agree: only disagreeing groups are voted on.
-    con.execute("CREATE OR REPLACE TEMP TABLE osms_multi AS SELECT iin FROM osms_src GROUP BY iin HAVING count(*) > 1")
-    con.execute("CREATE OR REPLACE TEMP TABLE osms_contested AS SELECT * FROM osms_src SEMI JOIN osms_multi USING (iin)")
-    person = ",\n".join(f"min({f}) AS {f}, min({f}) IS DISTINCT FROM max({f}) AS c_{f}" for f in PERSON_FIELDS)
-    no_conflict = ", ".join(f"false AS c_{f}" for f in CONFLICT_FIELDS)
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE osms_merged AS
-        SELECT iin, {", ".join(PERSON_FIELDS)}, period_start, period_end,
-          [body] AS bodies, [system] AS systems, [body || '/' || system || '/' || record_id] AS sources,
-          false AS kept_from_previous, {no_conflict}
-        FROM osms_src ANTI JOIN osms_multi USING (iin)
-        UNION ALL BY NAME
-        SELECT iin,
-          {person},
-          min(period_start) AS period_start,
-          min(period_start) IS DISTINCT FROM max(period_start) AS c_period_start,
-          CASE WHEN bool_or(period_end IS NULL) THEN NULL ELSE max(period_end) END AS period_end,
-          (bool_or(period_end IS NULL) AND bool_or(period_end IS NOT NULL))
-            OR min(period_end) IS DISTINCT FROM max(period_end) AS c_period_end,
-          list_sort(list_distinct(list(body))) AS bodies,
-          list_sort(list_distinct(list(system))) AS systems,
-          list_sort(list_distinct(list(body || '/' || system || '/' || record_id))) AS sources,
-          false AS kept_from_previous
-        FROM osms_contested GROUP BY iin
-    """)
-    for f in PERSON_FIELDS:
-        if not con.execute(f"SELECT coalesce(bool_or(c_{f}), false) FROM osms_merged").fetchall()[0][0]:
-            continue
-        # the most reported value; ties go to the smallest (a missing value is not a vote)
-        con.execute(f"""
-            UPDATE osms_merged SET {f} = w.v FROM (
-              SELECT iin, first(v ORDER BY n DESC, v ASC) AS v FROM (
-                SELECT s.iin, s.{f} AS v, count(*) AS n
-                FROM osms_contested s SEMI JOIN (SELECT iin FROM osms_merged WHERE c_{f}) c ON s.iin = c.iin
-                WHERE s.{f} IS NOT NULL GROUP BY ALL
-              ) GROUP BY iin
-            ) w
-            WHERE osms_merged.iin = w.iin
-        """)
+    merged, conflicts = merge_sources(src)
+    del src
+    for f, n in conflicts.items():
+        stats.add(stats.conflicts[cat.category], f, n)
 
     # Per-record protection: a previous row whose source record is quarantined now stays,
     # unless the person is present anyway.
     if prev is not None:
         con.execute(f"CREATE OR REPLACE TEMP TABLE osms_prev AS SELECT * FROM read_parquet(?)"
                     f" WHERE category = ? AND {where}", [prev, cat.category, *range_params])
+        con.register("osms_merged", merged.select(["iin"]))
         con.execute("""
             CREATE OR REPLACE TEMP TABLE osms_kept AS
             SELECT DISTINCT p.iin, split_part(q.source, '/', 1) AS body
@@ -290,45 +266,197 @@ def _consolidate_range(con: duckdb.DuckDBPyConnection, cat: CategorySources, pre
             JOIN osms_quarantined q ON p.source = q.source
             WHERE NOT EXISTS (SELECT 1 FROM osms_merged m WHERE m.iin = p.iin)
         """)
-        flags = ", ".join(f"false AS c_{f}" for f in CONFLICT_FIELDS)
-        con.execute(f"""
-            INSERT INTO osms_merged BY NAME
-            SELECT p.iin, {", ".join("p." + f for f in PERSON_FIELDS)},
-              p.period_start, p.period_end, p.bodies, p.systems, p.sources, true AS kept_from_previous, {flags}
+        con.unregister("osms_merged")
+        kept = con.sql(f"""
+            SELECT p.iin, {", ".join("p." + f for f in PERSON_FIELDS)}, p.period_start, p.period_end,
+              p.bodies, p.systems, p.sources
             FROM osms_prev p SEMI JOIN (SELECT DISTINCT iin FROM osms_kept) k ON p.iin = k.iin
-        """)
+        """).to_arrow_table()
         for body, n in con.execute("SELECT body, count(*) FROM osms_kept GROUP BY body").fetchall():
             stats.add(stats.kept_by_body, (cat.category, body), n)
-
-    sums = ", ".join(f"sum(c_{f}::INTEGER)" for f in CONFLICT_FIELDS)
-    kept, *conflicts = con.execute(f"SELECT sum(kept_from_previous::INTEGER), {sums} FROM osms_merged").fetchall()[0]
-    stats.add(stats.kept, cat.category, kept)
-    for f, n in zip(CONFLICT_FIELDS, conflicts, strict=True):
-        stats.add(stats.conflicts[cat.category], f, n)
-    # A category not in force on D (only the previous package has it) puts no row in the package.
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE osms_records AS
-        SELECT m.iin, ?::VARCHAR AS category, ?::INTEGER AS decree_row, ?::VARCHAR AS funding,
-          {", ".join("m." + f for f in PERSON_FIELDS)}, m.period_start, m.period_end,
-          m.bodies, m.systems, m.sources
-        FROM osms_merged m WHERE ?
-    """, [cat.category, cat.decree_row, cat.funding, cat.decree_row is not None])
+        stats.add(stats.kept, cat.category, kept.num_rows)
+        if kept.num_rows:
+            merged = pa.concat_tables([merged, kept.cast(merged.schema)]).sort_by("iin")
+    schema = records_schema()
+    if cat.decree_row is None:  # not in force on D (only the previous package has it): no row goes in
+        return schema.empty_table()
+    n = merged.num_rows
+    constants = {"category": pa.repeat(pa.scalar(cat.category), n),
+                 "decree_row": pa.repeat(pa.scalar(cat.decree_row, pa.int32()), n),
+                 "funding": pa.repeat(pa.scalar(cat.funding), n)}
+    return pa.table({f.name: constants[f.name] if f.name in constants else merged.column(f.name) for f in schema},
+                    schema=schema)
 
 
-def _changes(con: duckdb.DuckDBPyConnection, has_previous: bool) -> pa.Table:
-    """``osms_changes`` for the range: the records against the previous package's rows; returned in IIN order."""
+def merge_sources(src: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+    """One row per IIN from source records sorted by (iin, source), by the conflict rule; and conflicts per field.
+
+    A person reported once is taken as reported. For a person reported more often,
+    each person field takes the value all its records agree on, or else the value
+    the most records give (a missing value is not a vote; ties go to the smallest);
+    ``period_start`` is the earliest, ``period_end`` empty if any record leaves it
+    open, else the latest; bodies, systems and sources are the sorted distinct
+    values. Vectorised over the groups with numpy: only the groups whose records
+    disagree on a field are voted on one by one. Records without an IIN stay
+    one row each.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = src.num_rows
+    out_schema = pa.schema([("iin", pa.string()), *[(f, pa.date32() if f == "birth_date" else pa.string())
+                                                    for f in PERSON_FIELDS],
+                            ("period_start", pa.date32()), ("period_end", pa.date32()),
+                            ("bodies", pa.list_(pa.string())), ("systems", pa.list_(pa.string())),
+                            ("sources", pa.list_(pa.string()))])
+    conflicts = dict.fromkeys(CONFLICT_FIELDS, 0)
+    if n == 0:
+        return out_schema.empty_table(), conflicts
+    src = src.combine_chunks()
+    iin = src.column("iin").chunk(0) if src.column("iin").num_chunks else pa.array([], pa.string())
+    new = np.ones(n, dtype=bool)
+    if n > 1:
+        new[1:] = ~pc.fill_null(pc.equal(iin.slice(1), iin.slice(0, n - 1)), False).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(new)
+    counts = np.diff(np.append(starts, n))
+    columns: dict[str, Any] = {"iin": iin.take(pa.array(starts))}
+
+    for f in PERSON_FIELDS:
+        values, conflicted = _field(src.column(f).chunk(0), starts, counts)
+        columns[f] = values
+        conflicts[f] = int(conflicted)
+    start_days = _days(src.column("period_start").chunk(0))
+    end_days = _days(src.column("period_end").chunk(0))
+    lo_s, hi_s, has_s, _ = _min_max(start_days, starts)
+    columns["period_start"] = _dates(lo_s, ~has_s)
+    conflicts["period_start"] = int((has_s & (lo_s != hi_s)).sum())
+    lo_e, hi_e, has_e, open_e = _min_max(end_days, starts)
+    columns["period_end"] = _dates(hi_e, open_e | ~has_e)
+    conflicts["period_end"] = int(((open_e & has_e) | (has_e & (lo_e != hi_e))).sum())
+
+    single = counts == 1
+    # sources are in order within a person (the sort); so are bodies, as each source begins with its body
+    columns["bodies"] = _distinct_lists(src.column("body").chunk(0), new, single, starts)
+    columns["systems"] = _distinct_lists(src.column("system").chunk(0), new, single, starts, ordered=False)
+    columns["sources"] = _distinct_lists(src.column("source").chunk(0), new, single, starts)
+    return pa.table(columns, schema=out_schema), conflicts
+
+
+_BIG = 2**62  # a missing value: larger than any dictionary code or day number
+
+
+def _days(dates: pa.Array) -> np.ndarray:
+    """Days since the epoch, -1 where missing (never a real date here: the sentinel is checked by validity)."""
+    import numpy as np
+    import pyarrow as pa
+
+    days = dates.cast(pa.int32()).to_numpy(zero_copy_only=False)
+    return np.where(np.isnan(days), _BIG, days).astype(np.int64) if days.dtype.kind == "f" \
+        else days.astype(np.int64)
+
+
+def _min_max(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per group: (min, max) of the present values, whether any is present, whether any is missing."""
+    import numpy as np
+
+    missing = values == _BIG
+    lo = np.minimum.reduceat(values, starts)
+    hi = np.maximum.reduceat(np.where(missing, -_BIG, values), starts)
+    return lo, hi, hi != -_BIG, np.logical_or.reduceat(missing, starts)
+
+
+def _dates(days: np.ndarray, null: np.ndarray) -> pa.Array:
+    import numpy as np
+    import pyarrow as pa
+
+    return pa.array(np.where(null, 0, days).astype(np.int32), pa.int32(), mask=null).cast(pa.date32())
+
+
+def _field(values: pa.Array, starts: np.ndarray, counts: np.ndarray) -> tuple[pa.Array, int]:
+    """One person field per group (agreed value, else the vote); and how many groups disagreed."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_date32(values.type):
+        keys, dictionary = _days(values), None
+    else:
+        encoded = pc.dictionary_encode(values)
+        dictionary = encoded.dictionary
+        keys = encoded.indices.cast(pa.int64()).fill_null(_BIG).to_numpy(zero_copy_only=False)
+    lo, hi, has, _ = _min_max(keys, starts)
+    chosen = np.where(has, lo, _BIG)
+    disagree = np.flatnonzero(has & (lo != hi))
+    for g in disagree.tolist():  # rare: the records of one person disagree on this field
+        part = keys[starts[g]:starts[g] + counts[g]]
+        part = part[part != _BIG]
+        kinds, times = np.unique(part, return_counts=True)
+        best = kinds[times == times.max()]
+        if len(best) > 1:  # a tie: the smallest value wins
+            best = [min(best.tolist(), key=lambda k: dictionary[k].as_py() if dictionary is not None else k)]
+        chosen[g] = best[0]
+    missing = chosen == _BIG
+    if dictionary is None:
+        return _dates(chosen, missing), len(disagree)
+    if len(dictionary) == 0:  # no record gives a value
+        return pa.nulls(len(chosen), dictionary.type), len(disagree)
+    picked = dictionary.take(pa.array(np.where(missing, 0, chosen), pa.int64()))
+    return pc.if_else(pa.array(missing), pa.nulls(len(chosen), dictionary.type), picked), len(disagree)
+
+
+def _distinct_lists(values: pa.Array, new: np.ndarray, single: np.ndarray, starts: np.ndarray, *,
+                    ordered: bool = True) -> pa.Array:
+    """Per group (rows from a ``new`` row on), its sorted distinct present values.
+
+    ``ordered``: the values are already sorted within each group, so a value is kept
+    where it differs from the one before it. A lone record's list is exactly its value,
+    also when missing (what DuckDB's ``[x]`` gives; ``list_distinct`` drops missing values).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(values)
+    if not ordered:  # sort each group's values: by group, then by the value's rank among all values
+        encoded = pc.dictionary_encode(values)
+        names = encoded.dictionary
+        rank = np.empty(len(names), dtype=np.int64)
+        rank[np.asarray(pc.sort_indices(names))] = np.arange(len(names))
+        codes = encoded.indices.cast(pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
+        key = np.cumsum(new) * (len(names) + 1) + np.where(codes >= 0, rank[np.maximum(codes, 0)], len(names))
+        order = np.argsort(key, kind="stable")
+        values = values.take(pa.array(order))
+    present = values.is_valid().to_numpy(zero_copy_only=False)
+    keep = present & new
+    if n > 1:
+        keep[1:] |= present[1:] & pc.fill_null(pc.not_equal(values.slice(1), values.slice(0, n - 1)), True).to_numpy(
+            zero_copy_only=False)
+    keep[starts[single]] = True  # a lone record: [its value], missing or not
+    group = np.cumsum(new) - 1
+    lengths = np.bincount(group[keep], minlength=len(starts))
+    offsets = np.zeros(len(starts) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), values.filter(pa.array(keep)))
+
+
+def _changes(con: duckdb.DuckDBPyConnection, records: pa.Table, has_previous: bool) -> pa.Table:
+    """What the range's records change against the previous package's rows (``osms_prev``), in IIN order."""
+    con.register("osms_records", records)
     prev = "osms_prev" if has_previous else "(SELECT * FROM osms_records WHERE false)"
     differs = ", ".join(f"CASE WHEN r.{f} IS DISTINCT FROM p.{f} THEN '{f}' END" for f in CHANGE_FIELDS)
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE osms_changes AS
-        SELECT * FROM (
-          SELECT
-            CASE WHEN p.iin IS NULL THEN 'added' WHEN r.iin IS NULL THEN 'removed' ELSE 'changed' END AS change,
-            coalesce(r.iin, p.iin) AS iin,
-            coalesce(r.category, p.category) AS category,
-            CASE WHEN r.iin IS NOT NULL AND p.iin IS NOT NULL
-              THEN list_filter([{differs}], lambda x: x IS NOT NULL) END AS fields
-          FROM osms_records r FULL OUTER JOIN {prev} p ON r.iin = p.iin
-        ) WHERE change <> 'changed' OR len(fields) > 0
-    """)
-    return con.sql("SELECT * FROM osms_changes ORDER BY iin").to_arrow_table()
+    try:
+        return con.sql(f"""
+            SELECT * FROM (
+              SELECT
+                CASE WHEN p.iin IS NULL THEN 'added' WHEN r.iin IS NULL THEN 'removed' ELSE 'changed' END AS change,
+                coalesce(r.iin, p.iin) AS iin,
+                coalesce(r.category, p.category) AS category,
+                CASE WHEN r.iin IS NOT NULL AND p.iin IS NOT NULL
+                  THEN list_filter([{differs}], lambda x: x IS NOT NULL) END AS fields
+              FROM osms_records r FULL OUTER JOIN {prev} p ON r.iin = p.iin
+            ) WHERE change <> 'changed' OR len(fields) > 0
+            ORDER BY iin
+        """).to_arrow_table()
+    finally:
+        con.unregister("osms_records")
