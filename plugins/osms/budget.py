@@ -10,8 +10,8 @@ task's peak follows the budget and not the size of a feed or of the country.
 
 The per-row figures are measured, not guessed: GX on a chunk of pandas columns
 holds about 0.8 KiB per row at its peak (the frame, GX's boolean masks and
-index copies); a package partition about 0.6 KiB per source row in DuckDB and
-Arrow. ``make bench-national`` prints each task's peak next to the budget.
+index copies); a package partition about 1.2 KiB per source row (the range's records
+in Arrow, sorted and grouped, its package rows and its changes), beside DuckDB's share. ``make bench-national`` prints each task's peak next to the budget.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Budget:
     @property
     def package_partition_rows(self) -> int:
         """Source rows consolidated at once into the package (one range of IINs of one category)."""
-        return _round_rows(self.working // 700)
+        return _round_rows(self.working // 1400)
 
     @property
     def duckdb_limit(self) -> str:

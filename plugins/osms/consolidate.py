@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    from osms.files import RowGroupWriter
+    from osms.files import BackgroundWriter, RowGroupWriter
 
 __all__ = [
     "CHANGE_FIELDS",
@@ -139,8 +139,8 @@ def consolidate(
     categories: Sequence[CategorySources],
     previous_records: Path | None,
     *,
-    records: RowGroupWriter,
-    changes: RowGroupWriter,
+    records: RowGroupWriter | BackgroundWriter,
+    changes: RowGroupWriter | BackgroundWriter,
     partition_rows: int,
     check: Callable[[pa.Table], None] = lambda table: None,
 ) -> ConsolidationStats:
@@ -150,27 +150,42 @@ def consolidate(
     previous package (whose rows are then all removed). ``check`` sees each range's
     records before they are written (the package suite's row rules).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from osms.iin import prefix_ranges
 
     stats = ConsolidationStats()
     prev = str(previous_records) if previous_records is not None else None
+    ranges = []
     for cat in sorted(categories, key=lambda c: c.category):
         stats.conflicts.setdefault(cat.category, dict.fromkeys(CONFLICT_FIELDS, 0))
         counts = _prefix_counts(con, cat, prev)
-        if not counts:
-            continue
-        _quarantined_sources(con, cat, prev is not None)
-        for lo, hi in prefix_ranges(counts, partition_rows):
-            stats.ranges += 1
-            part = _consolidate_range(con, cat, prev, lo, hi, stats)
+        ranges += [(cat, lo, hi) for lo, hi in prefix_ranges(counts, partition_rows)] if counts else []
+    stats.ranges = len(ranges)
+    # The next range's records are read and sorted by DuckDB (its own connection, in a thread)
+    # while this one is merged in numpy: two ranges in memory at most.
+    reader = con.cursor()
+    quarantined_for = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read range") as pool:
+        upcoming = pool.submit(_read_range, reader, *ranges[0]) if ranges else None
+        for i, (cat, lo, hi) in enumerate(ranges):
+            assert upcoming is not None
+            src = upcoming.result()
+            upcoming = pool.submit(_read_range, reader, *ranges[i + 1]) if i + 1 < len(ranges) else None
+            if quarantined_for != cat.category:
+                _quarantined_sources(con, cat, prev is not None)
+                quarantined_for = cat.category
+            part = _consolidate_range(con, cat, prev, lo, hi, src, stats)
+            del src
             check(part)
-            records.write(part)
-            stats.add(stats.rows, cat.category, part.num_rows)
             changed = _changes(con, part, prev is not None)
-            changes.write(changed)
             for kind, n in zip(*_value_counts(changed.column("change")), strict=True):
                 stats.add(stats.changes, kind, n)
+            stats.add(stats.rows, cat.category, part.num_rows)
+            records.write(part)
+            changes.write(changed)
             del part, changed
+    reader.close()
     for table in ("osms_prev", "osms_kept", "osms_quarantined"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     return stats
@@ -228,9 +243,8 @@ def _quarantined_sources(con: duckdb.DuckDBPyConnection, cat: CategorySources, n
     con.execute(f"CREATE OR REPLACE TEMP TABLE osms_quarantined AS SELECT DISTINCT source FROM ({sql})", params)
 
 
-def _consolidate_range(con: duckdb.DuckDBPyConnection, cat: CategorySources, prev: str | None,
-                       lo: str | None, hi: str | None, stats: ConsolidationStats) -> pa.Table:
-    """The category's package rows with IINs in [lo, hi), sorted by IIN (``osms_prev``: the previous package's)."""
+def _read_range(con: duckdb.DuckDBPyConnection, cat: CategorySources, lo: str | None, hi: str | None) -> pa.Table:
+    """The source records of the category's units with IINs in [lo, hi), sorted by (iin, source)."""
     import pyarrow as pa
 
     where, range_params = _range_condition(lo, hi)
@@ -239,13 +253,23 @@ def _consolidate_range(con: duckdb.DuckDBPyConnection, cat: CategorySources, pre
     for body, validated, _ in cat.units:
         selects.append(f"SELECT ? AS body, {cols} FROM read_parquet(?) WHERE {where}")
         params += [body, str(validated), *range_params]
-    if selects:
-        # sorted by person and source: a person's records are adjacent, their sources in list order
-        src = con.sql(f"SELECT *, body || '/' || system || '/' || record_id AS source"
-                      f" FROM ({' UNION ALL '.join(selects)}) ORDER BY iin, source", params=params).to_arrow_table()
-    else:
-        src = pa.schema([("body", pa.string()), *[(c, pa.date32() if t == "DATE" else pa.string())
+    if not selects:
+        return pa.schema([("body", pa.string()), *[(c, pa.date32() if t == "DATE" else pa.string())
                                                    for c, t in _SOURCE_COLUMNS], ("source", pa.string())]).empty_table()
+    # streamed out of DuckDB a batch at a time: its sort spills, and the result is held in Arrow only
+    reader = con.sql(f"SELECT *, body || '/' || system || '/' || record_id AS source"
+                     f" FROM ({' UNION ALL '.join(selects)}) ORDER BY iin, source",
+                     params=params).to_arrow_reader(_BATCH_ROWS)
+    return pa.Table.from_batches(list(reader), schema=reader.schema)
+
+
+def _consolidate_range(con: duckdb.DuckDBPyConnection, cat: CategorySources, prev: str | None,
+                       lo: str | None, hi: str | None, src: pa.Table, stats: ConsolidationStats) -> pa.Table:
+    """The category's package rows with IINs in [lo, hi) from their sorted sources (``osms_prev``: the previous
+    package's rows of the range)."""
+    import pyarrow as pa
+
+    where, range_params = _range_condition(lo, hi)
     for body, n in zip(*_value_counts(src.column("body")), strict=True):
         stats.add(stats.used_by_unit, (body, cat.category), n)
     merged, conflicts = merge_sources(src)
@@ -344,6 +368,7 @@ def merge_sources(src: pa.Table) -> tuple[pa.Table, dict[str, int]]:
 
 
 _BIG = 2**62  # a missing value: larger than any dictionary code or day number
+_BATCH_ROWS = 100_000
 
 
 def _days(dates: pa.Array) -> np.ndarray:

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -160,3 +160,53 @@ def parquet_writer_atomic(path: Path, schema: pa.Schema, *, row_group_rows: int,
         writer.abort()
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class BackgroundWriter:
+    """A :class:`RowGroupWriter` fed from a thread of its own, so compression overlaps the producer's work.
+
+    At most ``depth`` tables wait, which bounds the memory; the rows reach the file in
+    the order they were given, so the file is the same as the one a direct writer makes.
+    An error of the writing thread is raised by the next ``write`` or by ``close``.
+    """
+
+    def __init__(self, writer: RowGroupWriter, *, depth: int = 2) -> None:
+        import queue
+        import threading
+
+        self.writer = writer
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"write {writer.path.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            table = self._queue.get()
+            if table is None:
+                return
+            if self._error is None:
+                try:
+                    self.writer.write(table)
+                except BaseException as exc:  # noqa: BLE001: handed to the producer
+                    self._error = exc
+
+    def write(self, table: pa.Table) -> None:
+        """Queue rows for the file."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put(table)
+
+    @property
+    def rows(self) -> int:
+        """Rows written so far (all of them once closed)."""
+        return self.writer.rows
+
+    def close(self) -> int:
+        """Wait for every queued table, then close the file; return the rows written."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            self.writer.abort()
+            raise self._error
+        return self.writer.close()

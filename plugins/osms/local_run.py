@@ -115,15 +115,38 @@ def run_dag(dag_id: str, day: dt.date, env: dict[str, str], log_dir: Path) -> Da
 
 
 class DagWorkers:
-    """Worker processes that run DAGs with ``dag.test()``, one DAG at a time each, kept warm between DAGs."""
+    """Worker processes that run DAGs with ``dag.test()``, one DAG at a time each, kept warm between DAGs.
 
-    def __init__(self, env: dict[str, str], workers: int) -> None:
-        self._procs = [
-            subprocess.Popen([sys.executable, "-m", __name__, "worker"], env=env, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
-                             start_new_session=True)
-            for _ in range(max(1, workers))
-        ]
+    A worker still holding more than ``recycle_bytes`` after a DAG (the memory budget's
+    half: what the biggest tasks left behind) is replaced by a fresh one before the
+    next, as Celery's ``worker_max_memory_per_child`` does.
+    """
+
+    def __init__(self, env: dict[str, str], workers: int, *, recycle_bytes: int | None = None) -> None:
+        from osms.budget import task_budget
+
+        self._env = env
+        self.recycle_bytes = recycle_bytes or task_budget().total // 2
+        self.recycled = 0
+        self._procs = [self._spawn() for _ in range(max(1, workers))]
+
+    def _spawn(self) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", __name__, "worker"], env=self._env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
+                                start_new_session=True)
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen[str]) -> None:
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
     def prepare(self, log: Path) -> None:
         """Have one worker write every DAG to the metadata database, before DAGs run side by side.
@@ -148,8 +171,9 @@ class DagWorkers:
         results: list[DagRunResult] = []
         lock = threading.Lock()
 
-        def serve(proc: subprocess.Popen[str]) -> None:
+        def serve(slot: int) -> None:
             while True:
+                proc = self._procs[slot]
                 try:
                     job = pending.get_nowait()
                 except queue.Empty:
@@ -170,8 +194,12 @@ class DagWorkers:
                     on_done(result)
                 if proc.poll() is not None:  # the worker died: it takes no more jobs
                     return
+                if int(answer.get("rss_bytes") or 0) > self.recycle_bytes:
+                    self._stop(proc)
+                    self._procs[slot] = self._spawn()
+                    self.recycled += 1
 
-        threads = [threading.Thread(target=serve, args=(p,), daemon=True) for p in self._procs]
+        threads = [threading.Thread(target=serve, args=(i,), daemon=True) for i in range(len(self._procs))]
         for t in threads:
             t.start()
         for t in threads:
@@ -185,17 +213,7 @@ class DagWorkers:
     def close(self) -> None:
         """Tell every worker to stop, and wait for it."""
         for proc in self._procs:
-            try:
-                if proc.stdin is not None:
-                    proc.stdin.close()
-            except OSError:
-                pass
-        for proc in self._procs:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            self._stop(proc)
 
     def __enter__(self) -> DagWorkers:
         return self
@@ -321,8 +339,20 @@ def _worker() -> int:
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-        answers.write(json.dumps({"dag_id": job.get("dag_id"), "ok": ok}) + "\n")
+        from osms.task_metrics import release_memory
+
+        release_memory()
+        answers.write(json.dumps({"dag_id": job.get("dag_id"), "ok": ok, "rss_bytes": _rss()}) + "\n")
     return 0
+
+
+def _rss() -> int:
+    """This process's resident size now, in bytes."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0
 
 
 if __name__ == "__main__":  # python -m osms.local_run worker

@@ -207,7 +207,7 @@ def build_package(
     """
     from osms.budget import task_budget
     from osms.consolidate import consolidate, open_duckdb
-    from osms.files import RowGroupWriter
+    from osms.files import BackgroundWriter, RowGroupWriter
 
     data_dir = Path(data_dir)
     registry = default_registry()
@@ -227,10 +227,11 @@ def build_package(
         previous = previous_delivered(data_dir, day)
         with _step("consolidate"), open_duckdb(spill, memory_limit or budget.duckdb_limit) as con:
             categories = _category_sources(con, data_dir, units, edition, previous)
-            records = RowGroupWriter(work / RECORDS, records_schema(), row_group_rows=ROW_GROUP_ROWS,
-                                     compression_level=3)
-            changes = RowGroupWriter(work / CHANGES, changes_schema(), row_group_rows=ROW_GROUP_ROWS,
-                                     compression_level=3)
+            # each file compressed in a thread of its own, while the next range is consolidated
+            records = BackgroundWriter(RowGroupWriter(work / RECORDS, records_schema(), row_group_rows=ROW_GROUP_ROWS,
+                                                      compression_level=3))
+            changes = BackgroundWriter(RowGroupWriter(work / CHANGES, changes_schema(), row_group_rows=ROW_GROUP_ROWS,
+                                                      compression_level=3))
             try:
                 stats = consolidate(con, categories, previous / RECORDS if previous else None, records=records,
                                     changes=changes, partition_rows=budget.package_partition_rows)
