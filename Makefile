@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATE ?=
 
-.PHONY: setup run airflow test unit e2e browser bench bench-mocks clean
+.PHONY: setup run airflow test unit e2e browser bench bench-mocks bench-national clean
 SCALE ?= 1.0
 
 setup: $(STAMP)
@@ -59,6 +59,12 @@ bench: setup
 
 bench-mocks: setup
 	$(BIN)/python benchmarks/bench_mocks.py --scale $(SCALE)
+
+# The whole country's daily job, end to end on the real DAGs at scales 0.1 and 1.0 (about 25 minutes
+# on 2 cores, most of it the first build of the national population, which is cached in bench-data/).
+NATIONAL_SCALES ?= 0.1,1.0
+bench-national: setup
+	$(BIN)/python benchmarks/bench_national.py --scales $(NATIONAL_SCALES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -212,6 +212,8 @@ def stage_figures(tasks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "span_seconds": (max(ends) - min(starts)) if starts and ends else None,
             "rows": rows, "rows_per_second": rows / task_seconds if task_seconds and rows else None,
             "peak_rss": max(t["peak_rss_bytes"] or 0 for t in ts),
+            # the task's own memory: its process's peak less what the (warm) process held when it began
+            "own_rss": max((t["peak_rss_bytes"] or 0) - (t.get("start_rss_bytes") or 0) for t in ts),
         }
     return out
 
@@ -223,20 +225,17 @@ def io_floor(data: Path, day: dt.date) -> dict[str, Any]:
     """pyarrow reading every validated file of D and writing one zstd Parquet: the package's I/O floor."""
     code = f"""
 import glob, json, time
-import pyarrow.parquet as pq
+import pyarrow as pa, pyarrow.parquet as pq
 files = sorted(glob.glob({str(data / 'validated' / day.isoformat() / '*' / '*.parquet')!r}))
-common = ["iin", "last_name", "first_name", "patronymic", "birth_date", "sex", "period_start", "period_end",
-          "record_id", "system", "body", "category"]
+schema = pa.unify_schemas([pq.read_schema(f) for f in files])  # every file's columns, one file
 t0 = time.perf_counter()
-rows, writer = 0, None
-for f in files:
-    t = pq.read_table(f)
-    rows += t.num_rows
-    t = t.select(common)
-    if writer is None:
-        writer = pq.ParquetWriter({str(data / 'tmp' / 'io-floor.parquet')!r}, t.schema, compression="zstd")
-    writer.write_table(t.cast(writer.schema))
-writer.close()
+rows = 0
+with pq.ParquetWriter({str(data / 'tmp' / 'io-floor.parquet')!r}, schema, compression="zstd") as writer:
+    for f in files:
+        t = pq.read_table(f)
+        rows += t.num_rows
+        cols = [t.column(n) if n in t.column_names else pa.nulls(t.num_rows, schema.field(n).type) for n in schema.names]
+        writer.write_table(pa.Table.from_arrays(cols, schema=schema))
 print(json.dumps({{"files": len(files), "rows": rows, "seconds": time.perf_counter() - t0}}))
 """
     (data / "tmp").mkdir(exist_ok=True)
@@ -323,15 +322,18 @@ def print_scale(fig: dict[str, Any]) -> None:
           f" peak {_mib(run['mocks_peak_rss'])}")
     print(f"Airflow workers: {run['worker_cpu_seconds']:,.0f} s CPU, highest process peak {_mib(run['worker_peak_rss'])}"
           f" (limit {_mib(TASK_LIMIT)})")
-    print(f"{'stage':<15} {'tasks':>5} {'task-s':>8} {'span s':>7} {'CPU s':>8} {'rows':>12} {'rows/s':>12} {'peak task':>10}")
+    print(f"{'stage':<15} {'tasks':>5} {'task-s':>8} {'span s':>7} {'CPU s':>8} {'rows':>12} {'rows/s':>12}"
+          f" {'peak task':>10} {'its own':>10}")
     for stage, s in fig["stages"].items():
         print(f"{stage:<15} {s['tasks']:>5} {s['task_seconds']:>8.1f} {s['span_seconds'] or 0:>7.1f}"
-              f" {s['cpu_seconds']:>8.1f} {s['rows'] or 0:>12,} {_rate(s['rows_per_second']):>12} {_mib(s['peak_rss']):>10}")
+              f" {s['cpu_seconds']:>8.1f} {s['rows'] or 0:>12,} {_rate(s['rows_per_second']):>12} {_mib(s['peak_rss']):>10}"
+              f" {_mib(s['own_rss']):>10}")
     print("biggest tasks:")
     for t in fig["biggest"]:
         rate = t["rows"] / t["wall_seconds"] if t["rows"] and t["wall_seconds"] else None
         print(f"  {t['dag_id'] + '.' + t['task_id']:<52} {t['wall_seconds']:>7.1f} s wall {t['cpu_seconds']:>7.1f} s CPU"
-              f" {t['rows'] or 0:>11,} rows {_rate(rate):>11} {_mib(t['peak_rss_bytes']):>10}")
+              f" {t['rows'] or 0:>11,} rows {_rate(rate):>11} {_mib(t['peak_rss_bytes']):>10}"
+              f" (own {_mib((t['peak_rss_bytes'] or 0) - (t.get('start_rss_bytes') or 0))})")
     floor = fig["io_floor"]
     build = fig["stages"].get("package", {}).get("task_seconds")
     print(f"package I/O floor (pyarrow: {floor['files']} validated files, {floor['rows']:,} rows, read + one zstd write):"
@@ -357,7 +359,8 @@ def print_growth(small: dict[str, Any], big: dict[str, Any]) -> None:
         rows_x, time_x = b["rows"] / a["rows"], b["task_seconds"] / a["task_seconds"]
         verdict = "ok" if time_x <= 1.1 * rows_x else "OVER"
         print(f"  {stage:<15} rows x{rows_x:5.1f}  time x{time_x:5.1f} ({verdict}: at most x{1.1 * rows_x:.1f})"
-              f"  peak task memory {_mib(a['peak_rss'])} -> {_mib(b['peak_rss'])}")
+              f"  peak task process {_mib(a['peak_rss'])} -> {_mib(b['peak_rss'])},"
+              f" the task's own {_mib(a['own_rss'])} -> {_mib(b['own_rss'])}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,8 +57,12 @@ class Budget:
 
     @property
     def validation_chunk_rows(self) -> int:
-        """Rows of a landing feed handed to one GX run (about 1 M rows at 2 GiB)."""
-        return _round_rows(self.working // 1400)
+        """Rows of a landing feed handed to one GX run (about half a million at 2 GiB).
+
+        A third of what would fit: a range's rows are held in Arrow and in pandas at once,
+        and a worker keeps some of what its earlier tasks allocated.
+        """
+        return _round_rows(self.working // 2800)
 
     @property
     def sort_bucket_rows(self) -> int:
@@ -67,13 +71,16 @@ class Budget:
 
     @property
     def package_partition_rows(self) -> int:
-        """Source rows consolidated at once into the package (one range of IINs of one category)."""
-        return _round_rows(self.working // 1400)
+        """Source rows consolidated at once into the package (one range of IINs of one category).
+
+        Two ranges are in memory at once (one read ahead) with their package rows and changes.
+        """
+        return _round_rows(self.working // 2800)
 
     @property
     def duckdb_limit(self) -> str:
         """DuckDB's ``memory_limit``: beyond it, joins, aggregates and sorts spill to disk."""
-        return f"{max(256, self.working * 2 // 5 // 2**20)}MiB"
+        return f"{max(256, self.working // 4 // 2**20)}MiB"
 
     @property
     def gate_chunk_rows(self) -> int:

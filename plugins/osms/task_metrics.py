@@ -26,7 +26,7 @@ from airflow.listeners import hookimpl
 
 log = logging.getLogger(__name__)
 
-_started: dict[str, tuple[float, float, float]] = {}
+_started: dict[str, tuple[float, float, float, int | None]] = {}
 
 
 def _cpu() -> float:
@@ -62,7 +62,7 @@ def _key(ti: Any) -> str:
 def on_task_instance_running(previous_state: Any, task_instance: Any) -> None:
     """Note the start; reset the process's peak memory."""
     _reset_peak_rss()
-    _started[_key(task_instance)] = (time.perf_counter(), _cpu(), time.time())
+    _started[_key(task_instance)] = (time.perf_counter(), _cpu(), time.time(), _peak_rss())
 
 
 @hookimpl
@@ -110,6 +110,9 @@ def _finish(ti: Any, state: str) -> None:
             "ended_at": round(time.time(), 3),
             "cpu_seconds": round(_cpu() - started[1], 3),
             "peak_rss_bytes": _peak_rss(),
+            # what the process held when the task began (a warm worker keeps its imports and some of
+            # what earlier tasks allocated): the task's own memory is the peak less this
+            "start_rss_bytes": started[3],
         }
         log.info("task cost: %.1f s wall, %.1f s CPU, peak memory %.0f MiB", metrics["wall_seconds"],
                  metrics["cpu_seconds"], (metrics["peak_rss_bytes"] or 0) / 2**20)
