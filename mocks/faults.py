@@ -3,8 +3,9 @@
 Transient faults (5xx, 429, slow responses, a page cut off mid-line) are drawn
 per request from a seeded stream, so a retry can succeed; persistent faults (a
 malformed line on a page, a renamed or missing column, a volume drop, a
-rejected token, a system that is down) hold for every request until the
-configuration changes, as they would in a real system.
+rejected token, a system that is down, a cursor that repeats itself, HTML pages
+answered 200) hold for every request until the configuration changes, as they
+would in a real system.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class SystemFaults:
     rename_columns: dict[str, str] = field(default_factory=dict)  # served key -> new key
     drop_columns: tuple[str, ...] = ()
     volume_drop: float = 0.0  # share of the feed's records withheld
+    repeat_cursor: bool = False  # every page names the same next cursor: a client following it loops for ever
+    html_pages: bool = False  # pages answered 200 with an HTML error page (a proxy in front of the system)
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> SystemFaults:

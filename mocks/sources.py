@@ -161,6 +161,8 @@ class SourceService:
         if verdict == "slow":
             time.sleep(faults.slow_seconds)
 
+        if faults.html_pages:
+            return Response(content=_HTML_ERROR_PAGE, media_type="text/html; charset=utf-8", status_code=200)
         table = self.served_table(system, category, as_of)
         total = table.num_rows
         if offset > total:
@@ -177,7 +179,9 @@ class SourceService:
         if verdict == "truncate" and len(body) > 2:
             body = _cut_mid_line(body, detail)
         headers = {"X-Total-Count": str(total), "X-Page-Records": str(page.num_rows)}
-        if offset + limit < total:
+        if faults.repeat_cursor and total:
+            headers["X-Next-Cursor"] = encode_cursor(min(limit, total - 1), system, category, as_of)  # always the same
+        elif offset + limit < total:
             headers["X-Next-Cursor"] = encode_cursor(offset + limit, system, category, as_of)
         return Response(content=body, media_type=NDJSON, headers=headers)
 
@@ -210,6 +214,10 @@ class SourceService:
         if params.get("cursor"):
             offset = decode_cursor(params["cursor"], system, category, as_of)
         return category, as_of, offset, limit
+
+
+_HTML_ERROR_PAGE = (b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
+                    b"<body><h1>Bad Gateway</h1><p>The upstream system did not answer.</p></body></html>\n")
 
 
 def secrets_equal(a: str, b: str) -> bool:

@@ -110,10 +110,14 @@ class SourceEndpoint:
     # stall a worker for an hour (the task's own retry takes over).
     backoff_base: float = 0.5
     backoff_max: float = 30.0
+    # A feed of more pages than this is refused rather than followed: at 50 000 records a page,
+    # 100 000 pages is 250 times the largest national feed.
+    max_pages: int = 100_000
 
 
 # Connection extras that tune an endpoint, with their types.
-CONNECTION_EXTRAS = {"page_size": int, "timeout": float, "max_retries": int, "backoff_base": float, "backoff_max": float}
+CONNECTION_EXTRAS = {"page_size": int, "timeout": float, "max_retries": int, "backoff_base": float, "backoff_max": float,
+                     "max_pages": int}
 
 
 def endpoint_from_connection(conn_id: str) -> SourceEndpoint:
@@ -434,16 +438,13 @@ class _Refused(Exception):
 
 @dataclass(frozen=True)
 class Page:
-    """One complete page as received: its number, bytes and what comes next."""
+    """One complete page as received: its number, bytes, what comes next and the feed's size the source declares."""
 
     number: int
     data: bytes
     next_params: dict[str, str] | None
     attempts: int
-
-
-# Statuses answered at once, never retried: the request itself is wrong.
-_NOT_RETRIED = frozenset({400, 401, 403, 404, 405, 410, 422})
+    declared_rows: int | None = None  # X-Total-Count: the records the source says the feed holds
 
 
 def _api_error(response: requests.Response) -> str:
@@ -493,16 +494,37 @@ class SourceClient:
         return sum(self.retry_causes.values())
 
     def pages(self, system: str, category: str, as_of: dt.date, *, label: str = "") -> Iterator[Page]:
-        """Every page of one feed, in order; each retried on its own as needed."""
-        base = {"category": category, "as_of": as_of.isoformat(), "limit": str(self.endpoint.page_size)}
-        url = f"{self.endpoint.base_url.rstrip('/')}/v1/systems/{system}/records"
+        """Every page of one feed, in order; each retried on its own as needed.
+
+        Paging is bounded: a cursor seen before (the source would be followed round in a
+        circle), more pages than the feed's declared size needs, or more than
+        ``max_pages``, end it with a :class:`PageError` instead of a loop that never ends.
+        """
+        ep = self.endpoint
+        base = {"category": category, "as_of": as_of.isoformat(), "limit": str(ep.page_size)}
+        url = f"{ep.base_url.rstrip('/')}/v1/systems/{system}/records"
         params: dict[str, str] | None = base
         number = 0
+        seen: set[str] = set()
         while params is not None:
             number += 1
             page = self.fetch(url, params, number=number, label=label or f"{system}.{category}")
             yield page
-            params = base | page.next_params if page.next_params else None
+            if page.next_params is None:
+                return
+            cursor = page.next_params["cursor"]
+            if cursor in seen or cursor == params.get("cursor"):
+                raise PageError(f"page {number}: the source names a cursor it gave before as the next page:"
+                                " following it would go round in a circle")
+            seen.add(cursor)
+            limit = ep.max_pages
+            if page.declared_rows is not None:
+                limit = min(limit, -(-page.declared_rows // ep.page_size) + 1)
+            if number >= limit:
+                why = (f"its declared {page.declared_rows:,} records need" if page.declared_rows is not None
+                       else f"max_pages ({ep.max_pages}) allows")
+                raise PageError(f"page {number}: the source names yet another page, more than {why}")
+            params = base | page.next_params
 
     def fetch(self, url: str, params: dict[str, str], *, number: int, label: str) -> Page:
         """One page, retried on transient failures; raises _Refused, or the last _Transient once retries run out."""
@@ -535,7 +557,9 @@ class SourceClient:
             with attempt:
                 attempts = attempt.retry_state.attempt_number
                 data, headers = self._get(url, params)
-                return Page(number=number, data=data, next_params=next_request(headers), attempts=attempts)
+                total = (headers.get("X-Total-Count") or "").strip()
+                return Page(number=number, data=data, next_params=next_request(headers), attempts=attempts,
+                            declared_rows=int(total) if total.isdigit() else None)
         raise AssertionError("unreachable")  # pragma: no cover: tenacity returns or raises
 
     def _get(self, url: str, params: dict[str, str]) -> tuple[bytes, requests.structures.CaseInsensitiveDict]:
@@ -559,6 +583,9 @@ class SourceClient:
             raise _Transient(_api_error(response), kind=f"HTTP {status}", status=status, retry_after=retry_after)
         if status != 200:
             raise _Refused(_api_error(response), status)
+        not_ndjson = _not_ndjson(response.headers.get("Content-Type"), data)
+        if not_ndjson:
+            raise _Refused(not_ndjson, status)
         if data and not data.endswith(b"\n"):
             # Every NDJSON line ends in a newline: a page without one was cut in transit.
             raise _Transient("page cut off mid-line (truncated)", kind="truncated page", status=status)
@@ -568,6 +595,24 @@ class SourceClient:
             raise _Transient(f"page holds {lines} lines, X-Page-Records says {expected}",
                              kind="short page", status=status)
         return data, response.headers
+
+
+# What an NDJSON page may be labelled; a JSON document or an HTML page is not a page of records.
+_NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines",
+                           "application/json-lines", "text/plain", "application/octet-stream", ""})
+
+
+def _not_ndjson(content_type: str | None, data: bytes) -> str | None:
+    """Why a 200 answer is not an NDJSON page, in words (None: it may be one)."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    head = data.lstrip()[:64].lower()
+    if "html" in kind or head.startswith((b"<!doctype html", b"<html")):
+        return f"the source answered an HTML page (content type {kind or 'not given'}), not NDJSON records"
+    if kind == "application/json":
+        return "the source answered one JSON document (content type application/json), not NDJSON records"
+    if kind not in _NDJSON_TYPES:
+        return f"the source answered content type {kind}, not NDJSON records (application/x-ndjson)"
+    return None
 
 
 class _Ahead:
@@ -764,6 +809,9 @@ def extract_feed(
         for page in ahead:
             number = page.number
             table = parse_page(page.data, columns, page=page.number)
+            if page.declared_rows is not None and writer.rows + table.num_rows > page.declared_rows:
+                raise PageError(f"page {page.number}: the source sends more records than the"
+                                f" {page.declared_rows:,} it declares for the feed")
             if SORT_KEY in table.column_names:
                 sort_check.see(table.column(SORT_KEY))
             writer.write(_with_lineage(table, body, system, category, as_of))

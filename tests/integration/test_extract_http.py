@@ -220,3 +220,56 @@ def test_connection_endpoint_extracts_from_the_mock(source, tmp_path: Path, monk
     result = _extract(endpoint_from_connection("osms_source_payments"), tmp_path / "x.parquet")
     assert result.pages == 4
     _assert_complete(result.path, service)
+
+
+# ---------------------------------------------------------------- bounded paging, honest causes
+
+
+def test_a_repeated_cursor_ends_the_extract_instead_of_looping(source, tmp_path: Path) -> None:
+    server, service = source
+    service.faults[SYSTEM] = SystemFaults(repeat_cursor=True)
+    before = service.stats[SYSTEM]["ok"]
+    with pytest.raises(FeedExtractError, match="cursor it gave before") as err:
+        _extract(_endpoint(server, service), tmp_path / "x.parquet")
+    assert service.stats[SYSTEM]["ok"] - before <= 3  # stopped at once, not after thousands of pages
+    assert "page 2" in str(err.value) or "page 3" in str(err.value)
+    assert not (tmp_path / "x.parquet").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_an_html_page_answered_200_is_named_and_not_retried(source, tmp_path: Path) -> None:
+    server, service = source
+    service.faults[SYSTEM] = SystemFaults(html_pages=True)
+    with pytest.raises(FeedExtractError) as err:
+        _extract(_endpoint(server, service, max_retries=5), tmp_path / "x.parquet")
+    assert "HTML page" in str(err.value) and "not NDJSON" in str(err.value) and "truncated" not in str(err.value)
+    assert err.value.attempts == 1
+
+
+def test_more_pages_than_the_declared_size_needs_are_refused(tmp_path: Path) -> None:
+    """A source that declares 10 records but keeps naming new cursors is stopped at the page that is too many."""
+    from osms.extract import SourceClient
+
+    class Endless:
+        headers: dict[str, str] = {}
+
+        def __init__(self) -> None:
+            self.n = 0
+
+        def get(self, url: str, params: dict, timeout: float, stream: bool = False):
+            import requests
+
+            self.n += 1
+            r = requests.Response()
+            r.status_code, r._content, r._content_consumed = 200, b'{"a": 1}\n' * 5, True
+            r.headers.update({"X-Total-Count": "10", "X-Next-Cursor": f"c{self.n}",
+                              "Content-Type": "application/x-ndjson"})
+            return r
+
+        def close(self) -> None:
+            pass
+
+    session = Endless()
+    client = SourceClient(SourceEndpoint("http://127.0.0.1:9", "t", page_size=5), session=session)  # type: ignore
+    with pytest.raises(Exception, match="more than its declared 10 records need"):
+        list(client.pages("payments", "pregnant", DAY))
+    assert session.n == 3
