@@ -143,6 +143,11 @@ def _batch_definition() -> Any:
     return asset.add_batch_definition_whole_dataframe("whole_frame")
 
 
+def warm_up() -> None:
+    """Import GX and build this process's context now (a worker does it before its first task)."""
+    _batch_definition()
+
+
 @functools.lru_cache(maxsize=256)
 def _validation_definition(suite_name: str, expectations_json: str) -> Any:
     """A GX ValidationDefinition of these expectations over the dataframe batch, made once per process."""

@@ -40,7 +40,7 @@ import os
 import shutil
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +66,7 @@ __all__ = ["CategoryOutcome", "DUPLICATE_RULE", "MIN_ROWS_TO_HOLD", "RuleResult"
 
 log = logging.getLogger(__name__)
 
-Verdict = Literal["published", "held_back"]
+Verdict = Literal["published", "partial", "held_back"]
 LINEAGE_COLUMNS = ("body", "system", "category", "as_of")
 SORT_KEY = (("iin", "ascending"), ("record_id", "ascending"), ("system", "ascending"))
 DUPLICATE_RULE = "duplicate_record"
@@ -93,6 +93,9 @@ class CategoryOutcome:
     validated_path: Path | None
     quarantine_path: Path | None
     report_path: Path | None = None
+    # system -> {"status", "reason", "rows_in", "rows_published", "rows_quarantined", "quarantined_by_rule",
+    #            "warnings_by_rule"}: every verdict is a feed's
+    feeds: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able, counts and paths only: for status files and XCom."""
@@ -113,11 +116,18 @@ def validate_category(
     as_of: dt.date,
     landing_paths: Sequence[Path],
     data_dir: Path,
-    trailing_counts: Sequence[int] = (),
+    trailing_counts: Sequence[int] | Mapping[str, Sequence[int]] = (),
     chunk_rows: int | None = None,
     expectations_dir: Path | None = None,
 ) -> CategoryOutcome:
-    """Validate a body's landing data for one category and date; write validated, quarantine and report files."""
+    """Validate a body's landing data for one category and date; write validated, quarantine and report files.
+
+    ``landing_paths`` are the feeds whose extract succeeded, one file each
+    (``landing/D/<body>/<system>/<category>.parquet``). Every verdict is a feed's: a feed
+    is held back when a rule is broken beyond its threshold in that feed, or its volume
+    fell under its trailing median (``trailing_counts``: per system, the feed's rows on
+    earlier days; a plain list is the category's, checked against all its rows).
+    """
     import numpy as np
     import pyarrow as pa
 
@@ -145,6 +155,15 @@ def validate_category(
             if body.get("unexpected_index_list"):
                 body["unexpected_index_list"] = positions[np.asarray(body["unexpected_index_list"], np.int64)].tolist()
         return result
+
+    # what a killed validation of this (body, category, D) left: temporary files, its work folder
+    from osms.files import remove_temporaries
+
+    for leftover in (layout.validated(data_dir, as_of, body, category), layout.quarantine(data_dir, as_of, body,
+                                                                                          category)):
+        remove_temporaries(leftover)
+    for old in (data_dir / "tmp").glob(f"validate-{as_of.isoformat()}-{body}-{category}-*"):
+        shutil.rmtree(old, ignore_errors=True)
 
     gx_runs: list[dict[str, Any]] = []
     one_chunk = rows_in <= chunk_rows
@@ -180,8 +199,11 @@ def validate_category(
                                                                        r.unexpected_count, r.mostly)
             critical = sorted(r.rule for r in results.values() if r.critical)
             warning_rules = sorted(r.rule for r in results.values() if not r.critical)
-            quarantined_by_rule = dict.fromkeys(critical, 0)
-            warnings_by_rule = dict.fromkeys(warning_rules, 0)
+            # every count also per feed (by file): verdicts are per feed
+            tally = _FeedTally(feed, critical, warning_rules, copies)
+            if wide is not None:
+                for rule, where in wide.unexpected.items():
+                    tally.broken(rule, where)
 
             schema = feed.schema
             q_schema = schema.append(pa.field("rules", pa.list_(pa.string())))
@@ -208,6 +230,7 @@ def validate_category(
                         r.add(res)
                         broken[r.rule] = np.sort(np.asarray(r.unexpected_index, dtype=np.int64))
                         r.unexpected_index = []  # this range's rows are settled below: nothing accumulates
+                        tally.broken(r.rule, broken[r.rule])
                     if wide is not None:
                         for rule, where in wide.unexpected.items():
                             broken[rule] = where[_member(where, kept_pos)]
@@ -216,12 +239,14 @@ def validate_category(
                     for rule in critical:
                         local = np.searchsorted(kept_pos, broken.get(rule, np.zeros(0, np.int64)))
                         bad[local] = True
-                        quarantined_by_rule[rule] += len(local)
+                        tally.quarantined(rule, kept_pos[local])
                         for i in local.tolist():
                             rules_of.setdefault(i, []).append(rule)
                     for rule in warning_rules:  # a warning counts where the row is published
                         local = np.searchsorted(kept_pos, broken.get(rule, np.zeros(0, np.int64)))
-                        warnings_by_rule[rule] += int((~bad[local]).sum())
+                        tally.warned(rule, kept_pos[local][~bad[local]])
+                    tally.published(kept_pos[~bad])
+                    tally.rejected(kept_pos[bad])
                     with timer("sort and write"):
                         validated.write(kept.filter(pa.array(~bad)).sort_by(list(SORT_KEY)))
                         bad_at = np.flatnonzero(bad)
@@ -236,25 +261,38 @@ def validate_category(
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    if len(copies):
-        quarantined_by_rule[DUPLICATE_RULE] = len(copies)
-    quarantined_by_rule = {k: v for k, v in sorted(quarantined_by_rule.items()) if v}
     rule_list = list(results.values())
-    reason = _held_back_reason(rule_list, rows_in, trailing_counts,
-                               suite.get("meta", {}).get("volume_minimum_share", 0.8))
+    share = suite.get("meta", {}).get("volume_minimum_share", 0.8)
+    feeds = tally.feeds(results, trailing_counts, share)
+    verdicts = [f["status"] for f in feeds.values()]
+    verdict: Verdict = "published" if all(v == "published" for v in verdicts) else (
+        "partial" if any(v == "published" for v in verdicts) else "held_back")
+    if not verdicts:
+        verdict = "held_back"
+    reasons = [f"{system}: {f['reason']}" if len(feeds) > 1 else f["reason"]
+               for system, f in feeds.items() if f["reason"]]
+    if not isinstance(trailing_counts, Mapping):
+        # the category's own history (a single list): the whole category is held back on a volume drop
+        volume = _volume_reason(rows_in, [int(c) for c in trailing_counts], share)
+        if volume:
+            verdict = "held_back"
+            reasons.append(volume)
+            for f in feeds.values():
+                f["status"], f["reason"] = "held_back", "; ".join(filter(None, [f["reason"], volume]))
     outcome = CategoryOutcome(
         body=body,
         category=category,
         as_of=as_of,
-        verdict="held_back" if reason else "published",
-        reason=reason,
+        verdict=verdict,
+        reason="; ".join(reasons) or None,
         rows_in=rows_in,
         rows_published=validated.rows,
         rows_quarantined=quarantine.rows,
-        quarantined_by_rule=quarantined_by_rule,
-        warnings_by_rule=dict(sorted(warnings_by_rule.items())),
+        quarantined_by_rule=tally.total_quarantined(),
+        warnings_by_rule=tally.total_warnings(),
         validated_path=layout.validated(data_dir, as_of, body, category),
         quarantine_path=layout.quarantine(data_dir, as_of, body, category),
+        feeds=feeds,
     )
     assert outcome.rows_in == outcome.rows_published + outcome.rows_quarantined, "a row was lost"
     report_path = _write_report(outcome, rule_list, gx_runs, suite, parameters, edition.code, data_dir)
@@ -474,6 +512,7 @@ def _duckdb(work: Path, memory_limit: str) -> Iterator[duckdb.DuckDBPyConnection
 def _held_back_reason(
     results: list[RuleResult], rows_in: int, trailing_counts: Sequence[int], minimum_share: float
 ) -> str | None:
+    """Why a feed is held back (None: it is not): a rule broken systematically, or its volume fell."""
     reasons = []
     for r in sorted(results, key=lambda r: r.rule):
         if not r.critical or (r.exception is None and not r.holds_back):
@@ -484,17 +523,109 @@ def _held_back_reason(
             reasons.append(
                 f"{r.rule}: {r.unexpected_percent:.1f} % of rows failed (threshold {100 * (1 - r.mostly):g} %)"
             )
-    counts = [int(c) for c in trailing_counts]
+    volume = _volume_reason(rows_in, [int(c) for c in trailing_counts], minimum_share)
+    if volume:
+        reasons.append(volume)
+    return "; ".join(reasons) or None
+
+
+def _volume_reason(rows_in: int, counts: list[int], minimum_share: float) -> str | None:
+    """A volume under ``minimum_share`` of the trailing median (three days of history at least), in words."""
     if rows_in == 0 and any(counts):
-        reasons.append(f"no rows, although the previous days had up to {max(counts):,}")
-    elif len(counts) >= 3:
+        return f"no rows, although the previous days had up to {max(counts):,}"
+    if len(counts) >= 3:
         median = statistics.median(counts)
         if median > 0 and rows_in < minimum_share * median:
-            reasons.append(
-                f"volume {100 * rows_in / median:.0f} % of trailing median {median:,.0f}"
-                f" (minimum {100 * minimum_share:.0f} %)"
-            )
-    return "; ".join(reasons) or None
+            return (f"volume {100 * rows_in / median:.0f} % of trailing median {median:,.0f}"
+                    f" (minimum {100 * minimum_share:.0f} %)")
+    return None
+
+
+class _FeedTally:
+    """Counts of one validation kept per feed (each landing file is one feed), by row position."""
+
+    def __init__(self, feed: _Landing, critical: list[str], warnings: list[str], copies: np.ndarray) -> None:
+        import numpy as np
+
+        files = feed.files()
+        self.systems = [lineage["system"] for _, _, _, lineage in files]
+        self.starts = np.array([start for _, start, _, _ in files], dtype=np.int64)
+        self.rows_in = np.diff(np.append(self.starts, feed.rows)) if files else np.zeros(0, np.int64)
+        n = len(files)
+        self.critical, self.warning_rules = critical, warnings
+        self.copies = self._count(copies)
+        self.unexpected = {r: np.zeros(n, np.int64) for r in [*critical, *warnings]}
+        self.quarantined_by_rule = {r: np.zeros(n, np.int64) for r in critical}
+        self.warnings_by_rule = {r: np.zeros(n, np.int64) for r in warnings}
+        self.published_rows = np.zeros(n, np.int64)
+        self.rejected_rows = np.zeros(n, np.int64)
+
+    def _count(self, positions: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        if not len(self.starts):
+            return np.zeros(0, np.int64)
+        which = np.searchsorted(self.starts, np.asarray(positions, dtype=np.int64), side="right") - 1
+        return np.bincount(which, minlength=len(self.starts)).astype(np.int64)
+
+    def broken(self, rule: str, positions: np.ndarray) -> None:
+        """Rows (of any feed) that broke ``rule``."""
+        if rule in self.unexpected:
+            self.unexpected[rule] += self._count(positions)
+
+    def quarantined(self, rule: str, positions: np.ndarray) -> None:
+        """Rows quarantined for ``rule``."""
+        self.quarantined_by_rule[rule] += self._count(positions)
+
+    def warned(self, rule: str, positions: np.ndarray) -> None:
+        """Published rows that broke warning ``rule``."""
+        self.warnings_by_rule[rule] += self._count(positions)
+
+    def published(self, positions: np.ndarray) -> None:
+        """Rows written to the validated file."""
+        self.published_rows += self._count(positions)
+
+    def rejected(self, positions: np.ndarray) -> None:
+        """Rows quarantined for a rule (copies aside)."""
+        self.rejected_rows += self._count(positions)
+
+    def total_quarantined(self) -> dict[str, int]:
+        """Quarantined rows per rule over every feed (``duplicate_record`` for exact copies), non-zero only."""
+        out = {r: int(v.sum()) for r, v in self.quarantined_by_rule.items()}
+        out[DUPLICATE_RULE] = int(self.copies.sum())
+        return {k: v for k, v in sorted(out.items()) if v}
+
+    def total_warnings(self) -> dict[str, int]:
+        """Published rows per warning rule, over every feed."""
+        return {r: int(v.sum()) for r, v in sorted(self.warnings_by_rule.items())}
+
+    def feeds(self, results: dict[str, RuleResult], trailing: Sequence[int] | Mapping[str, Sequence[int]],
+              share: float) -> dict[str, dict[str, Any]]:
+        """Each feed's counts and verdict: its rules' breaches judged on its own rows, its volume on its history."""
+        out = {}
+        for i, system in enumerate(self.systems):
+            kept = int(self.rows_in[i] - self.copies[i])
+            feed_results = [
+                RuleResult(rule=r.rule, type=r.type, severity=r.severity, mostly=r.mostly, rows=kept,
+                           unexpected_count=int(self.unexpected[r.rule][i]) if r.rule in self.unexpected else 0,
+                           exception=r.exception)
+                for r in results.values()
+            ]
+            history = trailing.get(system, ()) if isinstance(trailing, Mapping) else ()
+            reason = _held_back_reason(feed_results, int(self.rows_in[i]), history, share)
+            quarantined = {r: int(v[i]) for r, v in self.quarantined_by_rule.items() if v[i]}
+            if self.copies[i]:
+                quarantined[DUPLICATE_RULE] = int(self.copies[i])
+            out[system] = {
+                "status": "held_back" if reason else "published",
+                "reason": reason,
+                "rows_in": int(self.rows_in[i]),
+                "rows_published": int(self.published_rows[i]),
+                "rows_quarantined": int(self.rejected_rows[i] + self.copies[i]),
+                "quarantined_by_rule": dict(sorted(quarantined.items())),
+                "warnings_by_rule": {r: int(v[i]) for r, v in sorted(self.warnings_by_rule.items())},
+            }
+        return out
 
 
 def _write_report(
