@@ -52,6 +52,20 @@ def write_bytes_atomic(data: bytes, path: Path, *, mode: int | None = None) -> P
     return path
 
 
+def remove_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary files an interrupted atomic write of ``path`` left beside it (``.<name>.*.tmp``).
+
+    Only the one writer of ``path`` calls this, before it writes: a temporary file of
+    that name is then an earlier try's, which nothing will ever rename into place.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
 def sha256_file(path: Path) -> str:
     """The SHA-256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from osms.registry import default_registry
-from osms.status import BodyStatus, read_status
+from osms.status import BodyStatus, read_status, read_status_or_none
 
 ROOT = Path(__file__).resolve().parents[2]
 ALMATY = "Asia/Almaty"
@@ -128,15 +128,33 @@ class DagWorkers:
         self._env = env
         self.recycle_bytes = recycle_bytes or task_budget().total // 2
         self.recycled = 0
+        self._answers: dict[int, Any] = {}
         self._procs = [self._spawn() for _ in range(max(1, workers))]
 
     def _spawn(self) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", __name__, "worker"], env=self._env, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
-                                start_new_session=True)
+        # answers come back on a pipe of their own: whatever Airflow prints while it loads
+        # (its configuration notices go to stdout) can never be taken for one
+        read_end, write_end = os.pipe()
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", __name__, "worker", str(write_end)], env=self._env,
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    text=True, bufsize=1, start_new_session=True, pass_fds=(write_end,))
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        self._answers[proc.pid] = os.fdopen(read_end, "r", encoding="utf-8")
+        return proc
 
-    @staticmethod
-    def _stop(proc: subprocess.Popen[str]) -> None:
+    def _answer(self, proc: subprocess.Popen[str]) -> dict[str, Any]:
+        """The worker's answer to its last job; ``{"ok": false}`` when it died without one."""
+        try:
+            return dict(json.loads(self._answers[proc.pid].readline() or '{"ok": false}'))
+        except (OSError, ValueError):
+            return {"ok": False}
+
+    def _stop(self, proc: subprocess.Popen[str]) -> None:
         try:
             if proc.stdin is not None:
                 proc.stdin.close()
@@ -147,6 +165,9 @@ class DagWorkers:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        answers = self._answers.pop(proc.pid, None)
+        if answers is not None:
+            answers.close()
 
     def prepare(self, log: Path) -> None:
         """Have one worker write every DAG to the metadata database, before DAGs run side by side.
@@ -155,9 +176,9 @@ class DagWorkers:
         that at once on a new database would both insert the same DAGs.
         """
         proc = self._procs[0]
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdin is not None
         proc.stdin.write(json.dumps({"prepare": True, "log": str(log)}) + "\n")
-        answer = json.loads(proc.stdout.readline() or '{"ok": false}')
+        answer = self._answer(proc)
         if not answer.get("ok"):
             raise RuntimeError(f"the DAGs could not be written to the metadata database (log: {log})")
 
@@ -180,13 +201,14 @@ class DagWorkers:
                     return
                 dag_id, day, log = job
                 started = time.perf_counter()
-                assert proc.stdin is not None and proc.stdout is not None
+                assert proc.stdin is not None
                 try:
                     proc.stdin.write(json.dumps({"dag_id": dag_id, "day": day.isoformat(), "log": str(log),
                                                  "conf": conf or {}}) + "\n")
-                    answer = json.loads(proc.stdout.readline() or '{"ok": false}')
-                except (OSError, ValueError):
+                except OSError:
                     answer = {"ok": False}
+                else:
+                    answer = self._answer(proc)
                 result = DagRunResult(dag_id=dag_id, ok=bool(answer.get("ok")),
                                       seconds=time.perf_counter() - started, log=log)
                 with lock:
@@ -222,6 +244,11 @@ class DagWorkers:
         self.close()
 
 
+def default_workers() -> int:
+    """One worker per core."""
+    return max(1, os.cpu_count() or 1)
+
+
 def body_weights(data_dir: Path, day: dt.date) -> dict[str, int]:
     """How much work each body of D's edition is likely to be: its rows on its last reported day, else its feeds."""
     edition = default_registry().edition_on(day)
@@ -242,10 +269,14 @@ def body_weights(data_dir: Path, day: dt.date) -> dict[str, int]:
 
 
 def run_day_dags(day: dt.date, data_dir: Path, env: dict[str, str], *, package: bool = True,
-                 workers: int | None = None,
+                 workers: int | None = None, pool: DagWorkers | None = None,
                  say: Callable[[str], None] = print) -> tuple[list[DagRunResult], dict[str, BodyStatus | None]]:
-    """Run every body's agency DAG for D on warm workers, then the package DAG; return the runs and the statuses."""
-    from osms.package_dag import DAG_ID, STATUS_WAIT_CONF
+    """Run every body's agency DAG for D on warm workers, then the package DAG; return the runs and the statuses.
+
+    ``pool``: workers started earlier (they load Airflow and the pipeline's libraries while the
+    metadata database migrates); by default they are started here, one per core.
+    """
+    from osms.package_dag import DAG_ID, PREVIOUS_WAIT_CONF, STATUS_WAIT_CONF
 
     edition = default_registry().edition_on(day)
     log_dir = data_dir / "airflow" / "logs" / f"run-{day.isoformat()}"
@@ -261,15 +292,15 @@ def run_day_dags(day: dt.date, data_dir: Path, env: dict[str, str], *, package: 
         say(f"  [{count}/{total}] {r.dag_id:<22} {'done' if r.ok else 'FAILED'} in {r.seconds:,.0f} s"
             + ("" if r.ok else f" (log: {r.log})"))
 
-    workers = workers or max(1, min(len(bodies), os.cpu_count() or 1))
-    with DagWorkers(env, workers) as pool:
+    with pool or DagWorkers(env, workers or default_workers()) as pool:
         pool.prepare(log_dir / "prepare.log")
         results = pool.run([(b.dag_id, day, log_dir / f"{b.dag_id}.log") for b in bodies], on_done=done)
         if package:
-            # every body's run has ended: a body without a status failed, nothing is left to wait for
+            # every body's run has ended: a body without a status failed; and no other process will deliver
+            # D-1 while this one waits: if it is not delivered, the run says so at once
             results += pool.run([(DAG_ID, day, log_dir / f"{DAG_ID}.log")], on_done=done,
-                                conf={STATUS_WAIT_CONF: 0})
-    statuses = {b.code: read_status(data_dir, day, b.code) for b in edition.bodies}
+                                conf={STATUS_WAIT_CONF: 0, PREVIOUS_WAIT_CONF: 0})
+    statuses = {b.code: read_status_or_none(data_dir, day, b.code) for b in edition.bodies}
     return results, statuses
 
 
@@ -284,12 +315,34 @@ def signing_env() -> dict[str, str]:
 # --------------------------------------------------------------------------- the worker process
 
 
-def _worker() -> int:
-    """A warm worker: read ``{"dag_id", "day", "log"}`` lines on stdin, run each DAG, answer one line on stdout."""
+def _worker(answer_fd: int) -> int:
+    """A warm worker: read ``{"dag_id", "day", "log"}`` lines on stdin, run each DAG, answer one line on ``answer_fd``."""
     import traceback
 
-    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    answers = os.fdopen(answer_fd, "w", buffering=1)
+    # until the first DAG's log takes over, what the worker prints goes to a log of its own, never to the answers
+    startup = Path(os.environ.get("AIRFLOW_HOME", ".")) / "logs" / "workers" / f"worker-{os.getpid()}.log"
+    startup.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(startup, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
     from airflow.utils.providers_configuration_loader import providers_configuration_loaded
+
+    # loaded now, while the database migrates and the other DAGs parse, not by the first task that needs them
+    import duckdb  # noqa: F401
+    import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+    import osms.quality.runner
+
+    osms.quality.runner.warm_up()
+    try:  # dag.test()'s in-process Execution API: building its FastAPI app costs seconds, once per process
+        from airflow.sdk.execution_time.supervisor import in_process_api_server
+
+        in_process_api_server().app  # noqa: B018
+    except Exception:  # noqa: BLE001: only a warm-up; the first task builds it otherwise
+        pass
 
     def bundle() -> Any:
         from airflow.dag_processing.bundles.manager import DagBundlesManager
@@ -356,6 +409,6 @@ def _rss() -> int:
 
 
 if __name__ == "__main__":  # python -m osms.local_run worker
-    if sys.argv[1:] != ["worker"]:
-        raise SystemExit("usage: python -m osms.local_run worker")
-    raise SystemExit(_worker())
+    if len(sys.argv) != 3 or sys.argv[1] != "worker" or not sys.argv[2].isdigit():
+        raise SystemExit("usage: python -m osms.local_run worker ANSWER_FD")
+    raise SystemExit(_worker(int(sys.argv[2])))
