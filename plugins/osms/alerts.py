@@ -294,3 +294,46 @@ def _aware(value: Any) -> dt.datetime:
     """A datetime from the callback's context or a receipt (ISO text or datetime); naive counts as UTC."""
     moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+# ----------------------------------------------------------------------------- notices from tasks
+
+
+def notify(kind: str, *, dag_id: str, run_id: str, day: dt.date, message: str,
+           details: dict[str, Any] | None = None, transport: Any = None) -> str:
+    """Post a notice (a failed run, a held-back category, a delivery waiting for its predecessor) once per run.
+
+    The same webhook connection as the deadline alert. The body holds names and counts
+    only (``kind``, ``dag_id``, ``run_id``, ``day``, ``message``, ``details``), never a
+    record. A notice already posted for this run and kind is not posted again (a task's
+    retry), and a notice that cannot be posted is logged, never raised: a notice must not
+    fail the work it reports on. Returns what happened, in a few words.
+    """
+    import json
+    import os
+
+    from osms import layout
+
+    marker = layout.data_dir() / "alerts" / day.isoformat() / f"{dag_id}.{kind}.{_safe(run_id)}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return "already posted for this run"
+    body = {"kind": kind, "dag_id": dag_id, "run_id": run_id, "day": day.isoformat(), "message": message,
+            "details": json.dumps(details or {}, sort_keys=True, ensure_ascii=False)}
+    log.warning("NOTICE %s: %s", kind, message)
+    conn_id = webhook_conn_id()
+    try:
+        webhook = asyncio.run(webhook_of(conn_id))
+        if webhook is None:
+            return f"logged, not posted: connection {conn_id} not defined"
+        status = asyncio.run(post_alert(webhook, body, transport=transport))
+    except Exception as exc:  # noqa: BLE001: a notice never fails the task that sends it
+        log.error("notice %s for run %s not posted: %s", kind, run_id, _cause(exc))
+        return f"not posted: {type(exc).__name__}"
+    return f"posted to connection {conn_id} (HTTP {status})"
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)[:120]

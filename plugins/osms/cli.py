@@ -271,7 +271,10 @@ EXIT_NOT_DELIVERED = 4  # no receipt for the day's package
               help="Share of the real country the mocks serve (1.0 = 20.3 M persons; default 0.001).")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Airflow worker processes running DAGs side by side (default: the machine's cores).")
-def run(day: dt.date | None, data_dir: str, scale: float | None, workers: int | None) -> None:
+@click.option("--mocks-config", "mocks_config", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Mock config (YAML: seed, scale, defects, faults), e.g. to see how a fault is handled.")
+def run(day: dt.date | None, data_dir: str, scale: float | None, workers: int | None,
+        mocks_config: str | None) -> None:
     """Run the daily job for a date: mocks, 8 agency DAGs and the package DAG on embedded SQLite.
 
     Exit status: 0 delivered and every DAG succeeded; 3 delivered, but a DAG run
@@ -285,12 +288,20 @@ def run(day: dt.date | None, data_dir: str, scale: float | None, workers: int | 
     from mocks.config import MockConfig
     from mocks.service import start_mocks
     from osms import layout
-    from osms.local_run import airflow_env, run_day_dags, signing_env, start_migrate, wait_migrate
+    from osms.local_run import (
+        DagWorkers,
+        airflow_env,
+        default_workers,
+        run_day_dags,
+        signing_env,
+        start_migrate,
+        wait_migrate,
+    )
 
     day = day or yesterday_in_almaty()
     _, edition = _edition_or_exit(day)
     root = Path(data_dir).resolve()
-    cfg = _mock_config(None, None, scale, str(root))
+    cfg = _mock_config(mocks_config, None, scale, str(root))
     click.echo(
         f"osms run for {day.isoformat()}: edition {edition.code}{' (provisional)' if edition.provisional else ''},"
         f" {len(edition.bodies)} bodies, {len(edition.feeds)} feeds; data in {root}"
@@ -302,11 +313,17 @@ def run(day: dt.date | None, data_dir: str, scale: float | None, workers: int | 
     with start_mocks(cfg, progress=True) as services:
         click.echo(f"  sources {services.sources_url}, receiver {services.state_corp_url}")
         env = airflow_env(root, {**services.airflow_env(), **signing_env()})
+        # the workers load Airflow and the pipeline's libraries while the database migrates
+        pool = DagWorkers(env, workers or default_workers())
         click.echo("preparing the embedded Airflow metadata database (SQLite) ...")
-        wait_migrate(migrating)
+        try:
+            wait_migrate(migrating)
+        except BaseException:
+            pool.close()
+            raise
         click.echo(f"running the DAGs for {day.isoformat()} (logs in {root / 'airflow' / 'logs' / f'run-{day}'}):")
         started = time.perf_counter()
-        results, statuses = run_day_dags(day, root, env, workers=workers, say=click.echo)
+        results, statuses = run_day_dags(day, root, env, pool=pool, say=click.echo)
         click.echo(f"  all DAGs in {time.perf_counter() - started:,.0f} s")
     package = layout.package_dir(root, day)
     quality = json.loads((package / "quality.json").read_text()) if (package / "quality.json").exists() else None
@@ -389,9 +406,14 @@ def _print_summary(edition: Edition, statuses: dict[str, Any], quality: dict[str
             warn = sum(c.warnings_by_rule.values())
             line = (f"       {body:<14} {c.status:<10} {c.rows_in:>8,} {c.rows_published:>8,}"
                     f" {c.rows_quarantined:>6,} {warn:>5,}{carried_text}")
-            if c.reason:
+            if c.reason and c.status != "partial":
                 line += f"  ({c.reason[:100]})"
             click.echo(line)
+            if c.status != "published" and len(c.feeds) > 1:  # the verdicts are per feed: say which
+                for system in sorted(c.feeds):
+                    reason = c.feed_reason(system)
+                    click.echo(f"         {system:<18} {c.feed_status(system):<10}"
+                               + (f"  ({reason[:100]})" if reason else ""))
 
 
 if __name__ == "__main__":  # pragma: no cover

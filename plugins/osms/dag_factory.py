@@ -65,8 +65,15 @@ def _edition_or_skip(day: dt.date) -> Edition:
 
 # ----------------------------------------------------------------------------- tasks
 
+# Bounds on a task's time, for national volumes: the largest feed (6 M records) is extracted in
+# under a minute and validated in about one on this project's 2-core benchmark machine; these
+# leave tenfold room, and stop a task that hangs (a source that never answers the last page).
+EXTRACT_TIMEOUT = timedelta(hours=1)
+VALIDATE_TIMEOUT = timedelta(hours=1)
+PUBLISH_TIMEOUT = timedelta(minutes=15)
 
-@task(task_id="extract")
+
+@task(task_id="extract", execution_timeout=EXTRACT_TIMEOUT)
 def extract(body: str, system: str, category: str, **context: Any) -> dict[str, Any]:
     """Extract one feed for D into its landing file; return counts."""
     day = run_day(context)
@@ -76,75 +83,99 @@ def extract(body: str, system: str, category: str, **context: Any) -> dict[str, 
         raise AirflowSkipException(f"feed {feed_id} is not in force on {day} (edition {edition.code})")
 
     from osms.extract import FeedExtractError, endpoint_from_connection, extract_feed
-    from osms.files import write_bytes_atomic
+    from osms.failures import task_errors
+    from osms.files import remove_temporaries, write_bytes_atomic
 
     root = layout.data_dir()
     conn_id = f"osms_source_{system}"
+    landing = layout.landing(root, day, body, system, category)
     error_path = layout.extract_error(root, day, body, system, category)
     error_path.unlink(missing_ok=True)
+    remove_temporaries(landing)  # what a killed try of this extract left
     try:
-        result = extract_feed(
-            endpoint_from_connection(conn_id),
-            body=body,
-            system=system,
-            category=category,
-            as_of=day,
-            landing_path=layout.landing(root, day, body, system, category),
-            columns=edition.category(category).record_columns,
-        )
+        with task_errors():
+            result = extract_feed(
+                endpoint_from_connection(conn_id),
+                body=body,
+                system=system,
+                category=category,
+                as_of=day,
+                landing_path=landing,
+                columns=edition.category(category).record_columns,
+            )
     except Exception as exc:
-        schema_change = isinstance(exc, FeedExtractError) and exc.schema_change
+        cause = exc.__cause__ if isinstance(exc, AirflowFailException) and exc.__cause__ is not None else exc
+        schema_change = isinstance(cause, FeedExtractError) and cause.schema_change
         # FeedExtractError messages are written never to quote a record; anything else
         # might, and this text travels into the status and the package's quality.json
-        message = (str(exc) if isinstance(exc, FeedExtractError)
-                   else f"feed {feed_id} for {day}: {type(exc).__name__} (see the task log)")
+        message = (str(cause) if isinstance(cause, FeedExtractError)
+                   else f"feed {feed_id} for {day}: {type(cause).__name__} (see the task log)")
         message = f"{message} (connection {conn_id})"
-        # Kept beside the landing file so the status can say why; the message names
-        # the feed, the date, the connection and the cause, never a record's content.
+        # Kept beside the landing file so the status can say why; the message names the feed,
+        # the date, the connection and the cause, never a record's content.
         write_bytes_atomic(
             json.dumps({"feed": feed_id, "as_of": day.isoformat(), "connection": conn_id,
                         "kind": "schema_change" if schema_change else "extract_failed", "error": message},
                        ensure_ascii=False).encode(),
             error_path,
         )
-        if isinstance(exc, FeedExtractError):
-            # transient faults were already retried by the client: this one is final
-            raise AirflowFailException(message) from None
         raise
     return result.as_dict()
 
 
-@task(task_id="validate", trigger_rule=TriggerRule.NONE_FAILED)
+@task(task_id="validate", trigger_rule=TriggerRule.ALL_DONE, execution_timeout=VALIDATE_TIMEOUT)
 def validate(body: str, category: str, **context: Any) -> dict[str, Any]:
-    """Run the category's suite over the body's landing files for D; quarantine; verdict."""
+    """Run the category's suite over the body's feeds extracted for D; quarantine; a verdict per feed.
+
+    Runs whatever happened to the extracts: a feed that failed or changed its schema is
+    left out (its own verdict is written by publish_status) and the other feeds are
+    validated and published.
+    """
     day = run_day(context)
     edition = _edition_or_skip(day)
     feeds = [f for f in edition.feeds if f.body == body and f.category == category]
     if not feeds:
         raise AirflowSkipException(f"category {category} is not fed by {body} on {day} (edition {edition.code})")
 
+    from osms.failures import task_errors
     from osms.quality.validate import validate_category
     from osms.status import trailing_counts
 
     root = layout.data_dir()
-    outcome = validate_category(
-        body=body,
-        category=category,
-        as_of=day,
-        landing_paths=[layout.landing(root, day, body, f.system, category) for f in feeds],
-        data_dir=root,
-        trailing_counts=trailing_counts(root, day, body, category),
-    )
+    ti = context["ti"]
+    extracted = [f for f in feeds if _extracted(ti, root, day, f)]
+    if not extracted:
+        raise AirflowSkipException(f"no feed of {category} was extracted for {day}: nothing to validate")
+    with task_errors():
+        outcome = validate_category(
+            body=body,
+            category=category,
+            as_of=day,
+            landing_paths=[layout.landing(root, day, body, f.system, category) for f in extracted],
+            data_dir=root,
+            trailing_counts={f.system: trailing_counts(root, day, body, category, f.system) for f in extracted},
+        )
     return outcome.as_dict()
 
 
-@task(task_id="publish_status", trigger_rule=TriggerRule.ALL_DONE)
+def _extracted(ti: Any, root: Any, day: dt.date, feed: Any) -> bool:
+    """Whether the feed's extract succeeded in this run: its counts in XCom, its landing file, no error file."""
+    counts = ti.xcom_pull(task_ids=f"{feed.category}.extract_{feed.system}")
+    return bool(counts) and layout.landing(root, day, feed.body, feed.system, feed.category).is_file() \
+        and not layout.extract_error(root, day, feed.body, feed.system, feed.category).exists()
+
+
+@task(task_id="publish_status", trigger_rule=TriggerRule.ALL_DONE, execution_timeout=PUBLISH_TIMEOUT)
 def publish_status(body: str, **context: Any) -> dict[str, Any]:
-    """Write the body's status for D, whatever happened upstream."""
+    """Write the body's status for D, whatever happened upstream: a verdict per feed and per category."""
+    import logging
+
     day = run_day(context)
     edition = _edition_or_skip(day)
+    from osms.alerts import notify
     from osms.status import BodyStatus, write_status
 
+    log = logging.getLogger(__name__)
     root = layout.data_dir()
     ti = context["ti"]
     statuses = [_category_status(root, ti, day, edition, body, cat.code) for cat in edition.categories_of(body)]
@@ -154,59 +185,88 @@ def publish_status(body: str, **context: Any) -> dict[str, Any]:
 
         write_feedback(body, day, root)
     except Exception as exc:  # the status must stand even if the feedback file cannot be written
-        import logging
-
-        logging.getLogger(__name__).warning("feedback file for %s on %s not written: %s", body, day, type(exc).__name__)
+        log.warning("feedback file for %s on %s not written: %s", body, day, type(exc).__name__)
     verdicts = {s.category: s.status for s in statuses}
-    import logging
-
-    logging.getLogger(__name__).info("status of %s for %s: %s -> %s", body, day, verdicts, path)
-    if any(v == "failed" for v in verdicts.values()):
+    log.info("status of %s for %s: %s -> %s", body, day, verdicts, path)
+    not_published = {
+        f"{s.category}.{system}": s.feed_status(system) for s in statuses for system in sorted(s.feeds)
+        if s.feed_status(system) != "published"
+    }
+    if not_published:
+        # names and counts only: which feeds, their verdicts; the status file says why
+        notify("feeds_not_published", dag_id=context["dag"].dag_id, run_id=context["run_id"], day=day,
+               message=f"{body} on {day}: {len(not_published)} feed(s) not published: "
+                       + ", ".join(f"{k} {v}" for k, v in sorted(not_published.items())),
+               details={"body": body, "feeds": not_published})
+    failed = sorted(k for k, v in not_published.items() if v == "failed")
+    if failed:
         # the status is written; the run still shows red so engineers see it at a glance
-        failed = sorted(k for k, v in verdicts.items() if v == "failed")
-        raise AirflowFailException(f"{body} on {day}: categories failed: {', '.join(failed)} (status written to {path})")
+        raise AirflowFailException(f"{body} on {day}: feeds failed: {', '.join(failed)} (status written to {path})")
     return {"status_path": str(path), "categories": verdicts}
 
 
 def _category_status(root: Any, ti: Any, day: dt.date, edition: Edition, body: str, category: str) -> Any:
-    from osms.status import CategoryStatus
+    """A category's status: each feed's verdict (its extract's failure, else validation's), and the sums."""
+    from osms.status import CategoryStatus, category_verdict
 
     feeds = [f for f in edition.feeds if f.body == body and f.category == category]
-    feed_info: dict[str, dict[str, Any]] = {}
-    errors: list[str] = []
-    schema_changes: list[str] = []
+    outcome = ti.xcom_pull(task_ids=f"{category}.validate") or {}
+    validated = outcome.get("feeds") or {}
+    info: dict[str, dict[str, Any]] = {}
     for f in feeds:
+        entry: dict[str, Any] = {}
         counts = ti.xcom_pull(task_ids=f"{category}.extract_{f.system}")
         if counts:
-            feed_info[f.system] = {k: counts[k] for k in ("rows", "pages", "retries") if k in counts}
-        error_path = layout.extract_error(root, day, body, f.system, category)
-        if error_path.exists():
-            error = json.loads(error_path.read_text(encoding="utf-8"))
-            feed_info[f.system] = {"error": error["error"], "kind": error.get("kind", "extract_failed")}
-            if error.get("kind") == "schema_change":
-                schema_changes.append(f"{f.system}: {error['error']}")
-            else:
-                errors.append(f"{f.system}: {error['error']}")
-    if schema_changes and not errors:
-        # the source answered, but with other columns than the decree's contract:
-        # a batch-level verdict on the data, not a failure to get it
-        return CategoryStatus(category=category, status="held_back",
-                              reason="schema change: " + "; ".join(schema_changes), feeds=feed_info)
-    outcome = ti.xcom_pull(task_ids=f"{category}.validate")
-    if errors or not outcome:
-        reason = "; ".join(errors) if errors else "validation did not complete (see the validate task's log)"
-        return CategoryStatus(category=category, status="failed", reason=reason, feeds=feed_info)
+            entry.update({k: counts[k] for k in ("rows", "pages", "retries") if k in counts})
+        error = _read_error(layout.extract_error(root, day, body, f.system, category))
+        if error is not None:
+            held = error.get("kind") == "schema_change"
+            # the source answered, but with other columns than the decree's contract: a verdict on
+            # the data (held back), not a failure to get it
+            entry.update({"error": error["error"], "kind": error.get("kind", "extract_failed"),
+                          "status": "held_back" if held else "failed",
+                          "reason": ("schema change: " if held else "") + error["error"]})
+        elif f.system in validated:
+            entry.update(validated[f.system])
+        else:
+            entry.update({"status": "failed", "reason": "the feed was not extracted or not validated"
+                          " (see the task logs)"})
+        info[f.system] = entry
+    verdicts = [e["status"] for e in info.values()]
+    not_published = [f"{system}: {e['reason']}" for system, e in sorted(info.items()) if e["status"] != "published"]
     return CategoryStatus(
         category=category,
-        status=outcome["verdict"],
-        reason=outcome.get("reason"),
-        rows_in=outcome["rows_in"],
-        rows_published=outcome["rows_published"],
-        rows_quarantined=outcome["rows_quarantined"],
-        quarantined_by_rule=outcome.get("quarantined_by_rule", {}),
-        warnings_by_rule=outcome.get("warnings_by_rule", {}),
-        feeds=feed_info,
+        status=category_verdict(verdicts),
+        reason="; ".join(not_published) or None,
+        rows_in=sum(int(e.get("rows_in", 0)) for e in info.values()),
+        rows_published=sum(int(e.get("rows_published", 0)) for e in info.values()),
+        rows_quarantined=sum(int(e.get("rows_quarantined", 0)) for e in info.values()),
+        quarantined_by_rule=_sum_counts(e.get("quarantined_by_rule") for e in info.values()),
+        warnings_by_rule=_sum_counts(e.get("warnings_by_rule") for e in info.values()),
+        feeds=info,
     )
+
+
+def _read_error(path: Any) -> dict[str, Any] | None:
+    """An extract's error file; a damaged one still says that the extract failed, and where to look."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"error": f"the extract failed; its error file {path.name} is unreadable (see the task log)",
+                "kind": "extract_failed"}
+    return doc if isinstance(doc, dict) and isinstance(doc.get("error"), str) else {
+        "error": f"the extract failed; its error file {path.name} names no cause (see the task log)",
+        "kind": "extract_failed"}
+
+
+def _sum_counts(parts: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in parts:
+        for k, v in (part or {}).items():
+            total[k] = total.get(k, 0) + int(v)
+    return dict(sorted(total.items()))
 
 
 # ----------------------------------------------------------------------------- the DAG
@@ -249,6 +309,20 @@ def _doc_md(registry: Registry, body: str, plan: list[tuple[str, list[str]]]) ->
     return "\n".join(lines)
 
 
+def agency_run_failed(context: Any) -> None:
+    """DAG callback: a body's run failed; notice to the alert webhook (names only, once per run)."""
+    from osms.alerts import notify
+
+    dag_run = context.get("dag_run")
+    dag_id = getattr(dag_run, "dag_id", None) or context["dag"].dag_id
+    run_id = getattr(dag_run, "run_id", None) or context.get("run_id", "")
+    day = run_day({"logical_date": getattr(dag_run, "logical_date", None),
+                   "data_interval_start": getattr(dag_run, "data_interval_start", None)})
+    notify("agency_run_failed", dag_id=dag_id, run_id=run_id, day=day,
+           message=f"{dag_id} failed for {day}: its status says which feeds (see the run in Airflow)",
+           details={"reason": str(context.get("reason") or "")[:200]})
+
+
 def build_agency_dag(body: str, registry: Registry | None = None) -> DAG:
     """The agency DAG of one responsible body, built from the registry."""
     registry = registry or default_registry()
@@ -267,6 +341,7 @@ def build_agency_dag(body: str, registry: Registry | None = None) -> DAG:
         default_args=DEFAULT_ARGS,
         tags=["osms", "agency", body],
         doc_md=_doc_md(registry, body, plan),
+        on_failure_callback=agency_run_failed,
     ) as dag:
         validations = []
         for category, systems in plan:

@@ -19,7 +19,7 @@ from typing import Any
 from osms import layout
 from osms.files import sha256_file
 from osms.registry import Edition, NoEditionInForce, default_registry
-from osms.status import BodyStatus, CategoryStatus, read_status
+from osms.status import BodyStatus, CategoryStatus, StatusUnreadable, read_status, read_status_or_none
 
 TREND_DAYS = 30
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -45,14 +45,28 @@ def available_days(root: Path) -> list[dt.date]:
 
 
 @dataclass(frozen=True)
+class FeedRow:
+    """One feed (a system of the body) of a category on D: its own verdict and counts."""
+
+    system: str
+    status: str  # published, held_back, failed, missing
+    reason: str | None
+    carried_forward_from: dt.date | None
+    rows_in: int
+    rows_published: int
+    rows_quarantined: int
+
+
+@dataclass(frozen=True)
 class UnitRow:
     """One body's part of a category on D: its verdict and what its status reported (None: nothing)."""
 
     body: str
-    status: str  # published, held_back, failed, missing (did not report)
+    status: str  # published, partial, held_back, failed, missing (did not report)
     reason: str | None
     carried_forward_from: dt.date | None
     reported: CategoryStatus | None
+    feeds: tuple[FeedRow, ...] = ()
 
     @property
     def rows_in(self) -> int:
@@ -177,6 +191,11 @@ class DayReport:
                         "rows_published": u.rows_published, "rows_quarantined": u.rows_quarantined,
                         "quarantined_by_rule": u.quarantined_by_rule, "warnings_by_rule": u.warnings_by_rule,
                         "carried_forward_from": _iso(u.carried_forward_from),
+                        "feeds": {f.system: {
+                            "status": f.status, "reason": f.reason, "carried_forward_from": _iso(f.carried_forward_from),
+                            "rows_in": f.rows_in, "rows_published": f.rows_published,
+                            "rows_quarantined": f.rows_quarantined,
+                        } for f in u.feeds},
                     } for u in c.units},
                 } for c in self.categories
             },
@@ -202,15 +221,34 @@ def day_report(root: Path, day: dt.date) -> DayReport:
         edition = default_registry().edition_on(day)
     except NoEditionInForce as exc:
         return DayReport(day, None, str(exc), (), (), (), has_package, has_docs)
-    statuses = {b.code: read_status(root, day, b.code) for b in edition.bodies}
+    statuses: dict[str, BodyStatus | None] = {}
+    unreadable: dict[str, str] = {}
+    for b in edition.bodies:
+        try:
+            statuses[b.code] = read_status(root, day, b.code)
+        except StatusUnreadable as exc:
+            statuses[b.code], unreadable[b.code] = None, f"its status file is unreadable: {exc.problem}"
     units = plan_units(root, day, edition)
     quality = _read_json(layout.package_dir(root, day) / "quality.json") or {}
     rows = []
     for ec in edition.categories:
         cat_units = [u for u in units if u.category == ec.code]
-        unit_rows = [UnitRow(body=u.body, status=u.status, reason=u.reason,
-                             carried_forward_from=u.carried_forward_from,
-                             reported=_reported(statuses.get(u.body), ec.code)) for u in cat_units]
+        unit_rows = []
+        for body in sorted({u.body for u in cat_units}):
+            mine = [u for u in cat_units if u.body == body]
+            carried = sorted(u.carried_forward_from for u in mine if u.carried_forward_from)
+            first = mine[0]
+            unit_rows.append(UnitRow(
+                body=body, status=first.body_status,
+                reason=unreadable.get(body) or (first.body_reason if first.body_status != "published" else None),
+                carried_forward_from=carried[0] if carried else None,
+                reported=_reported(statuses.get(body), ec.code),
+                feeds=tuple(FeedRow(system=u.system, status=u.status, reason=u.reason,
+                                    carried_forward_from=u.carried_forward_from,
+                                    rows_in=int(u.counts.get("rows_in", 0)),
+                                    rows_published=int(u.counts.get("rows_published", 0)),
+                                    rows_quarantined=int(u.counts.get("rows_quarantined", 0))) for u in mine),
+            ))
         q_cat = (quality.get("categories") or {}).get(ec.code) or {}
         rows.append(CategoryRow(
             row=ec.row, code=ec.code, name=ec.category.name_en, provisional=ec.provisional,
@@ -266,7 +304,7 @@ def trends(root: Path, day: dt.date, days: int = TREND_DAYS) -> Trend:
         except NoEditionInForce:
             continue
         for body in edition.bodies:
-            st = read_status(root, d, body.code)
+            st = read_status_or_none(root, d, body.code)
             if st is None:
                 continue
             for c in st.categories:
@@ -344,11 +382,11 @@ def package_view(root: Path, day: dt.date, public_key: Path | None) -> PackageVi
 
 
 def _previous_day(root: Path, day: dt.date, sha: str | None) -> str | None:
-    """The date of the package the chain link names: the previous delivered one, when its hash matches."""
-    from osms.package import MANIFEST, previous_delivered
+    """The date of the package the chain link names: the day before's, when its hash matches."""
+    from osms.chain import manifest_sha256
 
-    previous = previous_delivered(root, day) if sha else None
-    if previous is None or sha256_file(previous / MANIFEST) != sha:
+    previous = layout.package_dir(root, day - dt.timedelta(days=1))
+    if not sha or manifest_sha256(previous) != sha:
         return None  # verify_package names the broken link
     return previous.name
 

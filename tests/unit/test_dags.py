@@ -90,7 +90,9 @@ def test_package_dag_shape(dagbag) -> None:
     waits = {t.task_id for t in dag.tasks if t.task_id.startswith("wait_for_")}
     assert waits == {f"wait_for_{b}" for b in bodies}
     build = dag.get_task("build_package")
-    assert build.upstream_task_ids == waits and build.trigger_rule == "all_done"
+    # after every body's status, and after D-1's package is delivered (the chain)
+    assert build.upstream_task_ids == waits | {"previous_package_delivered"} and build.trigger_rule == "all_done"
+    assert dag.get_task("previous_package_delivered").mode == "reschedule"  # waits without a slot or a retry
     assert dag.get_task("deliver").upstream_task_ids == {"build_package"}
     assert dag.get_task("report").upstream_task_ids == {"build_package", "deliver"}
     assert dag.max_active_runs == 1 and dag.catchup is False
