@@ -78,6 +78,8 @@ class Faults:
     fail_next_commits: int = 0
     fail_next_uploads: int = 0
     delay_commit_seconds: float = 0.0
+    # the commit is made, then its answer is held this long: a sender that gave up never learns of it
+    delay_commit_answer_seconds: float = 0.0
 
 
 @dataclass
@@ -571,6 +573,7 @@ class FaultsBody(BaseModel):
     fail_next_commits: int = Field(0, ge=0)
     fail_next_uploads: int = Field(0, ge=0)
     delay_commit_seconds: float = Field(0.0, ge=0.0)
+    delay_commit_answer_seconds: float = Field(0.0, ge=0.0)
 
 
 def _error(
@@ -732,6 +735,9 @@ def create_app(config: StateCorpConfig) -> FastAPI:
         manifest_bytes, signature = await _read_commit_body(package_id, request)
         receipt, replay = await run_in_threadpool(receiver.commit, package_id, manifest_bytes, signature)
         request.state.outcome = "already_committed_same_manifest" if replay else "committed"
+        held = receiver.get_faults().delay_commit_answer_seconds
+        if held > 0:
+            await anyio.sleep(held)
         return JSONResponse(receipt, status_code=200)
 
     @app.get("/v1/packages", dependencies=[Depends(require_token)])

@@ -94,12 +94,13 @@ def changes_schema() -> pa.Schema:
 
 @dataclass(frozen=True)
 class CategorySources:
-    """What one category of the package is made of: each used unit's validated and quarantine file."""
+    """What one category of the package is made of: each used feed's validated and quarantine file."""
 
     category: str
     decree_row: int | None  # None: the category is not in force on D (only the previous package has it)
     funding: str | None
-    units: tuple[tuple[str, Path, Path | None], ...] = ()  # (body, validated file, quarantine file or None)
+    # (body, system, validated file, quarantine file or None) of the day each feed's data comes from
+    units: tuple[tuple[str, str, Path, Path | None], ...] = ()
 
 
 @dataclass
@@ -110,7 +111,7 @@ class ConsolidationStats:
     conflicts: dict[str, dict[str, int]] = field(default_factory=dict)  # category -> field -> rows
     kept: dict[str, int] = field(default_factory=dict)  # category -> rows kept from the previous package
     kept_by_body: dict[tuple[str, str], int] = field(default_factory=dict)  # (category, body) -> rows
-    used_by_unit: dict[tuple[str, str], int] = field(default_factory=dict)  # (body, category) -> source rows
+    used_by_unit: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (body, system, category) -> rows
     changes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("added", "removed", "changed"), 0))
     ranges: int = 0
 
@@ -219,9 +220,9 @@ def _range_condition(lo: str | None, hi: str | None) -> tuple[str, list[str]]:
 def _prefix_counts(con: duckdb.DuckDBPyConnection, cat: CategorySources, prev: str | None) -> dict[str | None, int]:
     """Rows per IIN prefix of the category: its sources' and the previous package's."""
     selects, params = [], []
-    for _, validated, _ in cat.units:
-        selects.append("SELECT substr(CAST(iin AS VARCHAR), 1, 3) AS p FROM read_parquet(?)")
-        params.append(str(validated))
+    for _, system, validated, _ in cat.units:
+        selects.append("SELECT substr(CAST(iin AS VARCHAR), 1, 3) AS p FROM read_parquet(?) WHERE system = ?")
+        params += [str(validated), system]
     if prev is not None:
         selects.append("SELECT substr(iin, 1, 3) AS p FROM read_parquet(?) WHERE category = ?")
         params += [prev, cat.category]
@@ -234,11 +235,11 @@ def _prefix_counts(con: duckdb.DuckDBPyConnection, cat: CategorySources, prev: s
 def _quarantined_sources(con: duckdb.DuckDBPyConnection, cat: CategorySources, needed: bool) -> None:
     """``osms_quarantined``: body/system/record_id of the category's quarantined records, on their units' dates."""
     selects, params = [], []
-    for body, _, quarantine in cat.units if needed else ():
+    for body, system, _, quarantine in cat.units if needed else ():
         if quarantine is not None and quarantine.is_file():
             selects.append("SELECT ? || '/' || CAST(system AS VARCHAR) || '/' || CAST(record_id AS VARCHAR) AS source"
-                           " FROM read_parquet(?) WHERE system IS NOT NULL AND record_id IS NOT NULL")
-            params += [body, str(quarantine)]
+                           " FROM read_parquet(?) WHERE system = ? AND record_id IS NOT NULL")
+            params += [body, str(quarantine), system]
     sql = " UNION ALL ".join(selects) if selects else "SELECT NULL::VARCHAR AS source WHERE false"
     con.execute(f"CREATE OR REPLACE TEMP TABLE osms_quarantined AS SELECT DISTINCT source FROM ({sql})", params)
 
@@ -250,9 +251,9 @@ def _read_range(con: duckdb.DuckDBPyConnection, cat: CategorySources, lo: str | 
     where, range_params = _range_condition(lo, hi)
     cols = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in _SOURCE_COLUMNS)
     selects, params = [], []
-    for body, validated, _ in cat.units:
-        selects.append(f"SELECT ? AS body, {cols} FROM read_parquet(?) WHERE {where}")
-        params += [body, str(validated), *range_params]
+    for body, system, validated, _ in cat.units:
+        selects.append(f"SELECT ? AS body, {cols} FROM read_parquet(?) WHERE system = ? AND {where}")
+        params += [body, str(validated), system, *range_params]
     if not selects:
         return pa.schema([("body", pa.string()), *[(c, pa.date32() if t == "DATE" else pa.string())
                                                    for c, t in _SOURCE_COLUMNS], ("source", pa.string())]).empty_table()
@@ -270,8 +271,12 @@ def _consolidate_range(con: duckdb.DuckDBPyConnection, cat: CategorySources, pre
     import pyarrow as pa
 
     where, range_params = _range_condition(lo, hi)
-    for body, n in zip(*_value_counts(src.column("body")), strict=True):
-        stats.add(stats.used_by_unit, (body, cat.category), n)
+    import pyarrow.compute as pc
+
+    feed_of = pc.binary_join_element_wise(src.column("body"), src.column("system"), "/")
+    for key, n in zip(*_value_counts(feed_of), strict=True):
+        body, system = key.split("/", 1)
+        stats.add(stats.used_by_unit, (body, system, cat.category), n)
     merged, conflicts = merge_sources(src)
     del src
     for f, n in conflicts.items():
@@ -316,8 +321,10 @@ def merge_sources(src: pa.Table) -> tuple[pa.Table, dict[str, int]]:
     """One row per IIN from source records sorted by (iin, source), by the conflict rule; and conflicts per field.
 
     A person reported once is taken as reported. For a person reported more often,
-    each person field takes the value all its records agree on, or else the value
-    the most records give (a missing value is not a vote; ties go to the smallest);
+    each person field takes the value all its records agree on; where they disagree
+    on the birth date or the sex, the value the IIN's digits encode wins, if a record
+    gives it; otherwise the value the most records give (a missing value is not a vote;
+    ties go to the smallest);
     ``period_start`` is the earliest, ``period_end`` empty if any record leaves it
     open, else the latest; bodies, systems and sources are the sorted distinct
     values. Vectorised over the groups with numpy: only the groups whose records
@@ -347,7 +354,8 @@ def merge_sources(src: pa.Table) -> tuple[pa.Table, dict[str, int]]:
     columns: dict[str, Any] = {"iin": iin.take(pa.array(starts))}
 
     for f in PERSON_FIELDS:
-        values, conflicted = _field(src.column(f).chunk(0), starts, counts)
+        prefer = _iin_says(columns["iin"], f) if f in ("birth_date", "sex") else None
+        values, conflicted = _field(src.column(f).chunk(0), starts, counts, prefer)
         columns[f] = values
         conflicts[f] = int(conflicted)
     start_days = _days(src.column("period_start").chunk(0))
@@ -398,8 +406,26 @@ def _dates(days: np.ndarray, null: np.ndarray) -> pa.Array:
     return pa.array(np.where(null, 0, days).astype(np.int32), pa.int32(), mask=null).cast(pa.date32())
 
 
-def _field(values: pa.Array, starts: np.ndarray, counts: np.ndarray) -> tuple[pa.Array, int]:
-    """One person field per group (agreed value, else the vote); and how many groups disagreed."""
+def _iin_says(iins: pa.Array, field_name: str) -> Callable[[np.ndarray], list[Any]]:
+    """For groups (by index), the value of ``field_name`` their IIN encodes (a date or "M"/"F"; None if none)."""
+    def says(groups: np.ndarray) -> list[Any]:
+        import numpy as np
+        import pyarrow as pa
+
+        from osms import iin
+
+        result = iin.check(iins.take(pa.array(groups, pa.int64())))
+        if field_name == "birth_date":
+            births = result.birth_date
+            return [None if np.isnat(b) else b.astype("datetime64[D]").astype(np.int64).item() for b in births]
+        return [s or None for s in result.sex.tolist()]
+
+    return says
+
+
+def _field(values: pa.Array, starts: np.ndarray, counts: np.ndarray,
+           prefer: Callable[[np.ndarray], list[Any]] | None = None) -> tuple[pa.Array, int]:
+    """One person field per group (agreed value, else the IIN's, else the vote); and how many groups disagreed."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -413,9 +439,20 @@ def _field(values: pa.Array, starts: np.ndarray, counts: np.ndarray) -> tuple[pa
     lo, hi, has, _ = _min_max(keys, starts)
     chosen = np.where(has, lo, _BIG)
     disagree = np.flatnonzero(has & (lo != hi))
-    for g in disagree.tolist():  # rare: the records of one person disagree on this field
+    wanted: list[Any] = [None] * len(disagree)
+    if prefer is not None and len(disagree):
+        said = prefer(disagree)
+        if dictionary is None:
+            wanted = said
+        else:
+            code = {v: i for i, v in enumerate(dictionary.to_pylist())}
+            wanted = [code.get(v) for v in said]
+    for g, iin_value in zip(disagree.tolist(), wanted, strict=True):  # rare: a person's records disagree
         part = keys[starts[g]:starts[g] + counts[g]]
         part = part[part != _BIG]
+        if iin_value is not None and (part == iin_value).any():  # the value the IIN encodes wins
+            chosen[g] = iin_value
+            continue
         kinds, times = np.unique(part, return_counts=True)
         best = kinds[times == times.max()]
         if len(best) > 1:  # a tie: the smallest value wins

@@ -319,9 +319,12 @@ def _check_files(package: _Package) -> bytes:
 
 def find_predecessor(data_dir: Path, manifest_sha256: str, *, exclude: Path | None = None) -> Path | None:
     """The package directory under ``data_dir/packages`` whose manifest.json hashes to ``manifest_sha256``."""
+    from osms import layout
+
     wanted = manifest_sha256.lower()
-    for manifest in sorted(Path(data_dir).glob(f"packages/*/{MANIFEST}")):
-        directory = manifest.parent
+    # dated folders only: a build's work folder (packages/.D.tmp-<pid>/) is never a package
+    for _, directory in sorted(layout.dated_dirs(Path(data_dir) / "packages")):
+        manifest = directory / MANIFEST
         if exclude is not None and directory.resolve() == exclude.resolve():
             continue
         try:
@@ -638,3 +641,59 @@ def deliver_package(
 
 def _store_receipt(package: _Package, receipt: Receipt) -> None:
     write_bytes_atomic(_receipt_bytes(receipt), package.directory / RECEIPT)
+
+
+# --------------------------------------------------------------------------
+# What the receiver holds: the delivery chain as the State Corporation knows it
+# --------------------------------------------------------------------------
+
+
+def receiver_packages(endpoint: ReceiverEndpoint, *, session: requests.Session | None = None,
+                      sleep: Callable[[float], None] = time.sleep) -> dict[str, dict[str, Any]]:
+    """Every package the receiver has committed: ``{package_id: {logical_date, receipt_id, received_at}}``."""
+    client = _Client(endpoint, "(chain)", session, sleep)
+    try:
+        try:
+            response = client.request("list packages", "GET", f"{endpoint.base_url.rstrip('/')}/v1/packages",
+                                      ok=(200,))
+        except _Refused as exc:
+            raise DeliveryError("(chain)", "list packages", exc.cause, status=exc.status, code=exc.code) from None
+    finally:
+        client.close()
+    try:
+        listed = response.json().get("packages")
+    except (ValueError, AttributeError):
+        listed = None
+    if not isinstance(listed, list):
+        raise DeliveryError("(chain)", "list packages", "the receiver's answer lists no packages")
+    return {p["package_id"]: p for p in listed if isinstance(p, dict) and isinstance(p.get("package_id"), str)}
+
+
+def receiver_receipt(endpoint: ReceiverEndpoint, package_id: str, *, session: requests.Session | None = None,
+                     sleep: Callable[[float], None] = time.sleep) -> Receipt | None:
+    """The receipt the receiver gave for ``package_id``, or None when it has not committed that package."""
+    client = _Client(endpoint, package_id, session, sleep)
+    try:
+        try:
+            response = client.request("look up", "GET", client.package_url, ok=(200, 404))
+        except _Refused as exc:
+            raise DeliveryError(package_id, "look up", exc.cause, status=exc.status, code=exc.code) from None
+    finally:
+        client.close()
+    if response.status_code == 404:
+        return None
+    try:
+        stored = response.json().get("receipt")
+    except (ValueError, AttributeError):
+        raise DeliveryError(package_id, "look up", "the receiver's answer is not a JSON object") from None
+    if not isinstance(stored, dict):
+        return None
+    try:
+        return Receipt.from_dict(stored)
+    except ValueError as exc:
+        raise DeliveryError(package_id, "look up", f"the receiver's receipt is not a receipt ({exc})") from None
+
+
+def store_receipt(package_dir: Path, receipt: Receipt) -> Path:
+    """Keep ``receipt`` as the package's ``receipt.json`` (atomically)."""
+    return write_bytes_atomic(_receipt_bytes(receipt), Path(package_dir) / RECEIPT)

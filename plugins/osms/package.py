@@ -55,7 +55,7 @@ from osms.consolidate import (
 )
 from osms.files import fsync_dir, sha256_file, write_bytes_atomic
 from osms.registry import default_registry
-from osms.status import read_status
+from osms.status import StatusUnreadable, read_status
 
 if TYPE_CHECKING:
     import duckdb
@@ -70,7 +70,6 @@ __all__ = [
     "PackageResult",
     "build_package",
     "canonical_json",
-    "previous_delivered",
     "run_package_suite",
     "verify_package",
 ]
@@ -90,7 +89,7 @@ ROW_GROUP_ROWS = 500_000
 # task budget's (GX on pandas holds several copies of a frame per expectation).
 GATE_CHUNK_ROWS: int | None = None
 
-UnitStatus = Literal["published", "held_back", "failed", "missing"]
+UnitStatus = Literal["published", "held_back", "failed", "missing"]  # a feed's verdict on D
 CategoryVerdict = Literal["published", "carried_forward", "partial", "missing"]
 
 
@@ -116,18 +115,23 @@ class PackageResult:
 
 @dataclass(frozen=True)
 class Unit:
-    """One (body, category) of the edition and the data it contributes to D's package."""
+    """One feed (body, system, category) of the edition and the data it contributes to D's package."""
 
     body: str
+    system: str
     category: str
-    status: UnitStatus  # the body's verdict on D ("missing": it did not report)
+    status: UnitStatus  # the feed's verdict on D ("missing": its body did not report, or not for this feed)
     reason: str | None
-    counts: dict[str, Any] = field(default_factory=dict)  # rows_in, rows_published, ... of D's status
+    counts: dict[str, Any] = field(default_factory=dict)  # the feed's rows_in, rows_published, ... on D
     source_day: dt.date | None = None  # D when published, L when carried forward, None: nothing to use
+    # the body's verdict on the whole category on D (published, partial, held_back, failed; "missing") and its counts
+    body_status: str = "missing"
+    body_reason: str | None = None
+    body_counts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def carried_forward_from(self) -> dt.date | None:
-        """The date whose validated data stands in for D, when the unit is carried forward."""
+        """The date whose validated data stands in for D, when the feed is carried forward."""
         return self.source_day if self.status != "published" else None
 
 
@@ -144,75 +148,126 @@ def package_id(day: dt.date) -> str:
     return f"OSMS-{day.isoformat()}"
 
 
-def previous_delivered(data_dir: Path, day: dt.date) -> Path | None:
-    """The package directory of the latest date before ``day`` that has a receipt (was delivered)."""
-    dated = [(d, p) for d, p in layout.dated_dirs(data_dir / "packages") if d < day and (p / RECEIPT).is_file()]
-    return max(dated)[1] if dated else None
-
-
 # --------------------------------------------------------------------------- units and carry forward
 
 
+class _Statuses:
+    """Bodies' statuses by day, read once; a damaged file is a body that did not report, named."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._cache: dict[tuple[dt.date, str], tuple[Any, str | None]] = {}
+
+    def get(self, day: dt.date, body: str) -> tuple[Any, str | None]:
+        """(the status or None, why there is none when its file is unreadable)."""
+        if (day, body) not in self._cache:
+            try:
+                self._cache[(day, body)] = (read_status(self.data_dir, day, body), None)
+            except StatusUnreadable as exc:
+                log.warning("status of %s for %s is unreadable: %s", body, day, exc)
+                self._cache[(day, body)] = (None, f"its status file is unreadable: {exc.path.name}: {exc.problem}")
+        return self._cache[(day, body)]
+
+
 def plan_units(data_dir: Path, day: dt.date, edition: Edition, *, earliest: dt.date | None = None) -> list[Unit]:
-    """Every (body, category) of the edition with its verdict on D and the date its data comes from."""
+    """Every feed of the edition with its verdict on D and the date its data comes from."""
     earliest = earliest or min(e.effective_from for e in default_registry().editions)
     earlier_days = sorted((d for d, _ in layout.dated_dirs(data_dir / "status") if earliest <= d < day), reverse=True)
-    status_cache: dict[tuple[dt.date, str], Any] = {}
-
-    def status_of(d: dt.date, body: str) -> Any:
-        if (d, body) not in status_cache:
-            status_cache[(d, body)] = read_status(data_dir, d, body)
-        return status_cache[(d, body)]
-
+    statuses = _Statuses(data_dir)
     units = []
-    for body in sorted(b.code for b in edition.bodies):
-        for cat in sorted(c.code for c in edition.categories_of(body)):
-            verdict, reason, counts = _verdict(status_of(day, body), cat)
-            if verdict == "published" and not layout.validated(data_dir, day, body, cat).is_file():
-                verdict, reason = "failed", "published, but its validated file is missing"
-            source = day if verdict == "published" else None
-            if source is None:
-                for d in earlier_days:
-                    v, _, _ = _verdict(status_of(d, body), cat)
-                    if v == "published" and layout.validated(data_dir, d, body, cat).is_file():
-                        source = d
-                        break
-            units.append(Unit(body=body, category=cat, status=verdict, reason=reason, counts=counts, source_day=source))
+    for f in sorted(edition.feeds, key=lambda f: (f.body, f.category, f.system)):
+        status, unreadable = statuses.get(day, f.body)
+        verdict, reason, counts = _verdict(status, f.category, f.system)
+        if unreadable:
+            reason = unreadable
+        if verdict == "published" and not layout.validated(data_dir, day, f.body, f.category).is_file():
+            verdict, reason = "failed", "published, but its validated file is missing"
+        source = day if verdict == "published" else None
+        if source is None:
+            for d in earlier_days:
+                v, _, _ = _verdict(statuses.get(d, f.body)[0], f.category, f.system)
+                if v == "published" and layout.validated(data_dir, d, f.body, f.category).is_file():
+                    source = d
+                    break
+        body_status, body_reason, body_counts = _body_verdict(status, f.category)
+        units.append(Unit(body=f.body, system=f.system, category=f.category, status=verdict, reason=reason,
+                          counts=counts, source_day=source, body_status=body_status,
+                          body_reason=unreadable or body_reason, body_counts=body_counts))
     return units
 
 
-def _verdict(status: Any, category: str) -> tuple[UnitStatus, str | None, dict[str, Any]]:
+def _body_verdict(status: Any, category: str) -> tuple[str, str | None, dict[str, Any]]:
+    """The body's verdict on a whole category, why, and its counts."""
     if status is None:
         return "missing", "the body did not report for this date", {}
     try:
         c = status.category(category)
     except KeyError:
         return "missing", "the body's status names no such category", {}
-    counts = {
-        "rows_in": c.rows_in, "rows_published": c.rows_published, "rows_quarantined": c.rows_quarantined,
-        "quarantined_by_rule": dict(sorted(c.quarantined_by_rule.items())),
-    }
+    counts = {"rows_in": c.rows_in, "rows_published": c.rows_published, "rows_quarantined": c.rows_quarantined,
+              "quarantined_by_rule": dict(sorted(c.quarantined_by_rule.items()))}
     return c.status, c.reason, counts
+
+
+def _verdict(status: Any, category: str, system: str) -> tuple[UnitStatus, str | None, dict[str, Any]]:
+    """A feed's verdict, why, and its counts, from its body's status for a day."""
+    if status is None:
+        return "missing", "the body did not report for this date", {}
+    try:
+        c = status.category(category)
+    except KeyError:
+        return "missing", "the body's status names no such category", {}
+    if c.feeds and system not in c.feeds:
+        return "missing", "the body's status names no such feed", {}
+    info = c.feeds.get(system) or {}
+    counts = {k: info.get(k, 0) for k in ("rows_in", "rows_published", "rows_quarantined")}
+    counts["quarantined_by_rule"] = dict(sorted((info.get("quarantined_by_rule") or {}).items()))
+    verdict = c.feed_status(system)
+    return verdict, c.feed_reason(system) if verdict != "published" else None, counts
 
 
 # --------------------------------------------------------------------------- build
 
 
 def build_package(
-    *, day: dt.date, data_dir: Path, signing_key_pem: bytes, producer_version: str, memory_limit: str | None = None
+    *, day: dt.date, data_dir: Path, signing_key_pem: bytes, producer_version: str, memory_limit: str | None = None,
+    receiver: Any = None,
 ) -> PackageResult:
-    """Build, check, sign and place ``packages/<D>/``; a delivered package is never changed.
+    """Build, check, sign and place ``packages/<D>/``, chained on D-1's delivered package; never change a delivered one.
 
-    ``memory_limit`` overrides DuckDB's share of the task's memory budget (:mod:`osms.budget`).
+    ``receiver`` (an :class:`osms.chain.Receiver`) lets the chain recover a lost receipt
+    or have a lost D-1 rebuilt; without it only local receipts count. ``memory_limit``
+    overrides DuckDB's share of the task's memory budget (:mod:`osms.budget`). One build
+    of a date at a time: a second waits for the first (a lock beside the packages).
     """
+    from osms.chain import ChainBroken, link
+
+    data_dir = Path(data_dir)
+    key = _private_key(signing_key_pem)
+    with _build_lock(data_dir, day):
+        _remove_leftovers(data_dir, day)
+        chain = link(data_dir, day, receiver)
+        if chain.rebuild is not None:
+            rebuilt = build_package(day=chain.rebuild, data_dir=data_dir, signing_key_pem=signing_key_pem,
+                                    producer_version=producer_version, memory_limit=memory_limit, receiver=receiver)
+            if rebuilt.manifest_sha256 != chain.expected_sha256:
+                raise ChainBroken(
+                    f"{chain.rebuild} was delivered with manifest sha256 {chain.expected_sha256}, but rebuilding it"
+                    f" here gives {rebuilt.manifest_sha256}: its inputs changed since; restore its package folder"
+                    f" from a backup to chain {day} on it")
+            chain = link(data_dir, day, receiver)  # the receipt is recovered now that the package is back
+        log.info("package %s %s", day, chain.how)
+        return _build(day, data_dir, key, producer_version, memory_limit, chain.previous)
+
+
+def _build(day: dt.date, data_dir: Path, key: Any, producer_version: str, memory_limit: str | None,
+           previous: Path | None) -> PackageResult:
     from osms.budget import task_budget
     from osms.consolidate import consolidate, open_duckdb
     from osms.files import BackgroundWriter, RowGroupWriter
 
-    data_dir = Path(data_dir)
     registry = default_registry()
     edition = registry.edition_on(day)
-    key = _private_key(signing_key_pem)
     budget = task_budget()
     final = layout.package_dir(data_dir, day)
     pid = os.getpid()
@@ -224,7 +279,6 @@ def build_package(
     try:
         earliest = min(e.effective_from for e in registry.editions)
         units = plan_units(data_dir, day, edition, earliest=earliest)
-        previous = previous_delivered(data_dir, day)
         with _step("consolidate"), open_duckdb(spill, memory_limit or budget.duckdb_limit) as con:
             categories = _category_sources(con, data_dir, units, edition, previous)
             # each file compressed in a thread of its own, while the next range is consolidated
@@ -259,16 +313,45 @@ def build_package(
         shutil.rmtree(spill, ignore_errors=True)
 
 
+@contextmanager
+def _build_lock(data_dir: Path, day: dt.date) -> Iterator[None]:
+    """One build (or delivery) of a date at a time: an exclusive lock on ``locks/package-<D>.lock``."""
+    import fcntl
+
+    path = Path(data_dir) / "locks" / f"package-{day.isoformat()}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+package_lock = _build_lock  # the delivery takes the same lock
+
+
+def _remove_leftovers(data_dir: Path, day: dt.date) -> None:
+    """What a killed build of D left: work folders and spill folders (under the lock, no build of D is running)."""
+    parent = layout.package_dir(data_dir, day).parent
+    for pattern, root in ((f".{day.isoformat()}.tmp-*", parent), (f".{day.isoformat()}.old-*", parent),
+                          (f"package-{day.isoformat()}-*", data_dir / "tmp")):
+        for path in root.glob(pattern) if root.is_dir() else ():
+            log.warning("removing %s, left by an earlier build of %s that did not finish", path, day)
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _category_sources(con: duckdb.DuckDBPyConnection, data_dir: Path, units: list[Unit], edition: Edition,
                       previous: Path | None) -> list[CategorySources]:
-    """Every category of the edition with its used units' files, and any other category of the previous package."""
+    """Every category of the edition with its feeds' files (of the day each comes from), and any other category
+    of the previous package."""
     codes = {c.code for c in edition.categories}
     out = []
     for cat in edition.categories:
         used = tuple(
-            (u.body, layout.validated(data_dir, u.source_day, u.body, u.category),
+            (u.body, u.system, layout.validated(data_dir, u.source_day, u.body, u.category),
              layout.quarantine(data_dir, u.source_day, u.body, u.category))
-            for u in sorted(units, key=lambda u: u.body) if u.category == cat.code and u.source_day is not None
+            for u in sorted(units, key=lambda u: (u.body, u.system)) if u.category == cat.code and u.source_day
         )
         out.append(CategorySources(category=cat.code, decree_row=cat.row, funding=cat.funding, units=used))
     if previous is not None:
@@ -345,24 +428,46 @@ NOTES = (
 def _quality_doc(
     day: dt.date, edition: Edition, units: list[Unit], stats: ConsolidationStats, previous: Path | None
 ) -> dict[str, Any]:
-    """quality.json: per category and body, counts and verdicts only."""
+    """quality.json: per category, body and feed, counts and verdicts only."""
     categories: dict[str, Any] = {}
     for cat in sorted(c.code for c in edition.categories):
         cat_units = [u for u in units if u.category == cat]
         bodies = {}
-        for u in cat_units:
-            c = u.counts
-            bodies[u.body] = {
-                "status": u.status,
-                "reason": u.reason if u.source_day is not None else
-                "; ".join(filter(None, [u.reason, "never published: contributes nothing"])),
+        for body in sorted({u.body for u in cat_units}):
+            mine = [u for u in cat_units if u.body == body]
+            first = mine[0]
+            c = first.body_counts
+            carried = sorted(u.carried_forward_from for u in mine if u.carried_forward_from)
+            never = [u.system for u in mine if u.source_day is None]
+            reason = first.body_reason if first.body_status != "published" else None
+            if never:
+                note = "never published: contributes nothing" if len(never) == len(mine) else \
+                    f"{', '.join(never)} never published: contributes nothing"
+                reason = "; ".join(filter(None, [reason, note]))
+            bodies[body] = {
+                "status": first.body_status,
+                "reason": reason,
                 "rows_in": c.get("rows_in", 0),
                 "rows_published": c.get("rows_published", 0),
                 "rows_quarantined": c.get("rows_quarantined", 0),
                 "quarantined_by_rule": c.get("quarantined_by_rule", {}),
-                "carried_forward_from": u.carried_forward_from.isoformat() if u.carried_forward_from else None,
-                "rows_used": stats.used_by_unit.get((u.body, cat), 0),
-                "records_carried_forward": stats.kept_by_body.get((cat, u.body), 0),
+                "carried_forward_from": carried[0].isoformat() if carried else None,
+                "rows_used": sum(stats.used_by_unit.get((u.body, u.system, cat), 0) for u in mine),
+                "records_carried_forward": stats.kept_by_body.get((cat, body), 0),
+                "feeds": {
+                    u.system: {
+                        "status": u.status,
+                        "reason": u.reason if u.source_day is not None else
+                        "; ".join(filter(None, [u.reason, "never published: contributes nothing"])),
+                        "carried_forward_from": u.carried_forward_from.isoformat() if u.carried_forward_from
+                        else None,
+                        "rows_in": u.counts.get("rows_in", 0),
+                        "rows_published": u.counts.get("rows_published", 0),
+                        "rows_quarantined": u.counts.get("rows_quarantined", 0),
+                        "rows_used": stats.used_by_unit.get((u.body, u.system, cat), 0),
+                    }
+                    for u in mine
+                },
             }
         categories[cat] = {
             "status": category_verdict(cat_units),
@@ -393,7 +498,7 @@ def _quality_doc(
 
 
 def category_verdict(units: list[Unit]) -> CategoryVerdict:
-    """A category's verdict from its units: published, partial, carried_forward or missing."""
+    """A category's verdict from its feeds: published, partial, carried_forward or missing."""
     published = [u for u in units if u.status == "published"]
     if len(published) == len(units):
         return "published"

@@ -37,6 +37,13 @@ SCHEDULE = "45 0 * * *"
 STATUS_WAIT = timedelta(hours=5)
 # A run's conf may shorten the wait (minutes; 0: a body without a status has failed, now).
 STATUS_WAIT_CONF = "status_wait_minutes"
+# ... and the wait for D-1's delivery (0: if D-1 is not delivered, the run fails now, saying so).
+PREVIOUS_WAIT_CONF = "previous_wait_minutes"
+# D-1 late by days is for operators to fix; the deadline alert has said so long before.
+PREVIOUS_WAIT = timedelta(days=2)
+RECEIVER_CONN_ID = "osms_state_corp"
+BUILD_TIMEOUT = timedelta(hours=2)  # the national package builds in about a minute
+DELIVER_TIMEOUT = timedelta(hours=1)
 SIGNING_KEY_VARIABLE = "osms_signing_key"
 DEADLINE_ALERTS_ENV = "OSMS_DEADLINE_ALERTS"
 
@@ -121,18 +128,66 @@ def delivery_deadline() -> DeadlineAlert | None:
     )
 
 
-@task(task_id="build_package", trigger_rule=TriggerRule.ALL_DONE)
+class PreviousPackageSensor(BaseSensorOperator):
+    """Waits until D-1's package is delivered (or D starts the chain): D's package is built only then.
+
+    In reschedule mode: waiting holds no worker slot and burns no retry. A lost receipt
+    of D-1 is recovered from the receiver here; a broken chain fails at once with the
+    cause. The first time a run waits, a notice goes to the alert webhook.
+    """
+
+    template_fields = ()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(mode="reschedule", **kwargs)
+
+    def execute(self, context: Any) -> Any:
+        conf = getattr(context.get("dag_run"), "conf", None) or {}
+        if conf.get(PREVIOUS_WAIT_CONF) is not None and float(conf[PREVIOUS_WAIT_CONF]) <= 0:
+            if not self.poke(context):  # the run was started not to wait: one look, then fail with the cause
+                raise AirflowFailException(f"{self._waiting} (and this run does not wait: {PREVIOUS_WAIT_CONF} = 0)")
+            return None
+        return super().execute(context)
+
+    def poke(self, context: Any) -> bool:
+        """Whether D's package may be built now."""
+        from osms.chain import ChainBroken, ChainWaiting, HttpReceiver, link
+        from osms.failures import task_errors
+
+        day = run_day(context)
+        try:
+            with task_errors():
+                found = link(layout.data_dir(), day, HttpReceiver.from_connection(RECEIVER_CONN_ID))
+        except ChainWaiting as exc:
+            self._waiting = str(exc)
+            self.log.info("waiting: %s", exc)
+            from osms.alerts import notify
+
+            notify("delivery_waiting", dag_id=context["dag"].dag_id, run_id=context["run_id"], day=day,
+                   message=f"the package of {day} waits: {exc}")
+            return False
+        except ChainBroken:
+            raise
+        self.log.info("package %s %s", day, found.how)
+        return True
+
+
+@task(task_id="build_package", trigger_rule=TriggerRule.ALL_DONE, execution_timeout=BUILD_TIMEOUT)
 def build(**context: Any) -> dict[str, Any]:
     """Consolidate the validated data of D (carrying forward what is missing), gate it, sign it."""
     from airflow.sdk import Variable
 
     import osms
+    from osms.chain import HttpReceiver
+    from osms.failures import task_errors
     from osms.package import build_package
 
     day = run_day(context)
-    key = Variable.get(SIGNING_KEY_VARIABLE)
-    result = build_package(day=day, data_dir=layout.data_dir(), signing_key_pem=key.encode(),
-                           producer_version=osms.__version__)
+    with task_errors():
+        key = Variable.get(SIGNING_KEY_VARIABLE)
+        result = build_package(day=day, data_dir=layout.data_dir(), signing_key_pem=key.encode(),
+                               producer_version=osms.__version__,
+                               receiver=HttpReceiver.from_connection(RECEIVER_CONN_ID))
     return {
         "package_id": result.package_id,
         "path": str(result.path),
@@ -143,7 +198,7 @@ def build(**context: Any) -> dict[str, Any]:
     }
 
 
-@task(task_id="data_docs", trigger_rule=TriggerRule.ALL_DONE)
+@task(task_id="data_docs", trigger_rule=TriggerRule.ALL_DONE, execution_timeout=timedelta(minutes=30))
 def data_docs(**context: Any) -> dict[str, Any]:
     """Render the day's GX Data Docs from every body's scrubbed reports: once a day, once the bodies reported.
 
@@ -156,20 +211,24 @@ def data_docs(**context: Any) -> dict[str, Any]:
     return {"index": str(render_day(layout.data_dir(), day))}
 
 
-@task(task_id="deliver", retries=12, retry_delay=timedelta(minutes=5), retry_exponential_backoff=0)
+@task(task_id="deliver", retries=6, retry_delay=timedelta(minutes=5), retry_exponential_backoff=0,
+      execution_timeout=DELIVER_TIMEOUT)
 def deliver(built: dict[str, Any], **context: Any) -> dict[str, Any]:
     """Upload and commit the package to the State Corporation; keep the receipt beside it.
 
     Safe to retry: a delivered package is recognised by its receipt and never sent
-    twice; a package whose predecessor is not delivered yet fails this try and is
-    retried later (DeliveryWaiting), so packages arrive in order.
+    twice. A receiver that is down for a whole try is tried again later; one that
+    refuses the package (a checksum, the signature, the chain) fails the run at once.
     """
     from pathlib import Path
 
     from osms.deliver import deliver_package, endpoint_from_connection
+    from osms.failures import task_errors
+    from osms.package import package_lock
 
-    receipt, new = deliver_package(Path(built["path"]), endpoint_from_connection("osms_state_corp"),
-                                   data_dir=layout.data_dir())
+    with task_errors(), package_lock(layout.data_dir(), run_day(context)):
+        receipt, new = deliver_package(Path(built["path"]), endpoint_from_connection(RECEIVER_CONN_ID),
+                                       data_dir=layout.data_dir())
     return {"receipt_id": receipt.receipt_id, "package_id": receipt.package_id, "newly_delivered": new}
 
 
@@ -209,8 +268,11 @@ def build_package_dag() -> DAG:
                              retries=0)
             for b in bodies
         ]
+        previous = PreviousPackageSensor(task_id="previous_package_delivered", timeout=PREVIOUS_WAIT,
+                                         poke_interval=300, retries=0)
         built = build()
         waits >> built
+        previous >> built
         waits >> data_docs()
         report(built, deliver(built))
     return dag

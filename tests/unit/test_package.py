@@ -21,7 +21,6 @@ from osms.package import (
     PackageGateError,
     build_package,
     canonical_json,
-    previous_delivered,
     run_package_suite,
     verify_package,
 )
@@ -102,7 +101,9 @@ def build(root: Path, day: dt.date, keys: tuple[bytes, bytes]) -> package.Packag
 
 def deliver(result: package.PackageResult) -> None:
     """What the delivery client does after a receipt: store it beside the package."""
-    write_bytes_atomic(b'{"receipt_id":"R-1"}', result.path / "receipt.json")
+    receipt = {"receipt_id": "R-1", "package_id": result.package_id, "manifest_sha256": result.manifest_sha256,
+               "logical_date": result.day.isoformat(), "received_at": "2025-06-01T00:00:00Z", "files": 3}
+    write_bytes_atomic(json.dumps(receipt).encode(), result.path / "receipt.json")
 
 
 def records(result: package.PackageResult) -> dict[tuple[str, str], dict[str, Any]]:
@@ -179,6 +180,28 @@ def test_disagreeing_feeds_follow_the_conflict_rule_and_are_counted(tmp_path, ke
     assert conflicts == {"last_name": 1, "first_name": 0, "patronymic": 1, "birth_date": 0, "sex": 0,
                          "period_start": 1, "period_end": 1}
     assert quality(result)["totals"]["conflicts"]["last_name"] == 1
+
+
+def test_where_feeds_disagree_on_birth_date_or_sex_the_iins_value_wins(tmp_path, keys):
+    # Arrange: the IIN of a woman born 1960-01-01 + 97*40 days; two records give another birth date and sex
+    p = person(40)  # even n: "F"
+    wrong_birth = p["birth_date"] - dt.timedelta(days=1)
+    publish(tmp_path, D1, "labour", "pensioners", [
+        {**p, "system": "payments", "record_id": "p1", "birth_date": wrong_birth, "sex": "M"},
+        {**p, "system": "pensions_benefits", "record_id": "b1", "birth_date": wrong_birth, "sex": "M"},
+    ])
+    publish(tmp_path, D1, "courts", "pensioners", [{**p, "system": "judicial_is", "record_id": "c1"}])
+    status(tmp_path, D1, "labour", {"pensioners": "published"})
+    status(tmp_path, D1, "courts", {"pensioners": "published"})
+
+    # Act
+    result = build(tmp_path, D1, keys)
+
+    # Assert: against a majority of two, the one record that agrees with the IIN
+    row = records(result)[("pensioners", p["iin"])]
+    assert (row["birth_date"], row["sex"]) == (p["birth_date"], "F") == iin.decode(p["iin"])
+    conflicts = quality(result)["categories"]["pensioners"]["conflicts"]
+    assert conflicts["birth_date"] == 1 and conflicts["sex"] == 1
 
 
 # --------------------------------------------------------------------------- carry forward
@@ -312,27 +335,41 @@ def test_changes_list_added_removed_and_changed_fields(tmp_path, keys):
     assert quality(result)["changes"] == {"against": D0.isoformat(), "added": 1, "removed": 1, "changed": 2}
 
 
-def test_previous_delivered_is_the_latest_earlier_package_with_a_receipt(tmp_path):
-    for day, delivered in ((D0, True), (D1, False), (D2, True)):
-        d = layout.package_dir(tmp_path, day)
-        d.mkdir(parents=True)
-        if delivered:
-            (d / "receipt.json").write_text("{}")
-    (tmp_path / "packages" / ".2025-06-01.tmp-1").mkdir()
+def test_a_package_follows_the_day_before_and_never_skips_an_undelivered_one(tmp_path, keys):
+    from osms.chain import ChainWaiting
 
-    assert previous_delivered(tmp_path, D2) == layout.package_dir(tmp_path, D0)
-    assert previous_delivered(tmp_path, dt.date(2025, 6, 3)) == layout.package_dir(tmp_path, D2)
-    assert previous_delivered(tmp_path, D0) is None
+    # Arrange: D0 built but not delivered; a work folder of an earlier build of D0 left behind
+    _two_bodies(tmp_path, D0)
+    first = build(tmp_path, D0, keys)
+    assert json.loads((first.path / "manifest.json").read_bytes())["previous_manifest_sha256"] is None
+    (tmp_path / "packages" / f".{D0.isoformat()}.tmp-1").mkdir()
+    _two_bodies(tmp_path, D1)
+    _two_bodies(tmp_path, D2)
+
+    # Act / Assert: D1 waits for D0's delivery; D2 cannot skip D1
+    with pytest.raises(ChainWaiting, match=f"{D0.isoformat()}.*no receipt"):
+        build(tmp_path, D1, keys)
+    deliver(first)
+    second = build(tmp_path, D1, keys)
+    with pytest.raises(ChainWaiting, match=D1.isoformat()):
+        build(tmp_path, D2, keys)
+    deliver(second)
+    third = build(tmp_path, D2, keys)
+
+    manifest = json.loads((second.path / "manifest.json").read_bytes())
+    assert manifest["previous_manifest_sha256"] == first.manifest_sha256
+    assert json.loads((third.path / "manifest.json").read_bytes())["previous_manifest_sha256"] == second.manifest_sha256
+    assert quality(third)["changes"]["against"] == D1.isoformat()
 
 
 # --------------------------------------------------------------------------- determinism, placement, manifest
 
 
-def _two_bodies(root: Path) -> None:
-    publish(root, D1, "labour", "unemployed", [{**person(n), "system": "labour_market"} for n in range(20, 30)])
-    publish(root, D1, "justice", "children", [{**person(n), "system": "individuals"} for n in range(30, 35)])
-    status(root, D1, "labour", {"unemployed": "published"})
-    status(root, D1, "justice", {"children": "published"})
+def _two_bodies(root: Path, day: dt.date = D1) -> None:
+    publish(root, day, "labour", "unemployed", [{**person(n), "system": "labour_market"} for n in range(20, 30)])
+    publish(root, day, "justice", "children", [{**person(n), "system": "individuals"} for n in range(30, 35)])
+    status(root, day, "labour", {"unemployed": "published"})
+    status(root, day, "justice", {"children": "published"})
 
 
 def test_two_builds_give_byte_identical_packages(tmp_path, keys):

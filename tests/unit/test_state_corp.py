@@ -284,7 +284,8 @@ def test_fail_next_commits_gives_503_with_retry_after_then_success(client: TestC
     set_faults = client.put("/_admin/faults", json={"fail_next_commits": 2, "fail_next_uploads": 1}, headers=ADMIN_AUTH)
     assert set_faults.status_code == 200
     assert client.get("/_admin/faults", headers=ADMIN_AUTH).json() == {
-        "fail_next_commits": 2, "fail_next_uploads": 1, "delay_commit_seconds": 0.0}
+        "fail_next_commits": 2, "fail_next_uploads": 1, "delay_commit_seconds": 0.0,
+        "delay_commit_answer_seconds": 0.0}
     # act
     failed_upload = upload(client, "P1", "quality.json", b'{"ok": true}')
     manifest = manifest_for("P1", {"quality.json": b'{"ok": true}'})
