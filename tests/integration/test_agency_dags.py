@@ -22,7 +22,7 @@ from mocks.config import MockConfig
 from mocks.defects import DEFECT_KINDS, DefectRates
 from mocks.faults import SystemFaults
 from mocks.service import MockServices, start_mocks
-from osms.local_run import airflow_env, migrate, run_dag
+from osms.local_run import airflow_env, migrate, run_dag, run_day_dags
 from osms.registry import default_registry
 from osms.status import read_status
 
@@ -69,8 +69,10 @@ def daily_run(tmp_path_factory: pytest.TempPathFactory, signing_public_key: Path
     with start_mocks(MockConfig(data_dir=data / "mocks", defects=rates), public_key_path=signing_public_key) as m:
         env = airflow_env(data, _tiny_backoff(m.airflow_env()))
         migrate(env)
-        for body in default_registry().edition_on(DAY).bodies:
-            result = run_dag(body.dag_id, DAY, env, data / "airflow" / "logs" / "run")
+        # the eight DAGs on warm workers, two at a time, as osms run runs them
+        results, _ = run_day_dags(DAY, data, env, package=False, say=lambda _: None)
+        assert len(results) == len(default_registry().edition_on(DAY).bodies)
+        for result in results:
             assert result.ok, result.log.read_text()[-4000:]
         yield data, m
 
@@ -234,5 +236,8 @@ def test_volume_drop_holds_back(fault_run) -> None:
     m.source_service.faults["disability_db"] = SystemFaults(volume_drop=0.5)
     assert run("agency_labour").ok
     c = read_status(data, DAY, "labour").category("disabled")
-    assert c.status == "held_back" and c.reason.startswith("volume")
+    # the verdict is the feed's, and the category's reason names the feed
+    assert c.status == "held_back" and c.feed_status("disability_db") == "held_back"
+    assert c.feed_reason("disability_db").startswith("volume")
+    assert c.reason.startswith("disability_db: volume")
     shutil.rmtree(data / "status" / (DAY - dt.timedelta(days=1)).isoformat())
