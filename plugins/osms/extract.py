@@ -122,8 +122,8 @@ class SourceEndpoint:
 
 
 # Connection extras that tune an endpoint, with their types.
-CONNECTION_EXTRAS = {"page_size": int, "timeout": float, "max_retries": int, "backoff_base": float, "backoff_max": float,
-                     "max_pages": int}
+CONNECTION_EXTRAS = {"page_size": int, "timeout": float, "max_retries": int, "backoff_base": float,
+                     "backoff_max": float, "max_pages": int}
 
 
 def endpoint_from_connection(conn_id: str) -> SourceEndpoint:

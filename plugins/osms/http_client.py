@@ -132,7 +132,7 @@ class Refused(Exception):
 
 
 def parse_retry_after(value: str | None, *, cap: float, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (seconds or HTTP date), at most ``cap``; None if absent or unreadable."""
+    """Seconds to wait from a Retry-After (seconds or an HTTP date), at most ``cap``; None if absent or unreadable."""
     if value is None or not value.strip():
         return None
     value = value.strip()

@@ -1,8 +1,8 @@
 """The package deadline alert without a network: the DAG's deadline, the callback, the webhook client.
 
 The webhook is answered by a requests transport adapter (the HTTP client's seam); connections and
-variables are given as ``AIRFLOW_CONN_*``/``AIRFLOW_VAR_*``, as in production. The real scheduler and triggerer firing the
-callback are exercised in ``tests/integration/test_deadline.py``.
+variables are given as ``AIRFLOW_CONN_*``/``AIRFLOW_VAR_*``, as in production. The real scheduler
+and triggerer firing the callback are exercised in ``tests/integration/test_deadline.py``.
 """
 
 from __future__ import annotations
