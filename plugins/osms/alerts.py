@@ -10,8 +10,9 @@ POST ``{dag_id, run_id, day, deadline, message}`` to the Airflow HTTP connection
 sent as a bearer token; ``host``, ``port``, ``schema`` and an extra ``endpoint`` path work too). To
 use another connection, set the Airflow variable ``osms_alert_webhook_conn`` to its id. Without the
 connection the alert is only logged, with a warning that the webhook is not configured. The POST is
-tried up to 4 times on server errors, connection errors and timeouts; a POST that still fails is
-logged with the connection id and the HTTP status, never the token. Backfill runs never alert, nor
+tried up to 4 times as the pipeline's HTTP client's policy says (server errors, 408, 429 after its
+Retry-After, connection errors and timeouts); a POST that still fails is logged with the connection
+id and the HTTP status, never the token or the URL. Backfill runs never alert, nor
 does a run for a D whose package already has a receipt received by the deadline (e.g. a manual
 rerun of a delivered day). The triggerer must be running (the status sensors need it too) with the
 same ``OSMS_DATA_DIR`` as the workers; if it cannot see the receipt, it alerts.
@@ -51,9 +52,11 @@ BACKFILL = "backfill"
 DUE_DAYS_AFTER = 1
 DUE_TIME = dt.time(7, 0)
 # A chat or paging webhook answers within seconds; 4 tries over ~14 s (2, 4, 8 s apart) ride
-# out a restart of the receiver without holding the triggerer's attention for long.
+# out a restart of the receiver without holding the triggerer's attention for long; a Retry-After
+# is honoured up to POST_BACKOFF_MAX.
 POST_ATTEMPTS = 4
 POST_BACKOFF = 2.0
+POST_BACKOFF_MAX = 30.0
 POST_TIMEOUT = 10.0
 
 
@@ -151,11 +154,11 @@ async def package_deadline_missed(context: dict[str, Any]) -> str:
     return await handle_missed_deadline(context)
 
 
-async def handle_missed_deadline(context: dict[str, Any], *, transport: Any = None,
+async def handle_missed_deadline(context: dict[str, Any], *, session: Any = None,
                                  backoff: float = POST_BACKOFF) -> str:
     """Alert for a missed package deadline; return the outcome in a few words (Airflow keeps it as text).
 
-    ``transport`` (an httpx transport) and ``backoff`` are for tests.
+    ``session`` (a requests session, e.g. with a test adapter) and ``backoff`` are for tests.
     """
     # off the event loop: reading D imports the pipeline's date rules (and the triggerer runs other triggers)
     missed = await asyncio.to_thread(MissedDeadline.from_context, context)
@@ -178,7 +181,7 @@ async def handle_missed_deadline(context: dict[str, Any], *, transport: Any = No
                     conn_id, conn_id.upper(), CONN_ID_VARIABLE, missed.run_id)
         return f"alert logged, not posted: connection {conn_id} not defined"
     try:
-        status = await post_alert(webhook, missed.as_json(), transport=transport, backoff=backoff)
+        status = await post_alert(webhook, missed.as_json(), session=session, backoff=backoff)
     except AlertNotPosted as exc:
         log.error("alert for run %s not posted: %s", missed.run_id, exc)
         raise
@@ -215,72 +218,45 @@ def webhook_conn_id() -> str:
 
 async def webhook_of(conn_id: str) -> Webhook | None:
     """The webhook of an Airflow HTTP connection, or None when the connection is not defined."""
-    from airflow.sdk import Connection
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    from osms.connections import read_connection_async
 
-    try:
-        conn = await Connection.async_get(conn_id)
-    except AirflowNotFoundException:
-        return None
-    host = (conn.host or "").strip()
-    if not host:
-        raise ValueError(f"connection {conn_id!r} has no host")
-    if "://" in host:
-        url = host  # a whole URL, as chat webhooks are handed out
-    else:
-        scheme = (conn.schema or "http").lower()
-        if scheme not in ("http", "https"):
-            scheme = "https" if (conn.conn_type or "").lower() == "https" else "http"
-        port = f":{conn.port}" if conn.port else ""
-        endpoint = str((conn.extra_dejson or {}).get("endpoint") or "").lstrip("/")
-        url = f"{scheme}://{host}{port}/{endpoint}"
-    return Webhook(conn_id=conn_id, url=url, token=conn.password or None)
+    conn = await read_connection_async(conn_id)
+    return None if conn is None else Webhook(conn_id=conn_id, url=conn.url, token=conn.token)
 
 
-class _ServerError(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-async def post_alert(webhook: Webhook, body: dict[str, str], *, transport: Any = None,
+async def post_alert(webhook: Webhook, body: dict[str, str], *, session: Any = None,
                      attempts: int = POST_ATTEMPTS, backoff: float = POST_BACKOFF) -> int:
-    """POST the alert; retry server errors, connection errors and timeouts; return the HTTP status."""
-    import httpx
-    import tenacity
+    """POST the alert (off the event loop) as the HTTP client's policy says; return the HTTP status."""
+    return await asyncio.to_thread(send_alert, webhook, body, session=session, attempts=attempts, backoff=backoff)
 
-    headers = {"Authorization": f"Bearer {webhook.token}"} if webhook.token else {}
 
-    def before_sleep(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning("alert POST to connection %s failed (%s), try %d of %d; retrying in %.0f s", webhook.conn_id,
-                    _cause(exc), state.attempt_number, attempts, state.next_action.sleep if state.next_action else 0)
+def send_alert(webhook: Webhook, body: dict[str, str], *, session: Any = None, attempts: int = POST_ATTEMPTS,
+               backoff: float = POST_BACKOFF) -> int:
+    """POST the alert through the pipeline's HTTP client; AlertNotPosted naming connection and status otherwise."""
+    from osms.http_client import HttpClient, Refused, RetryPolicy, Transient
 
-    retrying = tenacity.AsyncRetrying(
-        stop=tenacity.stop_after_attempt(attempts),
-        wait=tenacity.wait_exponential(multiplier=backoff, max=30) if backoff else tenacity.wait_none(),
-        retry=tenacity.retry_if_exception_type((httpx.TransportError, _ServerError)),
-        before_sleep=before_sleep,
-        reraise=True,
-    )
-    async with httpx.AsyncClient(transport=transport, timeout=POST_TIMEOUT) as client:
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    response = await client.post(webhook.url, json=body, headers=headers)
-                    if response.status_code >= 500:
-                        raise _ServerError(response.status_code)
-        except (httpx.TransportError, _ServerError) as exc:
-            raise AlertNotPosted(f"connection {webhook.conn_id}: {_cause(exc)} after {attempts} tries") from None
-    if response.status_code >= 300:
-        raise AlertNotPosted(f"connection {webhook.conn_id}: HTTP {response.status_code} (not retried)")
-    return response.status_code
+    policy = RetryPolicy(attempts=attempts, backoff_base=backoff, backoff_max=POST_BACKOFF_MAX)
+    # shown_as=None: the URL of a chat webhook is its secret, so a failure names the connection only
+    client = HttpClient(token=webhook.token, timeout=POST_TIMEOUT, policy=policy, session=session, log=log)
+    try:
+        answer = client.request("POST", webhook.url, what=f"alert POST to connection {webhook.conn_id}",
+                                ok=range(200, 300), json=body, allow_redirects=False)
+    except Transient as exc:
+        raise AlertNotPosted(f"connection {webhook.conn_id}: {_cause(exc)} after {exc.attempts} tries") from None
+    except Refused as exc:
+        raise AlertNotPosted(f"connection {webhook.conn_id}: HTTP {exc.status} (not retried)") from None
+    finally:
+        if session is None:
+            client.close()
+    return answer.status
 
 
 def _cause(exc: BaseException | None) -> str:
-    """The status or the kind of failure; an httpx error's text could name the URL, so only its type."""
-    if isinstance(exc, _ServerError):
-        return f"HTTP {exc.status}"
+    """The status, or the kind of failure; never an endpoint's text (it could name the URL)."""
+    from osms.http_client import Transient
+
+    if isinstance(exc, Transient):
+        return f"HTTP {exc.status}" if exc.status is not None else exc.cause
     return type(exc).__name__ if exc is not None else "unknown"
 
 
@@ -300,7 +276,7 @@ def _aware(value: Any) -> dt.datetime:
 
 
 def notify(kind: str, *, dag_id: str, run_id: str, day: dt.date, message: str,
-           details: dict[str, Any] | None = None, transport: Any = None) -> str:
+           details: dict[str, Any] | None = None, session: Any = None) -> str:
     """Post a notice (a failed run, a held-back category, a delivery waiting for its predecessor) once per run.
 
     The same webhook connection as the deadline alert. The body holds names and counts
@@ -328,7 +304,7 @@ def notify(kind: str, *, dag_id: str, run_id: str, day: dt.date, message: str,
         webhook = asyncio.run(webhook_of(conn_id))
         if webhook is None:
             return f"logged, not posted: connection {conn_id} not defined"
-        status = asyncio.run(post_alert(webhook, body, transport=transport))
+        status = send_alert(webhook, body, session=session)
     except Exception as exc:  # noqa: BLE001: a notice never fails the task that sends it
         log.error("notice %s for run %s not posted: %s", kind, run_id, _cause(exc))
         return f"not posted: {type(exc).__name__}"

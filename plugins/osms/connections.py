@@ -1,40 +1,81 @@
-"""Airflow HTTP connections as the pipeline's endpoints: one reading for sources and the receiver."""
+"""Airflow HTTP connections as the pipeline's endpoints, read in one place: sources, the receiver, the alert webhook.
+
+A connection (e.g. ``AIRFLOW_CONN_<ID>``) gives ``host`` (a name, or a whole URL as chat webhooks
+are handed out), optionally ``schema`` (http/https), ``port`` and an extra ``endpoint`` path; the
+password is the bearer token. Extras named by the caller tune the client (numbers, typed here).
+"""
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = ["HttpConnection", "connection_url", "read_connection", "read_connection_async"]
 
-def http_connection(conn_id: str, token_of: str, numeric_extras: Mapping[str, type]) -> tuple[str, str, dict[str, Any]]:
-    """(base URL, bearer token, typed extras) of an HTTP connection (e.g. given as ``AIRFLOW_CONN_<ID>``).
 
-    ``token_of`` names whose token the password is, for the error message; only the
-    extras named in ``numeric_extras`` are read, each converted to its type.
-    """
-    from airflow.sdk import BaseHook  # lazily: no airflow at import time
+@dataclass(frozen=True)
+class HttpConnection:
+    """An HTTP connection as the clients use it: URL, bearer token (never in a repr), typed extras."""
 
-    conn = BaseHook.get_connection(conn_id)
-    host = (conn.host or "").strip().rstrip("/")
-    if not host:
+    conn_id: str
+    url: str = field(repr=False)  # a chat webhook's URL may carry its secret
+    token: str | None = field(repr=False)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+def connection_url(conn: Any, conn_id: str) -> str:
+    """The URL of an Airflow connection: ``host`` (or a whole URL in it), ``schema``, ``port``, extra ``endpoint``."""
+    host = (conn.host or "").strip()
+    if not host.strip("/"):
         raise ValueError(f"connection {conn_id!r} has no host")
     if "://" in host:
-        base_url = host
+        url = host  # a whole URL, kept as given (a webhook's trailing slash may matter)
+        parts = urllib.parse.urlsplit(url)
+        if conn.port and parts.port is None:
+            url = urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.netloc}:{conn.port}"))
     else:
         scheme = (conn.schema or "http").lower()
         if scheme not in ("http", "https"):
             scheme = "https" if (conn.conn_type or "").lower() == "https" else "http"
-        base_url = f"{scheme}://{host}"
-    if conn.port and not base_url.rsplit("/", 1)[-1].count(":"):
-        base_url = f"{base_url}:{conn.port}"
-    if not conn.password:
+        url = f"{scheme}://{host.rstrip('/')}" + (f":{conn.port}" if conn.port else "")
+    endpoint = str((conn.extra_dejson or {}).get("endpoint") or "").strip().lstrip("/")
+    return f"{url.rstrip('/')}/{endpoint}" if endpoint else url
+
+
+def _from(conn: Any, conn_id: str, token_of: str | None, extras: Mapping[str, type]) -> HttpConnection:
+    url = connection_url(conn, conn_id)
+    if token_of is not None and not conn.password:
         raise ValueError(f"connection {conn_id!r} has no password ({token_of} bearer token)")
     extra = conn.extra_dejson or {}
     settings: dict[str, Any] = {}
-    for name, kind in numeric_extras.items():
+    for name, kind in extras.items():
         if extra.get(name) is not None:
             try:
                 settings[name] = kind(extra[name])
             except (TypeError, ValueError):
                 raise ValueError(f"connection {conn_id!r}: extra {name!r} must be a number") from None
-    return base_url, conn.password, settings
+    return HttpConnection(conn_id=conn_id, url=url, token=conn.password or None, settings=settings)
+
+
+def read_connection(conn_id: str, *, token_of: str | None = None,
+                    extras: Mapping[str, type] | None = None) -> HttpConnection:
+    """Read an Airflow HTTP connection; ``token_of`` (whose token the password is) makes the token required."""
+    from airflow.sdk import BaseHook  # lazily: no airflow at import time
+
+    return _from(BaseHook.get_connection(conn_id), conn_id, token_of, extras or {})
+
+
+async def read_connection_async(conn_id: str, *, token_of: str | None = None,
+                                extras: Mapping[str, type] | None = None) -> HttpConnection | None:
+    """The same, from async code (the triggerer); None when the connection is not defined."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = await Connection.async_get(conn_id)
+    except AirflowNotFoundException:
+        return None
+    return _from(conn, conn_id, token_of, extras or {})
+

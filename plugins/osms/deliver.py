@@ -26,8 +26,9 @@ Never out of order: a package whose manifest names a predecessor (``previous_man
 (:class:`DeliveryWaiting`) until that predecessor, found by its manifest hash under ``data_dir/packages``,
 has its own receipt; the receiver's ``409 out_of_order`` is reported the same way.
 
-Retried with exponential backoff (tenacity): connection errors and timeouts, 5xx, 408 and 429 (after
-their Retry-After, capped at ``backoff_max``). Not retried: every other 4xx. Every failure is one
+Requests go through the pipeline's one HTTP client (:mod:`osms.http_client`) and its retry policy:
+connection errors and timeouts, 5xx, 408 and 429 are retried with exponential backoff (a Retry-After
+honoured up to ``backoff_max``); every other 4xx is not. Every failure is one
 :class:`DeliveryError` naming the package, the step (``upload <file>``, ``commit``, ...) and the cause
 (HTTP status, the receiver's error code and message), never the token or file content.
 """
@@ -46,10 +47,9 @@ from pathlib import Path
 from typing import Any
 
 import requests
-import tenacity
 
-from osms.extract import backoff_seconds, parse_retry_after
 from osms.files import write_bytes_atomic
+from osms.http_client import Answer, HttpClient, Refused, RetryPolicy, Transient
 
 __all__ = [
     "DeliveryError",
@@ -73,10 +73,6 @@ SHA256_HEADER = "X-Content-SHA256"
 SIGNATURE_BYTES = 64
 # Files are hashed in 1 MiB reads: bounded memory for a national-scale records.parquet.
 _READ_CHUNK = 1 << 20
-# An error body from the receiver is quoted at most this long in a message.
-_MAX_QUOTE = 300
-# Retried statuses besides 5xx: 408 (request timeout) and 429 (rate limited) are the receiver saying "later".
-_RETRIED_4XX = frozenset({408, 429})
 
 
 # --------------------------------------------------------------------------
@@ -99,6 +95,11 @@ class ReceiverEndpoint:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
 
+    @property
+    def policy(self) -> RetryPolicy:
+        """The client's retry policy with this receiver's attempts and backoff."""
+        return RetryPolicy(attempts=self.max_retries + 1, backoff_base=self.backoff_base, backoff_max=self.backoff_max)
+
 
 # Connection extras that tune an endpoint, with their types.
 CONNECTION_EXTRAS = {"timeout": float, "max_retries": int, "backoff_base": float, "backoff_max": float}
@@ -106,10 +107,10 @@ CONNECTION_EXTRAS = {"timeout": float, "max_retries": int, "backoff_base": float
 
 def endpoint_from_connection(conn_id: str = DEFAULT_CONN_ID) -> ReceiverEndpoint:
     """Read the Airflow connection ``conn_id`` (e.g. ``AIRFLOW_CONN_OSMS_STATE_CORP``) as a ReceiverEndpoint."""
-    from osms.connections import http_connection
+    from osms.connections import read_connection
 
-    base_url, token, settings = http_connection(conn_id, "the receiver's", CONNECTION_EXTRAS)
-    return ReceiverEndpoint(base_url=base_url, token=token, **settings)
+    conn = read_connection(conn_id, token_of="the receiver's", extras=CONNECTION_EXTRAS)
+    return ReceiverEndpoint(base_url=conn.url, token=conn.token or "", **conn.settings)
 
 
 # --------------------------------------------------------------------------
@@ -359,124 +360,39 @@ def _check_predecessor(package: _Package, data_dir: Path) -> None:
 # --------------------------------------------------------------------------
 
 
-class _Transient(Exception):
-    """A failure worth another attempt; ``cause`` is short and free of content."""
-
-    def __init__(self, cause: str, *, status: int | None = None, code: str | None = None,
-                 retry_after: float | None = None) -> None:
-        super().__init__(cause)
-        self.cause, self.status, self.code, self.retry_after = cause, status, code, retry_after
-
-
-class _Refused(Exception):
-    """An answer that another attempt will not change (4xx other than 408/429)."""
-
-    def __init__(self, cause: str, *, status: int, code: str | None, message: str) -> None:
-        super().__init__(cause)
-        self.cause, self.status, self.code, self.message = cause, status, code, message
-
-
-def _error_body(response: requests.Response) -> tuple[str | None, str]:
-    """The receiver's ``{"error", "message"}``, whitespace-folded and cut to a quotable length."""
-    code, message = None, ""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        code = body.get("error") if isinstance(body.get("error"), str) else None
-        message = str(body.get("message") or "")
-    return code, " ".join(message.split())[:_MAX_QUOTE]
-
-
-def _describe(status: int, code: str | None, message: str) -> str:
-    """``HTTP 409 conflict: package 'x' is already committed ...``."""
-    return f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
-
-
 class _Client:
-    """One delivery's HTTP conversation: bearer auth, one retry policy for every request."""
+    """One delivery's conversation with the receiver, through the pipeline's HTTP client."""
 
     def __init__(self, endpoint: ReceiverEndpoint, package_id: str, session: requests.Session | None,
                  sleep: Callable[[float], None]) -> None:
         self.endpoint = endpoint
         self.package_id = package_id
         self._own_session = session is None
-        self.session = session or requests.Session()
-        self._sleep = sleep
-        self._auth = {"Authorization": f"Bearer {endpoint.token}"}
-        self.retries = 0
+        self.http = HttpClient(token=endpoint.token, timeout=endpoint.timeout, policy=endpoint.policy,
+                               session=session, sleep=sleep, shown_as=endpoint.base_url, log=log)
         quoted = urllib.parse.quote(package_id, safe="")
         self.package_url = f"{endpoint.base_url.rstrip('/')}/v1/packages/{quoted}"
+
+    @property
+    def retries(self) -> int:
+        """Retries made so far, over every request."""
+        return self.http.retries
 
     def close(self) -> None:
         """Release the connection pool (only one this client opened)."""
         if self._own_session:
-            self.session.close()
+            self.http.close()
 
     def request(self, step: str, method: str, url: str, *, ok: tuple[int, ...],
                 body: Callable[[], Any] | None = None, headers: dict[str, str] | None = None,
-                json_body: Any = None) -> requests.Response:
-        """One request, retried on transient failures; DeliveryError (or _Refused for the caller) otherwise."""
-        ep = self.endpoint
-
-        def wait(state: tenacity.RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, _Transient) and exc.retry_after is not None:
-                return min(exc.retry_after, ep.backoff_max)
-            return backoff_seconds(state.attempt_number, base=ep.backoff_base, maximum=ep.backoff_max)
-
-        def before_sleep(state: tenacity.RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            self.retries += 1
-            delay = state.next_action.sleep if state.next_action else 0.0
-            log.warning("package %s: %s: %s, retrying in %.2f s (attempt %d of %d)", self.package_id, step,
-                        getattr(exc, "cause", type(exc).__name__), delay, state.attempt_number + 1,
-                        ep.max_retries + 1)
-
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(ep.max_retries + 1),
-            wait=wait,
-            retry=tenacity.retry_if_exception_type(_Transient),
-            before_sleep=before_sleep,
-            sleep=self._sleep,
-            reraise=True,
-        )
-        attempts = 0
+                json_body: Any = None) -> Answer:
+        """One request, retried on transient failures; DeliveryError (or Refused for the caller) otherwise."""
         try:
-            for attempt in retrying:
-                with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    return self._send(method, url, ok=ok, body=body, headers=headers, json_body=json_body)
-        except _Transient as exc:
+            return self.http.request(method, url, what=f"package {self.package_id}: {step}", ok=ok, body=body,
+                                     headers=headers, json=json_body)
+        except Transient as exc:
             raise DeliveryError(self.package_id, step, exc.cause, status=exc.status, code=exc.code,
-                                attempts=attempts) from None
-        raise AssertionError("unreachable")  # pragma: no cover: tenacity returns or raises
-
-    def _send(self, method: str, url: str, *, ok: tuple[int, ...], body: Callable[[], Any] | None,
-              headers: dict[str, str] | None, json_body: Any) -> requests.Response:
-        ep = self.endpoint
-        data = body() if body is not None else None  # a fresh file object per attempt
-        try:
-            response = self.session.request(method, url, data=data, json=json_body,
-                                            headers={**self._auth, **(headers or {})}, timeout=ep.timeout)
-            response.content  # noqa: B018: read the whole (small JSON) answer inside the retried block
-        except requests.Timeout:
-            raise _Transient(f"no answer within {ep.timeout:g} s") from None
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            raise _Transient(f"connection to {ep.base_url} failed ({type(exc).__name__})") from None
-        finally:
-            if data is not None and hasattr(data, "close"):
-                data.close()
-        status = response.status_code
-        if status in ok:
-            return response
-        code, message = _error_body(response)
-        cause = _describe(status, code, message)
-        if status >= 500 or status in _RETRIED_4XX:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), cap=ep.backoff_max)
-            raise _Transient(cause, status=status, code=code, retry_after=retry_after)
-        raise _Refused(cause, status=status, code=code, message=message)
+                                attempts=exc.attempts) from None
 
 
 def _receipt_from(package: _Package, step: str, data: Any) -> Receipt:
@@ -505,7 +421,7 @@ def _conflict(package: _Package, step: str, detail: str, *, status: int | None =
     )
 
 
-def _refused(package: _Package, step: str, exc: _Refused) -> DeliveryError:
+def _refused(package: _Package, step: str, exc: Refused) -> DeliveryError:
     if exc.status == 409 and exc.code == "out_of_order":
         return DeliveryWaiting(package.package_id, step, f"the receiver says its predecessor is not delivered"
                                f" yet ({exc.cause})", status=exc.status, code=exc.code)
@@ -519,9 +435,9 @@ def _held_by_receiver(client: _Client, package: _Package) -> tuple[Receipt | Non
     step = "look up"
     try:
         response = client.request(step, "GET", client.package_url, ok=(200, 404))
-    except _Refused as exc:
+    except Refused as exc:
         raise _refused(package, step, exc) from None
-    if response.status_code == 404:
+    if response.status == 404:
         return None, {}
     try:
         state = response.json()
@@ -543,7 +459,7 @@ def _held_by_receiver(client: _Client, package: _Package) -> tuple[Receipt | Non
 
 
 def _opener(path: Path) -> Callable[[], Any]:
-    return lambda: open(path, "rb")  # noqa: SIM115: closed by _Client._send after each attempt
+    return lambda: open(path, "rb")  # noqa: SIM115: closed by the HTTP client after each attempt
 
 
 def _upload(client: _Client, package: _Package, entry: dict[str, Any]) -> None:
@@ -554,7 +470,7 @@ def _upload(client: _Client, package: _Package, entry: dict[str, Any]) -> None:
     try:
         client.request(step, "PUT", url, ok=(200, 201), body=_opener(package.directory / name),
                        headers={SHA256_HEADER: entry["sha256"], "Content-Type": "application/octet-stream"})
-    except _Refused as exc:
+    except Refused as exc:
         raise _refused(package, step, exc) from None
     except OSError as exc:  # the file vanished or became unreadable after it was checked
         raise DeliveryError(package.package_id, step, f"{package.directory / name} cannot be read"
@@ -572,7 +488,7 @@ def _commit(client: _Client, package: _Package, signature: bytes) -> Receipt:
     }
     try:
         response = client.request(step, "POST", f"{client.package_url}/commit", ok=(200, 201), json_body=payload)
-    except _Refused as exc:
+    except Refused as exc:
         raise _refused(package, step, exc) from None
     try:
         data = response.json()
@@ -656,7 +572,7 @@ def receiver_packages(endpoint: ReceiverEndpoint, *, session: requests.Session |
         try:
             response = client.request("list packages", "GET", f"{endpoint.base_url.rstrip('/')}/v1/packages",
                                       ok=(200,))
-        except _Refused as exc:
+        except Refused as exc:
             raise DeliveryError("(chain)", "list packages", exc.cause, status=exc.status, code=exc.code) from None
     finally:
         client.close()
@@ -676,11 +592,11 @@ def receiver_receipt(endpoint: ReceiverEndpoint, package_id: str, *, session: re
     try:
         try:
             response = client.request("look up", "GET", client.package_url, ok=(200, 404))
-        except _Refused as exc:
+        except Refused as exc:
             raise DeliveryError(package_id, "look up", exc.cause, status=exc.status, code=exc.code) from None
     finally:
         client.close()
-    if response.status_code == 404:
+    if response.status == 404:
         return None
     try:
         stored = response.json().get("receipt")

@@ -12,19 +12,22 @@ path, so a reader never sees a partial feed and a failed run leaves the previous
 file as it was. Memory stays bounded by one page plus one row group, whatever
 the feed's size.
 
-What is retried (with exponential backoff, through tenacity): connection errors
-and timeouts, 5xx, 429 (after its Retry-After, capped), and a page cut off in
-the middle of a line. What is not: 401/403/404/422 and other 4xx, a line that is
-not JSON in an otherwise complete page, a column that is missing or unexpected,
-a value of the wrong type. Those are persistent: the feed fails at once with a
-:class:`FeedExtractError` that names the feed, the date, the page and the line,
-never the record's content (IINs and names are personal data).
+Requests go through the pipeline's one HTTP client (:mod:`osms.http_client`):
+its retry policy (connection errors and timeouts, 5xx, 408 and 429 retried with
+exponential backoff, Retry-After honoured up to a cap; other 4xx not) and its
+reading of the error envelope. What is source-specific stays here: cursor paging,
+the checks of a complete page (a page cut off in the middle of a line or shorter
+than ``X-Page-Records`` is retried like a 503; an answer that is not NDJSON is
+not), and streaming into Parquet. A line that is not JSON in an otherwise
+complete page, a column that is missing or unexpected, a value of the wrong type
+are persistent too: the feed fails at once with a :class:`FeedExtractError` that
+names the feed, the date, the page and the line, never the record's content
+(IINs and names are personal data).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import json
 import logging
 import os
@@ -40,9 +43,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 import requests
-import tenacity
 
 from osms.files import fsync_dir, fsync_path
+from osms.http_client import Answer, HttpClient, Refused, RetryPolicy, Transient, backoff_seconds, parse_retry_after
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
@@ -75,9 +78,6 @@ SORT_KEY = "record_id"
 ROW_GROUP_ROWS = 100_000
 # Arrow's JSON reader splits its input in blocks of this size (a line must fit in one).
 _JSON_BLOCK_BYTES = 1 << 20
-# An error body from a source is quoted at most this long in a message.
-_MAX_QUOTE = 200
-
 LINEAGE_COLUMNS: tuple[pa.Field, ...] = (
     pa.field("body", pa.string()),
     pa.field("system", pa.string()),
@@ -115,17 +115,23 @@ class SourceEndpoint:
     max_pages: int = 100_000
 
 
+    @property
+    def policy(self) -> RetryPolicy:
+        """The client's retry policy with this source's attempts and backoff."""
+        return RetryPolicy(attempts=self.max_retries + 1, backoff_base=self.backoff_base, backoff_max=self.backoff_max)
+
+
 # Connection extras that tune an endpoint, with their types.
-CONNECTION_EXTRAS = {"page_size": int, "timeout": float, "max_retries": int, "backoff_base": float, "backoff_max": float,
-                     "max_pages": int}
+CONNECTION_EXTRAS = {"page_size": int, "timeout": float, "max_retries": int, "backoff_base": float,
+                     "backoff_max": float, "max_pages": int}
 
 
 def endpoint_from_connection(conn_id: str) -> SourceEndpoint:
     """Read the Airflow connection ``conn_id`` (e.g. from ``AIRFLOW_CONN_<ID>``) as a SourceEndpoint."""
-    from osms.connections import http_connection
+    from osms.connections import read_connection
 
-    base_url, token, settings = http_connection(conn_id, "the source's", CONNECTION_EXTRAS)
-    return SourceEndpoint(base_url=base_url, token=token, **settings)
+    conn = read_connection(conn_id, token_of="the source's", extras=CONNECTION_EXTRAS)
+    return SourceEndpoint(base_url=conn.url, token=conn.token or "", **conn.settings)
 
 
 # --------------------------------------------------------------------------
@@ -191,7 +197,7 @@ class ExtractResult:
 
 
 # --------------------------------------------------------------------------
-# Small pure pieces: pagination, Retry-After, backoff, schema
+# Small pure pieces: pagination, schema (Retry-After and backoff: osms.http_client)
 # --------------------------------------------------------------------------
 
 
@@ -208,33 +214,6 @@ def next_request(response: Any) -> dict[str, str] | None:
                 break
     cursor = (cursor or "").strip()
     return {"cursor": cursor} if cursor else None
-
-
-def parse_retry_after(value: str | None, *, cap: float, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (seconds or HTTP date), at most ``cap``; None if absent or unreadable."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds:  # NaN
-        return None
-    return min(max(seconds, 0.0), cap)
-
-
-def backoff_seconds(retry: int, *, base: float, maximum: float) -> float:
-    """Exponential backoff before retry number ``retry`` (1, 2, ...): base, 2*base, 4*base ... at most maximum."""
-    return min(maximum, base * 2 ** max(retry - 1, 0))
 
 
 def landing_schema(columns: Sequence[Column]) -> pa.Schema:
@@ -420,20 +399,9 @@ def _locate_bad_line(data: bytes, columns: Sequence[Column], page: int) -> PageE
 # --------------------------------------------------------------------------
 
 
-class _Transient(Exception):
-    """A failure worth another attempt; ``cause`` is short and free of content."""
-
-    def __init__(self, cause: str, *, kind: str, status: int | None = None, retry_after: float | None = None) -> None:
-        super().__init__(cause)
-        self.cause, self.kind, self.status, self.retry_after = cause, kind, status, retry_after
-
-
-class _Refused(Exception):
-    """A failure that another attempt will not fix (4xx)."""
-
-    def __init__(self, cause: str, status: int | None) -> None:
-        super().__init__(cause)
-        self.cause, self.status = cause, status
+# The client's failures under the names this module's callers and tests know.
+_Transient = Transient
+_Refused = Refused
 
 
 @dataclass(frozen=True)
@@ -447,22 +415,8 @@ class Page:
     declared_rows: int | None = None  # X-Total-Count: the records the source says the feed holds
 
 
-def _api_error(response: requests.Response) -> str:
-    """``HTTP 503 unavailable: system 'x' is not available`` from the contract's JSON error body."""
-    text = ""
-    try:
-        body = response.json()
-        if isinstance(body, dict):
-            code, message = body.get("error"), body.get("message")
-            text = " ".join(str(p) for p in (f"{code}:" if code else None, message) if p)
-    except ValueError:
-        pass
-    text = " ".join(text.split())[:_MAX_QUOTE]
-    return f"HTTP {response.status_code}" + (f" {text}" if text else "")
-
-
 class SourceClient:
-    """The HTTP client for every source system: bearer auth, cursor pagination, retries with backoff."""
+    """A source system through the pipeline's HTTP client: cursor pagination and the checks of a complete page."""
 
     def __init__(
         self,
@@ -472,15 +426,13 @@ class SourceClient:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.endpoint = endpoint
-        self.session = session or requests.Session()
-        self._sleep = sleep
-        self.session.headers["Authorization"] = f"Bearer {endpoint.token}"
-        self.session.headers["Accept"] = "application/x-ndjson"
-        self.retry_causes: Counter[str] = Counter()
+        self.http = HttpClient(token=endpoint.token, timeout=endpoint.timeout, policy=endpoint.policy,
+                               session=session, sleep=sleep, log=log, headers={"Accept": "application/x-ndjson"})
+        self.session = self.http.session
 
     def close(self) -> None:
         """Release the connection pool."""
-        self.session.close()
+        self.http.close()
 
     def __enter__(self) -> SourceClient:
         return self
@@ -489,9 +441,14 @@ class SourceClient:
         self.close()
 
     @property
+    def retry_causes(self) -> Counter[str]:
+        """Retries made so far, by cause (``HTTP 503``, ``truncated page``, ...)."""
+        return self.http.retry_causes
+
+    @property
     def retries(self) -> int:
         """Retries made so far, over every page."""
-        return sum(self.retry_causes.values())
+        return self.http.retries
 
     def pages(self, system: str, category: str, as_of: dt.date, *, label: str = "") -> Iterator[Page]:
         """Every page of one feed, in order; each retried on its own as needed.
@@ -527,74 +484,31 @@ class SourceClient:
             params = base | page.next_params
 
     def fetch(self, url: str, params: dict[str, str], *, number: int, label: str) -> Page:
-        """One page, retried on transient failures; raises _Refused, or the last _Transient once retries run out."""
-        ep = self.endpoint
+        """One page, retried on transient failures; raises Refused, or the last Transient once retries run out."""
+        before = self.http.retries
+        page = self.http.request("GET", url, what=f"{label} page {number}", params=params, stream=True,
+                                 check=lambda answer: _complete_page(answer, number))
+        # a retry of this page is one more attempt at it
+        return Page(number=number, data=page.data, next_params=page.next_params,
+                    attempts=self.http.retries - before + 1, declared_rows=page.declared_rows)
 
-        def wait(state: tenacity.RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, _Transient) and exc.retry_after is not None:
-                return min(exc.retry_after, ep.backoff_max)
-            return backoff_seconds(state.attempt_number, base=ep.backoff_base, maximum=ep.backoff_max)
 
-        def before_sleep(state: tenacity.RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            kind = exc.kind if isinstance(exc, _Transient) else type(exc).__name__
-            self.retry_causes[kind] += 1
-            delay = state.next_action.sleep if state.next_action else 0.0
-            log.warning("%s page %d: %s, retrying in %.2f s (attempt %d of %d)", label, number,
-                        getattr(exc, "cause", kind), delay, state.attempt_number + 1, ep.max_retries + 1)
-
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(ep.max_retries + 1),
-            wait=wait,
-            retry=tenacity.retry_if_exception_type(_Transient),
-            before_sleep=before_sleep,
-            sleep=self._sleep,
-            reraise=True,
-        )
-        attempts = 0
-        for attempt in retrying:
-            with attempt:
-                attempts = attempt.retry_state.attempt_number
-                data, headers = self._get(url, params)
-                total = (headers.get("X-Total-Count") or "").strip()
-                return Page(number=number, data=data, next_params=next_request(headers), attempts=attempts,
-                            declared_rows=int(total) if total.isdigit() else None)
-        raise AssertionError("unreachable")  # pragma: no cover: tenacity returns or raises
-
-    def _get(self, url: str, params: dict[str, str]) -> tuple[bytes, requests.structures.CaseInsensitiveDict]:
-        ep = self.endpoint
-        try:
-            response = self.session.get(url, params=params, timeout=ep.timeout, stream=True)
-            # a page is read in 1 MiB pieces (requests' own ``content`` reads 14 MB 10 KiB at a time);
-            # an error's small body stays readable as ``content`` for its message
-            data = b"".join(response.iter_content(chunk_size=1 << 20)) if response.status_code == 200 \
-                else response.content
-        except requests.Timeout:
-            raise _Transient(f"no answer within {ep.timeout:g} s", kind="timeout") from None
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            raise _Transient(f"connection failed ({type(exc).__name__})", kind="connection error") from None
-        status = response.status_code
-        if status == 429:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), cap=ep.backoff_max)
-            raise _Transient(_api_error(response), kind="HTTP 429", status=status, retry_after=retry_after)
-        if status >= 500 or status == 408:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), cap=ep.backoff_max)
-            raise _Transient(_api_error(response), kind=f"HTTP {status}", status=status, retry_after=retry_after)
-        if status != 200:
-            raise _Refused(_api_error(response), status)
-        not_ndjson = _not_ndjson(response.headers.get("Content-Type"), data)
-        if not_ndjson:
-            raise _Refused(not_ndjson, status)
-        if data and not data.endswith(b"\n"):
-            # Every NDJSON line ends in a newline: a page without one was cut in transit.
-            raise _Transient("page cut off mid-line (truncated)", kind="truncated page", status=status)
-        expected = response.headers.get("X-Page-Records")
-        if expected is not None and expected.isdigit() and int(expected) != data.count(b"\n"):
-            lines = data.count(b"\n")
-            raise _Transient(f"page holds {lines} lines, X-Page-Records says {expected}",
-                             kind="short page", status=status)
-        return data, response.headers
+def _complete_page(answer: Answer, number: int) -> Page:
+    """A 200 answer as a page, if it is a complete NDJSON page; Transient or Refused (with the status) otherwise."""
+    data, headers, status = answer.content, answer.headers, answer.status
+    not_ndjson = _not_ndjson(headers.get("Content-Type"), data)
+    if not_ndjson:
+        raise Refused(not_ndjson, status=status)
+    if data and not data.endswith(b"\n"):
+        # Every NDJSON line ends in a newline: a page without one was cut in transit.
+        raise Transient("page cut off mid-line (truncated)", kind="truncated page", status=status)
+    expected = headers.get("X-Page-Records")
+    if expected is not None and expected.isdigit() and int(expected) != data.count(b"\n"):
+        lines = data.count(b"\n")
+        raise Transient(f"page holds {lines} lines, X-Page-Records says {expected}", kind="short page", status=status)
+    total = (headers.get("X-Total-Count") or "").strip()
+    return Page(number=number, data=data, next_params=next_request(headers), attempts=1,
+                declared_rows=int(total) if total.isdigit() else None)
 
 
 # What an NDJSON page may be labelled; a JSON document or an HTML page is not a page of records.
@@ -824,12 +738,12 @@ def extract_feed(
         writer.commit(sort_by=None if sort_check.sorted else SORT_KEY)
     except BaseException as exc:
         writer.abort()
-        number = number + 1 if isinstance(exc, _Transient | _Refused) else number
-        if isinstance(exc, _Transient):
+        number = number + 1 if isinstance(exc, Transient | Refused) else number
+        if isinstance(exc, Transient):
             attempts = endpoint.max_retries + 1
             raise failed(f"page {number}: gave up after {attempts} attempts; last: {exc.cause}",
                          status=exc.status, attempts=attempts, page=number) from None
-        if isinstance(exc, _Refused):
+        if isinstance(exc, Refused):
             raise failed(f"page {number}: {exc.cause} (not retried)", status=exc.status, page=number) from None
         if isinstance(exc, PageError):
             raise failed(str(exc), page=number, schema_change=isinstance(exc, SchemaChange)) from None

@@ -23,6 +23,7 @@ def is_permanent(exc: BaseException) -> bool:
     from osms.chain import ChainBroken, ChainWaiting
     from osms.deliver import DeliveryError, DeliveryWaiting
     from osms.extract import FeedExtractError
+    from osms.http_client import Action, RetryPolicy
     from osms.package import PackageError
     from osms.status import StatusUnreadable
 
@@ -36,9 +37,10 @@ def is_permanent(exc: BaseException) -> bool:
         # chain (409 out_of_order) means its chain and ours differ, which no retry mends
         return exc.code == "out_of_order"
     if isinstance(exc, DeliveryError):
-        # the client retried connection errors, timeouts, 5xx, 408 and 429; an answer it gave up on is
-        # transient; any other refusal (a bad checksum or signature, a conflict, a refused chain) is not
-        return exc.status is not None and 400 <= exc.status < 500 and exc.status not in (408, 429) \
+        # the HTTP client retried what its policy retries (connection errors, timeouts, 5xx, 408, 429): an
+        # answer it gave up on is transient; a 4xx the policy fails at once (a bad checksum or signature, a
+        # conflict, a refused chain) is not
+        return exc.status is not None and 400 <= exc.status < 500 and RetryPolicy().action(exc.status) is Action.FAIL \
             or exc.code in ("conflict", "already_committed", "out_of_order") or exc.step == "read manifest"
     return False
 

@@ -1,14 +1,15 @@
 """The package deadline alert without a network: the DAG's deadline, the callback, the webhook client.
 
-The webhook is answered by an ``httpx.MockTransport``; connections and variables are given as
-``AIRFLOW_CONN_*``/``AIRFLOW_VAR_*``, as in production. The real scheduler and triggerer firing the
-callback are exercised in ``tests/integration/test_deadline.py``.
+The webhook is answered by a requests transport adapter (the HTTP client's seam); connections and
+variables are given as ``AIRFLOW_CONN_*``/``AIRFLOW_VAR_*``, as in production. The real scheduler
+and triggerer firing the callback are exercised in ``tests/integration/test_deadline.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import json
 import logging
 import sys
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import httpx
 import pendulum
 import pytest
+import requests
+from requests.adapters import BaseAdapter
+from requests.structures import CaseInsensitiveDict
 
 from osms import alerts
 from osms.package_dag import DAG_ID, build_package_dag
@@ -69,27 +72,50 @@ def _context(run_type: str = "manual", run_id: str = RUN_ID, deadline: Any = Non
     }
 
 
-class Webhook:
+class Seen:
+    """A request as the webhook received it."""
+
+    def __init__(self, request: requests.PreparedRequest) -> None:
+        self.method, self.url = request.method, request.url
+        self.headers = CaseInsensitiveDict(request.headers)
+        body = request.body or b""
+        self.content = body.encode() if isinstance(body, str) else body
+
+
+class Webhook(BaseAdapter):
     """Records the requests; answers each with the next scripted status (or raises the scripted error)."""
 
-    def __init__(self, *answers: int | Callable[[httpx.Request], Any]) -> None:
+    def __init__(self, *answers: int | Callable[[Seen], Any]) -> None:
+        super().__init__()
         self.answers = list(answers) or [200]
-        self.requests: list[httpx.Request] = []
+        self.requests: list[Seen] = []
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        seen = Seen(request)
+        self.requests.append(seen)
         answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
         if callable(answer):
-            answer(request)
-        return httpx.Response(answer if isinstance(answer, int) else 200, json={"ok": True})
+            answer(seen)
+        response = requests.Response()
+        response.status_code = answer if isinstance(answer, int) else 200
+        response.headers = CaseInsensitiveDict({"Content-Type": "application/json"})
+        response.raw = io.BytesIO(b'{"ok": true}')
+        response.url, response.request = request.url, request
+        return response
+
+    def close(self) -> None:
+        pass
 
     @property
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self)
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.mount("http://", self)
+        session.mount("https://", self)
+        return session
 
 
 def _run(context: dict[str, Any], webhook: Webhook) -> str:
-    return asyncio.run(alerts.handle_missed_deadline(context, transport=webhook.transport, backoff=0))
+    return asyncio.run(alerts.handle_missed_deadline(context, session=webhook.session, backoff=0))
 
 
 def _write_receipt(data: Path, day: dt.date, received_at: str) -> None:
@@ -342,8 +368,8 @@ def test_server_errors_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_connection_errors_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(request: httpx.Request) -> None:
-        raise httpx.ConnectError("connection refused", request=request)
+    def refuse(request: Seen) -> None:
+        raise requests.ConnectionError("connection refused")
 
     _connection(monkeypatch)
     webhook = Webhook(refuse, 200)
