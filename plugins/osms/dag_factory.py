@@ -22,16 +22,11 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.task.trigger_rule import TriggerRule
 
 from osms import layout
+from osms.dates import ALMATY, SCHEDULE, run_day
 from osms.registry import Edition, NoEditionInForce, Registry, default_registry
 
-ALMATY = "Asia/Almaty"
 START_DATE = pendulum.datetime(2022, 9, 26, tz=ALMATY)  # the 2022 edition's first day
 OWNER = "osms-data-engineering"
-
-# Daily at 00:30 Almaty for the day that just ended: the data interval is that day,
-# so a run's D is its interval start, and a backfill over a date range gives one
-# run per D, exactly as the schedule would have.
-SCHEDULE = "30 0 * * *"
 
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": OWNER,
@@ -42,17 +37,6 @@ DEFAULT_ARGS: dict[str, Any] = {
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=20),
 }
-
-
-def run_day(context: Any) -> dt.date:
-    """The date D a run is for: its logical date, as the calendar reads in Almaty.
-
-    Scheduled and backfill runs have logical date = data interval start = D. A
-    manual run keeps the logical date the operator chose (Airflow would infer the
-    interval that *ends* then), so "trigger for 2025-06-01" means D = 2025-06-01.
-    """
-    moment = context.get("logical_date") or context["data_interval_start"]
-    return pendulum.instance(moment).in_timezone(ALMATY).date()
 
 
 def _edition_or_skip(day: dt.date) -> Edition:
