@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from osms import layout
+from osms.documents import MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def first_day() -> dt.date:
 def manifest_sha256(package_dir: Path) -> str | None:
     """The SHA-256 of a package folder's manifest.json; None when it is missing or unreadable."""
     try:
-        return hashlib.sha256((Path(package_dir) / "manifest.json").read_bytes()).hexdigest()
+        return hashlib.sha256((Path(package_dir) / MANIFEST).read_bytes()).hexdigest()
     except OSError:
         return None
 
@@ -140,7 +141,7 @@ def _by_day(packages: dict[str, dict[str, Any]]) -> dict[dt.date, dict[str, Any]
 
 def _built_before(data_dir: Path, day: dt.date) -> bool:
     """Whether any package of a day before ``day`` was built here (work folders are not packages)."""
-    return any(d < day and (p / "manifest.json").is_file()
+    return any(d < day and (p / MANIFEST).is_file()
                for d, p in layout.dated_dirs(Path(data_dir) / "packages"))
 
 

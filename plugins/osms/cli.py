@@ -242,12 +242,13 @@ def package_verify(package_dir: str, public_key: str | None, previous: str | Non
     """Check every checksum, the signature and the chain link of a package; name what is wrong."""
     from pathlib import Path
 
+    from osms.documents import MANIFEST
     from osms.keys import ensure_dev_keypair
     from osms.package import verify_package
 
     key_path = Path(public_key) if public_key else ensure_dev_keypair()[1]
     problems = verify_package(Path(package_dir), key_path.read_bytes(),
-                              previous_manifest=Path(previous) / "manifest.json" if previous else None)
+                              previous_manifest=Path(previous) / MANIFEST if previous else None)
     if problems:
         for p in problems:
             click.echo(f"FAIL {p}")

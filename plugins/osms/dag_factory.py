@@ -13,7 +13,6 @@ neither pandas nor Great Expectations: those load inside the tasks.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from datetime import timedelta
 from typing import Any
 
@@ -23,16 +22,11 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.task.trigger_rule import TriggerRule
 
 from osms import layout
+from osms.dates import ALMATY, SCHEDULE, run_day
 from osms.registry import Edition, NoEditionInForce, Registry, default_registry
 
-ALMATY = "Asia/Almaty"
 START_DATE = pendulum.datetime(2022, 9, 26, tz=ALMATY)  # the 2022 edition's first day
 OWNER = "osms-data-engineering"
-
-# Daily at 00:30 Almaty for the day that just ended: the data interval is that day,
-# so a run's D is its interval start, and a backfill over a date range gives one
-# run per D, exactly as the schedule would have.
-SCHEDULE = "30 0 * * *"
 
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": OWNER,
@@ -43,17 +37,6 @@ DEFAULT_ARGS: dict[str, Any] = {
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=20),
 }
-
-
-def run_day(context: Any) -> dt.date:
-    """The date D a run is for: its logical date, as the calendar reads in Almaty.
-
-    Scheduled and backfill runs have logical date = data interval start = D. A
-    manual run keeps the logical date the operator chose (Airflow would infer the
-    interval that *ends* then), so "trigger for 2025-06-01" means D = 2025-06-01.
-    """
-    moment = context.get("logical_date") or context["data_interval_start"]
-    return pendulum.instance(moment).in_timezone(ALMATY).date()
 
 
 def _edition_or_skip(day: dt.date) -> Edition:
@@ -82,6 +65,7 @@ def extract(body: str, system: str, category: str, **context: Any) -> dict[str, 
     if not any(f.id == feed_id for f in edition.feeds):
         raise AirflowSkipException(f"feed {feed_id} is not in force on {day} (edition {edition.code})")
 
+    from osms.documents import ExtractError
     from osms.extract import FeedExtractError, endpoint_from_connection, extract_feed
     from osms.failures import task_errors
     from osms.files import remove_temporaries, write_bytes_atomic
@@ -113,12 +97,9 @@ def extract(body: str, system: str, category: str, **context: Any) -> dict[str, 
         message = f"{message} (connection {conn_id})"
         # Kept beside the landing file so the status can say why; the message names the feed,
         # the date, the connection and the cause, never a record's content.
-        write_bytes_atomic(
-            json.dumps({"feed": feed_id, "as_of": day.isoformat(), "connection": conn_id,
-                        "kind": "schema_change" if schema_change else "extract_failed", "error": message},
-                       ensure_ascii=False).encode(),
-            error_path,
-        )
+        write_bytes_atomic(ExtractError(feed=feed_id, as_of=day, connection=conn_id,
+                                        kind="schema_change" if schema_change else "extract_failed",
+                                        error=message).to_bytes(), error_path)
         raise
     return result.as_dict()
 
@@ -249,16 +230,18 @@ def _category_status(root: Any, ti: Any, day: dt.date, edition: Edition, body: s
 
 def _read_error(path: Any) -> dict[str, Any] | None:
     """An extract's error file; a damaged one still says that the extract failed, and where to look."""
+    from osms.documents import DocumentError, ExtractError
+
     try:
-        doc = json.loads(path.read_bytes())
+        return ExtractError.parse(path.read_bytes()).model_dump(mode="json")
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
+    except OSError:
         return {"error": f"the extract failed; its error file {path.name} is unreadable (see the task log)",
                 "kind": "extract_failed"}
-    return doc if isinstance(doc, dict) and isinstance(doc.get("error"), str) else {
-        "error": f"the extract failed; its error file {path.name} names no cause (see the task log)",
-        "kind": "extract_failed"}
+    except DocumentError as exc:
+        return {"error": f"the extract failed; its error file {path.name} does not fit its contract ({exc})"
+                         " (see the task log)", "kind": "extract_failed"}
 
 
 def _sum_counts(parts: Any) -> dict[str, int]:

@@ -20,7 +20,7 @@ or formats them into messages.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -286,11 +286,6 @@ def generate(birth_date: dt.date, sex: Sex, serial: int = 0) -> str:
         if ok[0]:
             return str(iins[0])
     raise AssertionError("unreachable: one of any 11 consecutive serials has a check digit")
-
-
-def reasons_text(reasons: Iterable[int]) -> list[str]:
-    """Each reason code in words."""
-    return [Reason(int(r)).text for r in reasons]
 
 
 def prefix_ranges(counts: Mapping[str | None, int], rows: int) -> list[tuple[str | None, str | None]]:

@@ -46,6 +46,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from osms import layout
+from osms.documents import (
+    CHANGES,
+    MANIFEST,
+    PACKAGE_FILES,
+    PACKAGE_SCHEMA,
+    QUALITY,
+    QUALITY_SCHEMA,
+    RECEIPT,
+    RECORDS,
+    SIGNATURE,
+    DocumentError,
+    Manifest,
+    Problem,
+    QualityDocument,
+    canonical_json,
+)
 from osms.consolidate import (
     CONFLICT_FIELDS,
     CategorySources,
@@ -76,12 +92,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PACKAGE_SCHEMA = "osms.package/1"
 PRODUCER = "osms-pipeline"
-RECORDS, CHANGES, QUALITY, MANIFEST, SIGNATURE, RECEIPT = (
-    "records.parquet", "changes.parquet", "quality.json", "manifest.json", "manifest.sig", "receipt.json",
-)
-PACKAGE_FILES = (RECORDS, CHANGES, QUALITY)  # what the manifest lists, in this order
 # Fixed row groups make the bytes independent of how DuckDB batches its output;
 # half a million rows keeps a row group of records.parquet near 60 MB in memory.
 ROW_GROUP_ROWS = 500_000
@@ -136,11 +147,6 @@ class Unit:
 
 
 # --------------------------------------------------------------------------- small public helpers
-
-
-def canonical_json(obj: Any) -> bytes:
-    """The one byte form of a JSON document: sorted keys, no spaces, UTF-8, no trailing newline."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def package_id(day: dt.date) -> str:
@@ -294,19 +300,20 @@ def _build(day: dt.date, data_dir: Path, key: Any, producer_version: str, memory
                 changes.close()
             log.info("package: %d rows in %d ranges of IINs", records.rows, stats.ranges)
         quality = _quality_doc(day, edition, units, stats, previous)
-        write_bytes_atomic(canonical_json(quality), work / QUALITY)
+        write_bytes_atomic(quality.to_bytes(), work / QUALITY)
         with _step("package suite"):
             run_package_suite(
-                work / RECORDS, expected_rows=quality["totals"]["rows"], categories=[c.code for c in edition.categories]
+                work / RECORDS, expected_rows=quality.totals.rows, categories=[c.code for c in edition.categories]
             )
         manifest = _manifest_doc(day, edition, work, quality, previous, producer_version)
-        manifest_bytes = canonical_json(manifest)
+        manifest_bytes = manifest.to_bytes()
         write_bytes_atomic(manifest_bytes, work / MANIFEST)
         write_bytes_atomic(key.sign(manifest_bytes), work / SIGNATURE)
         _place(work, final)
         return PackageResult(
-            day=day, path=final, package_id=manifest["package_id"], manifest_sha256=sha256_file(final / MANIFEST),
-            rows=quality["totals"]["rows"], categories=quality["categories"],
+            day=day, path=final, package_id=manifest.package_id, manifest_sha256=sha256_file(final / MANIFEST),
+            rows=quality.totals.rows,
+            categories={k: v.model_dump(mode="json") for k, v in quality.categories.items()},
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -427,7 +434,7 @@ NOTES = (
 
 def _quality_doc(
     day: dt.date, edition: Edition, units: list[Unit], stats: ConsolidationStats, previous: Path | None
-) -> dict[str, Any]:
+) -> QualityDocument:
     """quality.json: per category, body and feed, counts and verdicts only."""
     categories: dict[str, Any] = {}
     for cat in sorted(c.code for c in edition.categories):
@@ -485,8 +492,8 @@ def _quality_doc(
         "records_carried_forward": sum(c["records_carried_forward"] for c in categories.values()),
         "conflicts": {f: sum(c["conflicts"][f] for c in categories.values()) for f in CONFLICT_FIELDS},
     }
-    return {
-        "schema": "osms.package.quality/1",
+    return QualityDocument.parse({
+        "schema": QUALITY_SCHEMA,
         "package_id": package_id(day),
         "logical_date": day.isoformat(),
         "edition": {"code": edition.code, "provisional": edition.provisional},
@@ -494,7 +501,7 @@ def _quality_doc(
         "totals": totals,
         "changes": {"against": previous.name if previous else None, **stats.changes},
         "notes": list(NOTES),
-    }
+    })
 
 
 def category_verdict(units: list[Unit]) -> CategoryVerdict:
@@ -508,8 +515,8 @@ def category_verdict(units: list[Unit]) -> CategoryVerdict:
 
 
 def _manifest_doc(
-    day: dt.date, edition: Edition, work: Path, quality: dict[str, Any], previous: Path | None, version: str
-) -> dict[str, Any]:
+    day: dt.date, edition: Edition, work: Path, quality: QualityDocument, previous: Path | None, version: str
+) -> Manifest:
     import pyarrow.parquet as pq
 
     files = []
@@ -517,7 +524,7 @@ def _manifest_doc(
         path = work / name
         rows = pq.ParquetFile(path).metadata.num_rows if name.endswith(".parquet") else None
         files.append({"name": name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "rows": rows})
-    return {
+    return Manifest.parse({
         "schema": PACKAGE_SCHEMA,
         "package_id": package_id(day),
         "logical_date": day.isoformat(),
@@ -529,9 +536,9 @@ def _manifest_doc(
         },
         "previous_manifest_sha256": sha256_file(previous / MANIFEST) if previous else None,
         "files": files,
-        "categories": {k: {"status": v["status"], "rows": v["rows"]} for k, v in quality["categories"].items()},
+        "categories": {k: {"status": v.status, "rows": v.rows} for k, v in quality.categories.items()},
         "producer": {"name": PRODUCER, "version": version},
-    }
+    })
 
 
 # --------------------------------------------------------------------------- the package suite (GX)
@@ -637,26 +644,31 @@ def _key_boundary(chunk: pa.Table, at: int) -> int:
 
 
 def verify_package(package_dir: Path, public_key_pem: bytes | None, *,
-                   previous_manifest: Path | None = None) -> list[str]:
-    """Every problem with a package, one sentence each naming the file; [] when all is well.
+                   previous_manifest: Path | None = None) -> list[Problem]:
+    """Every problem with a package, one :class:`~osms.documents.Problem` each (a sentence naming the file,
+    with its kind); [] when all is well.
 
     Without a public key (``None``) the signature is not checked; everything else is.
     """
     package_dir = Path(package_dir)
     manifest_path = package_dir / MANIFEST
     if not manifest_path.is_file():
-        return [f"{MANIFEST}: missing from {package_dir}"]
+        return [Problem("manifest", MANIFEST, f"missing from {package_dir}")]
     manifest_bytes = manifest_path.read_bytes()
     try:
         manifest = json.loads(manifest_bytes)
     except ValueError as exc:
-        return [f"{MANIFEST}: not valid JSON ({exc})"]
-    problems: list[str] = []
+        return [Problem("manifest", MANIFEST, f"not valid JSON ({exc})")]
+    problems: list[Problem] = []
     if not isinstance(manifest, dict) or manifest.get("schema") != PACKAGE_SCHEMA:
         got = manifest.get("schema") if isinstance(manifest, dict) else None
-        return [f"{MANIFEST}: schema is {got!r}, not {PACKAGE_SCHEMA!r}"]
+        return [Problem("manifest", MANIFEST, f"schema is {got!r}, not {PACKAGE_SCHEMA!r}")]
+    try:
+        Manifest.parse(manifest)
+    except DocumentError as exc:
+        problems.append(Problem("manifest", MANIFEST, f"does not fit the manifest's contract ({exc})"))
     if canonical_json(manifest) != manifest_bytes:
-        problems.append(f"{MANIFEST}: not in canonical JSON form")
+        problems.append(Problem("manifest", MANIFEST, "not in canonical JSON form"))
 
     problems += _verify_files(package_dir, manifest)
     if public_key_pem is not None:
@@ -665,77 +677,78 @@ def verify_package(package_dir: Path, public_key_pem: bytes | None, *,
     return problems
 
 
-def _verify_files(package_dir: Path, manifest: dict[str, Any]) -> list[str]:
+def _verify_files(package_dir: Path, manifest: dict[str, Any]) -> list[Problem]:
     import pyarrow.parquet as pq
 
     problems = []
     listed = {f.get("name") for f in manifest.get("files", [])}
     for name in PACKAGE_FILES:
         if name not in listed:
-            problems.append(f"{name}: not listed in {MANIFEST}")
+            problems.append(Problem("file", name, f"not listed in {MANIFEST}"))
     for entry in manifest.get("files", []):
         name = entry.get("name", "?")
         path = package_dir / name
         if Path(name).name != name or name in (MANIFEST, SIGNATURE, RECEIPT):
-            problems.append(f"{name}: not a file a manifest may list")
+            problems.append(Problem("file", name, "not a file a manifest may list"))
             continue
         if not path.is_file():
-            problems.append(f"{name}: listed in {MANIFEST} but missing")
+            problems.append(Problem("file", name, f"listed in {MANIFEST} but missing"))
             continue
         if path.stat().st_size != entry.get("bytes"):
             size = path.stat().st_size
-            problems.append(f"{name}: size {size} bytes differs from the manifest ({entry.get('bytes')})")
+            problems.append(Problem("file", name,
+                                    f"size {size} bytes differs from the manifest ({entry.get('bytes')})"))
         if sha256_file(path) != entry.get("sha256"):
-            problems.append(f"{name}: SHA-256 differs from the manifest")
+            problems.append(Problem("file", name, "SHA-256 differs from the manifest"))
         elif name.endswith(".parquet"):
             rows = pq.ParquetFile(path).metadata.num_rows
             if rows != entry.get("rows"):
-                problems.append(f"{name}: {rows} rows, the manifest says {entry.get('rows')}")
+                problems.append(Problem("file", name, f"{rows} rows, the manifest says {entry.get('rows')}"))
     return problems
 
 
-def _verify_signature(package_dir: Path, manifest_bytes: bytes, public_key_pem: bytes) -> list[str]:
+def _verify_signature(package_dir: Path, manifest_bytes: bytes, public_key_pem: bytes) -> list[Problem]:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     sig_path = package_dir / SIGNATURE
     if not sig_path.is_file():
-        return [f"{SIGNATURE}: missing"]
+        return [Problem("signature", SIGNATURE, "missing")]
     try:
         key = serialization.load_pem_public_key(public_key_pem)
     except (ValueError, TypeError) as exc:
-        return [f"public key: not a PEM public key ({exc})"]
+        return [Problem("key", "public key", f"not a PEM public key ({exc})")]
     if not isinstance(key, Ed25519PublicKey):
-        return [f"public key: must be Ed25519, not {type(key).__name__}"]
+        return [Problem("key", "public key", f"must be Ed25519, not {type(key).__name__}")]
     signature = sig_path.read_bytes()
     if len(signature) != 64:
-        return [f"{SIGNATURE}: {len(signature)} bytes, an Ed25519 signature is 64"]
+        return [Problem("signature", SIGNATURE, f"{len(signature)} bytes, an Ed25519 signature is 64")]
     try:
         key.verify(signature, manifest_bytes)
     except InvalidSignature:
-        return [f"{SIGNATURE}: the signature does not match {MANIFEST}"]
+        return [Problem("signature", SIGNATURE, f"the signature does not match {MANIFEST}")]
     return []
 
 
-def _verify_chain(package_dir: Path, manifest: dict[str, Any], previous_manifest: Path | None) -> list[str]:
+def _verify_chain(package_dir: Path, manifest: dict[str, Any], previous_manifest: Path | None) -> list[Problem]:
     claimed = manifest.get("previous_manifest_sha256")
     if previous_manifest is not None:
         previous_manifest = Path(previous_manifest)
         shown = _short_path(previous_manifest)
         if not previous_manifest.is_file():
-            return [f"chain: {shown} does not exist"]
+            return [_chain(f"{shown} does not exist")]
         actual = sha256_file(previous_manifest)
         if claimed is None:
-            return [f"chain: previous_manifest_sha256 is null, but {shown} was given as the previous package"]
+            return [_chain(f"previous_manifest_sha256 is null, but {shown} was given as the previous package")]
         if claimed != actual:
-            return [f"chain: previous_manifest_sha256 {claimed} does not match {shown} (its SHA-256 is {actual})"]
+            return [_chain(f"previous_manifest_sha256 {claimed} does not match {shown} (its SHA-256 is {actual})")]
         return []
     # Without an explicit previous manifest: look among the package's siblings.
     try:
         day = dt.date.fromisoformat(str(manifest.get("logical_date")))
     except ValueError:
-        return [f"{MANIFEST}: logical_date {manifest.get('logical_date')!r} is not a date"]
+        return [Problem("manifest", MANIFEST, f"logical_date {manifest.get('logical_date')!r} is not a date")]
     earlier = sorted(
         ((d, p) for d, p in layout.dated_dirs(package_dir.resolve().parent) if d < day and (p / MANIFEST).is_file()),
         reverse=True,
@@ -743,16 +756,20 @@ def _verify_chain(package_dir: Path, manifest: dict[str, Any], previous_manifest
     if claimed is None:
         delivered = [p for _, p in earlier if (p / RECEIPT).is_file()]
         if delivered:
-            return [f"chain: previous_manifest_sha256 is null, but {_short_path(delivered[0] / MANIFEST)}"
-                    " was delivered before"]
+            return [_chain(f"previous_manifest_sha256 is null, but {_short_path(delivered[0] / MANIFEST)}"
+                           " was delivered before")]
         return []
     if not earlier:
         return []  # a package on its own (copied out): the link cannot be checked here
     for _, p in earlier:
         if sha256_file(p / MANIFEST) == claimed:
             return []
-    return [f"chain: previous_manifest_sha256 {claimed} does not match {_short_path(earlier[0][1] / MANIFEST)}"
-            " nor any earlier manifest beside this package"]
+    return [_chain(f"previous_manifest_sha256 {claimed} does not match {_short_path(earlier[0][1] / MANIFEST)}"
+                   " nor any earlier manifest beside this package")]
+
+
+def _chain(message: str) -> Problem:
+    return Problem("chain", "chain", message)
 
 
 def _short_path(path: Path) -> str:

@@ -8,7 +8,6 @@ categories are carried forward, never read as removals.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from datetime import timedelta
 from typing import Any
@@ -26,7 +25,8 @@ from airflow.task.trigger_rule import TriggerRule
 
 from osms import layout
 from osms.alerts import PackageDue, package_deadline_missed
-from osms.dag_factory import ALMATY, OWNER, START_DATE, run_day
+from osms.dag_factory import OWNER, START_DATE
+from osms.dates import ALMATY, run_day
 from osms.registry import NoEditionInForce, default_registry
 
 DAG_ID = "osms_daily_package"

@@ -36,7 +36,6 @@ __all__ = [
     "load_registry",
 ]
 
-SEED_FILES = ("bodies.yaml", "systems.yaml", "categories.yaml", "editions.yaml")
 ColumnType = Literal["string", "iin", "date", "timestamp", "int", "bool", "enum"]
 Funding = Literal["republican_budget", "local_budget"]
 
@@ -431,14 +430,6 @@ class Registry:
         for edition in self.editions:
             for body in edition.bodies:
                 seen.setdefault(body.code, body)
-        return tuple(seen.values())
-
-    def all_systems(self) -> tuple[System, ...]:
-        """Every system of every edition, once each, in seed order."""
-        seen: dict[str, System] = {}
-        for edition in self.editions:
-            for system in edition.systems:
-                seen.setdefault(system.code, system)
         return tuple(seen.values())
 
     def describe(self, day: dt.date) -> dict[str, Any]:

@@ -14,19 +14,29 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
 from osms import layout
+from osms.documents import (
+    FEED_VERDICTS,
+    STATUS_SCHEMA,
+    BodyStatus,
+    CategoryStatus,
+    DocumentError,
+    FeedReport,
+    FeedVerdict,
+    Verdict,
+)
 from osms.files import write_bytes_atomic
+
+__all__ = [
+    "FEED_VERDICTS", "SCHEMA", "BodyStatus", "CategoryStatus", "FeedReport", "FeedVerdict", "StatusUnreadable",
+    "Verdict", "category_verdict", "read_status", "read_status_or_none", "trailing_counts", "write_status",
+]
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "osms.status/1"
-FeedVerdict = Literal["published", "held_back", "failed"]
-Verdict = Literal["published", "partial", "held_back", "failed"]
-FEED_VERDICTS = ("published", "held_back", "failed")
+SCHEMA = STATUS_SCHEMA
 
 
 class StatusUnreadable(ValueError):
@@ -46,88 +56,9 @@ def category_verdict(feeds: list[str]) -> Verdict:
     return "held_back" if any(v == "held_back" for v in feeds) else "failed"
 
 
-@dataclass(frozen=True)
-class CategoryStatus:
-    """The verdict on one category of one body for a date, with its counts and its feeds' verdicts."""
-
-    category: str
-    status: Verdict
-    reason: str | None = None
-    rows_in: int = 0
-    rows_published: int = 0
-    rows_quarantined: int = 0
-    quarantined_by_rule: dict[str, int] = field(default_factory=dict)
-    warnings_by_rule: dict[str, int] = field(default_factory=dict)
-    # system -> {"status", "reason", "rows_in", "rows_published", "rows_quarantined", "quarantined_by_rule",
-    #            "warnings_by_rule", and the extract's "rows"/"pages"/"retries" or its "error"/"kind"}
-    feeds: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form, keys sorted for stable bytes."""
-        return {
-            "status": self.status,
-            "reason": self.reason,
-            "rows_in": self.rows_in,
-            "rows_published": self.rows_published,
-            "rows_quarantined": self.rows_quarantined,
-            "quarantined_by_rule": dict(sorted(self.quarantined_by_rule.items())),
-            "warnings_by_rule": dict(sorted(self.warnings_by_rule.items())),
-            "feeds": {k: {f: self.feeds[k][f] for f in sorted(self.feeds[k])} for k in sorted(self.feeds)},
-        }
-
-    def feed_status(self, system: str) -> FeedVerdict:
-        """One feed's verdict; a status written before verdicts were per feed gives its category's to every feed."""
-        info = self.feeds.get(system) or {}
-        verdict = info.get("status")
-        if verdict in FEED_VERDICTS:
-            return verdict  # type: ignore[return-value]
-        if "error" in info:
-            return "held_back" if info.get("kind") == "schema_change" else "failed"
-        return "failed" if self.status == "partial" else self.status  # type: ignore[return-value]
-
-    def feed_rows_in(self, system: str) -> int | None:
-        """Rows the feed brought in (None where the status does not say, per feed)."""
-        value = (self.feeds.get(system) or {}).get("rows_in")
-        return int(value) if isinstance(value, int) else None
-
-    def feed_reason(self, system: str) -> str | None:
-        """Why the feed was not published (or None)."""
-        info = self.feeds.get(system) or {}
-        return info.get("reason") or info.get("error") or (self.reason if self.feed_status(system) != "published"
-                                                           else None)
-
-
-@dataclass(frozen=True)
-class BodyStatus:
-    """Everything a body reports for a date."""
-
-    body: str
-    as_of: dt.date
-    edition: str
-    categories: tuple[CategoryStatus, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The status document."""
-        return {
-            "schema": SCHEMA,
-            "body": self.body,
-            "as_of": self.as_of.isoformat(),
-            "edition": self.edition,
-            "categories": {c.category: c.to_dict() for c in sorted(self.categories, key=lambda c: c.category)},
-        }
-
-    def category(self, code: str) -> CategoryStatus:
-        """The status of one category."""
-        for c in self.categories:
-            if c.category == code:
-                return c
-        raise KeyError(f"body {self.body} reported no category {code!r} for {self.as_of}")
-
-
 def write_status(root: Path, status: BodyStatus) -> Path:
     """Write a body's status for its date atomically; return the path."""
-    text = json.dumps(status.to_dict(), ensure_ascii=False, indent=2, sort_keys=False) + "\n"
-    return write_bytes_atomic(text.encode(), layout.status(root, status.as_of, status.body))
+    return write_bytes_atomic(status.to_bytes(), layout.status(root, status.as_of, status.body))
 
 
 def read_status(root: Path, day: dt.date, body: str) -> BodyStatus | None:
@@ -149,11 +80,9 @@ def read_status(root: Path, day: dt.date, body: str) -> BodyStatus | None:
         got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
         raise StatusUnreadable(path, f"not an osms status document (schema {got!r})")
     try:
-        cats = tuple(CategoryStatus(category=code, **dict(c)) for code, c in doc["categories"].items())
-        return BodyStatus(body=doc["body"], as_of=dt.date.fromisoformat(doc["as_of"]), edition=doc["edition"],
-                          categories=cats)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise StatusUnreadable(path, f"a field is missing or of the wrong type ({type(exc).__name__})") from None
+        return BodyStatus.parse(doc)
+    except DocumentError as exc:
+        raise StatusUnreadable(path, f"a field is missing or of the wrong type ({exc})") from None
 
 
 def read_status_or_none(root: Path, day: dt.date, body: str) -> BodyStatus | None:

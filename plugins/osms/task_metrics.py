@@ -137,7 +137,7 @@ def _finish(ti: Any, state: str) -> None:
 
 def _write(ti: Any, metrics: dict[str, Any]) -> None:
     from osms import layout
-    from osms.dag_factory import run_day
+    from osms.dates import run_day
     from osms.files import write_bytes_atomic
 
     day = run_day(ti.get_template_context())

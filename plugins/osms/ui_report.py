@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from osms import layout
+from osms.documents import MANIFEST, QUALITY, Problem
 from osms.files import sha256_file
 from osms.registry import Edition, NoEditionInForce, default_registry
 from osms.status import BodyStatus, CategoryStatus, StatusUnreadable, read_status, read_status_or_none
@@ -215,7 +216,7 @@ def day_report(root: Path, day: dt.date) -> DayReport:
     """Per category and body: verdict, counts, rules, carried-forward dates on D."""
     from osms.package import category_verdict, plan_units
 
-    has_package = (layout.package_dir(root, day) / "manifest.json").is_file()
+    has_package = (layout.package_dir(root, day) / MANIFEST).is_file()
     has_docs = (docs_dir(root, day) / "index.html").is_file()
     try:
         edition = default_registry().edition_on(day)
@@ -229,7 +230,7 @@ def day_report(root: Path, day: dt.date) -> DayReport:
         except StatusUnreadable as exc:
             statuses[b.code], unreadable[b.code] = None, f"its status file is unreadable: {exc.problem}"
     units = plan_units(root, day, edition)
-    quality = _read_json(layout.package_dir(root, day) / "quality.json") or {}
+    quality = _read_json(layout.package_dir(root, day) / QUALITY) or {}
     rows = []
     for ec in edition.categories:
         cat_units = [u for u in units if u.category == ec.code]
@@ -335,7 +336,7 @@ class PackageView:
     exists: bool
     manifest: dict[str, Any] | None
     manifest_sha256: str | None
-    problems: tuple[str, ...]
+    problems: tuple[Problem, ...]
     files: tuple[dict[str, Any], ...]  # manifest entries with "ok" (checksum and size) added
     signature_ok: bool | None  # None: no public key to check with
     chain: dict[str, Any]
@@ -345,14 +346,15 @@ class PackageView:
     def to_dict(self) -> dict[str, Any]:
         return {
             "day": self.day.isoformat(), "exists": self.exists, "manifest": self.manifest,
-            "manifest_sha256": self.manifest_sha256, "problems": list(self.problems), "files": list(self.files),
+            "manifest_sha256": self.manifest_sha256, "problems": [str(p) for p in self.problems], "files": list(self.files),
             "signature_ok": self.signature_ok, "chain": self.chain, "receipt": self.receipt,
         }
 
 
 def package_view(root: Path, day: dt.date, public_key: Path | None) -> PackageView:
     """Read and check the package of D (nothing is checked against the receiver)."""
-    from osms.package import MANIFEST, RECEIPT, SIGNATURE, verify_package
+    from osms.documents import RECEIPT
+    from osms.package import verify_package
 
     pdir = layout.package_dir(root, day)
     manifest_path = pdir / MANIFEST
@@ -361,18 +363,19 @@ def package_view(root: Path, day: dt.date, public_key: Path | None) -> PackageVi
     manifest = _read_json(manifest_path)
     key = public_key.read_bytes() if public_key is not None and public_key.is_file() else None
     problems = tuple(verify_package(pdir, key))
-    signature_ok = None if key is None else not any(p.startswith((SIGNATURE, "public key")) for p in problems)
+    signature_ok = None if key is None else not any(p.kind in ("signature", "key") for p in problems)
     files = []
     for entry in (manifest or {}).get("files", []):
         name = str(entry.get("name", "?"))
-        bad = [p for p in problems if p.startswith(f"{name}:")]
+        bad = [str(p) for p in problems if p.kind == "file" and p.file == name]
         files.append({**entry, "ok": not bad, "problems": bad})
     previous = (manifest or {}).get("previous_manifest_sha256")
+    broken = [str(p) for p in problems if p.kind == "chain"]
     chain = {
         "previous_manifest_sha256": previous,
         "previous_day": _previous_day(root, day, previous),
-        "ok": not any(p.startswith("chain:") for p in problems),
-        "problems": [p for p in problems if p.startswith("chain:")],
+        "ok": not broken,
+        "problems": broken,
     }
     return PackageView(
         day=day, exists=True, manifest=manifest, manifest_sha256=sha256_file(manifest_path), problems=problems,
