@@ -41,9 +41,10 @@ from typing import Any
 
 from airflow.sdk.definitions.deadline import BaseDeadlineReference
 
+from osms.dates import almaty
+
 log = logging.getLogger(__name__)
 
-ALMATY = "Asia/Almaty"
 DEFAULT_CONN_ID = "osms_alert_webhook"
 CONN_ID_VARIABLE = "osms_alert_webhook_conn"
 # Airflow's DagRunType.BACKFILL_JOB, as the run appears in the callback's context
@@ -62,12 +63,12 @@ POST_TIMEOUT = 10.0
 
 def package_due(moment: dt.datetime | None, run_type: str) -> dt.datetime | None:
     """When the package of the run whose logical date is ``moment`` is due (UTC); None for a backfill run."""
-    from osms.dag_factory import run_day
+    from osms.dates import run_day
 
     if moment is None or getattr(run_type, "value", run_type) == BACKFILL:
         return None
     day = run_day({"logical_date": _aware(moment)})
-    due = dt.datetime.combine(day + dt.timedelta(days=DUE_DAYS_AFTER), DUE_TIME, tzinfo=_almaty())
+    due = dt.datetime.combine(day + dt.timedelta(days=DUE_DAYS_AFTER), DUE_TIME, tzinfo=almaty())
     return due.astimezone(dt.UTC)
 
 
@@ -113,7 +114,7 @@ class MissedDeadline:
     @classmethod
     def from_context(cls, context: dict[str, Any]) -> MissedDeadline:
         """Read the context Airflow gives a deadline callback (the run as the REST API shows it, the deadline)."""
-        from osms.dag_factory import run_day
+        from osms.dates import run_day
 
         run = context["dag_run"]
         moments = {k: _aware(run[k]) for k in ("logical_date", "data_interval_start") if run.get(k)}
@@ -122,7 +123,7 @@ class MissedDeadline:
             run_id=run["dag_run_id"],
             run_type=str(run.get("run_type") or ""),
             day=run_day(moments),
-            deadline=_aware(context["deadline"]["deadline_time"]).astimezone(_almaty()),
+            deadline=_aware(context["deadline"]["deadline_time"]).astimezone(almaty()),
         )
 
     @property
@@ -258,12 +259,6 @@ def _cause(exc: BaseException | None) -> str:
     if isinstance(exc, Transient):
         return f"HTTP {exc.status}" if exc.status is not None else exc.cause
     return type(exc).__name__ if exc is not None else "unknown"
-
-
-def _almaty() -> dt.tzinfo:
-    from zoneinfo import ZoneInfo
-
-    return ZoneInfo(ALMATY)
 
 
 def _aware(value: Any) -> dt.datetime:

@@ -50,7 +50,7 @@ class Receiver(Protocol):
         """Committed packages: ``{package_id: {"logical_date", "receipt_id", ...}}``."""
 
     def receipt(self, package_id: str) -> Any:
-        """The receipt (``osms.deliver.Receipt``) of a committed package, or None."""
+        """The receipt (``osms.documents.Receipt``) of a committed package, or None."""
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from typing import Any
 
 import requests
 
+from osms.documents import MANIFEST, RECEIPT, SIGNATURE, Receipt
 from osms.files import write_bytes_atomic
 from osms.http_client import Answer, HttpClient, Refused, RetryPolicy, Transient
 
@@ -65,9 +66,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_CONN_ID = "osms_state_corp"
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.sig"
-RECEIPT = "receipt.json"
 SHA256_HEADER = "X-Content-SHA256"
 # Ed25519 signatures are always 64 bytes: anything else is not a signature the receiver can verify.
 SIGNATURE_BYTES = 64
@@ -156,56 +154,6 @@ class DeliveryWaiting(DeliveryError):
 def _rebuild_error(cls: type[DeliveryError], package_id: str, step: str, cause: str, status: int | None,
                    code: str | None, attempts: int) -> DeliveryError:
     return cls(package_id, step, cause, status=status, code=code, attempts=attempts)
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """The receiver's proof that a package was delivered."""
-
-    receipt_id: str
-    package_id: str
-    manifest_sha256: str
-    logical_date: str | None
-    received_at: str
-    files: int
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-able form (receipt.json and XCom)."""
-        return {
-            "receipt_id": self.receipt_id,
-            "package_id": self.package_id,
-            "manifest_sha256": self.manifest_sha256,
-            "logical_date": self.logical_date,
-            "received_at": self.received_at,
-            "files": self.files,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Receipt:
-        """A receipt from the receiver's JSON (or receipt.json); ValueError when a field is missing or mistyped."""
-        if not isinstance(data, dict):
-            raise ValueError("a receipt is a JSON object")
-        try:
-            receipt = cls(
-                receipt_id=data["receipt_id"],
-                package_id=data["package_id"],
-                manifest_sha256=data["manifest_sha256"],
-                logical_date=data.get("logical_date"),
-                received_at=data["received_at"],
-                files=data["files"],
-            )
-        except KeyError as exc:
-            raise ValueError(f"a receipt needs {exc.args[0]!r}") from None
-        strings = (receipt.receipt_id, receipt.package_id, receipt.manifest_sha256, receipt.received_at)
-        if not all(isinstance(s, str) and s for s in strings) or not isinstance(receipt.files, int) \
-                or isinstance(receipt.files, bool) \
-                or not (receipt.logical_date is None or isinstance(receipt.logical_date, str)):
-            raise ValueError("a receipt's fields have the wrong types")
-        return receipt
-
-
-def _receipt_bytes(receipt: Receipt) -> bytes:
-    return (json.dumps(receipt.as_dict(), ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode()
 
 
 def read_receipt(package_dir: Path) -> Receipt | None:
@@ -556,7 +504,7 @@ def deliver_package(
 
 
 def _store_receipt(package: _Package, receipt: Receipt) -> None:
-    write_bytes_atomic(_receipt_bytes(receipt), package.directory / RECEIPT)
+    write_bytes_atomic(receipt.to_bytes(), package.directory / RECEIPT)
 
 
 # --------------------------------------------------------------------------
@@ -612,4 +560,4 @@ def receiver_receipt(endpoint: ReceiverEndpoint, package_id: str, *, session: re
 
 def store_receipt(package_dir: Path, receipt: Receipt) -> Path:
     """Keep ``receipt`` as the package's ``receipt.json`` (atomically)."""
-    return write_bytes_atomic(_receipt_bytes(receipt), Path(package_dir) / RECEIPT)
+    return write_bytes_atomic(receipt.to_bytes(), Path(package_dir) / RECEIPT)
