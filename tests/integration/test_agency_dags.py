@@ -23,6 +23,7 @@ from mocks.defects import DEFECT_KINDS, DefectRates
 from mocks.faults import SystemFaults
 from mocks.service import MockServices, start_mocks
 from osms.local_run import airflow_env, migrate, run_dag, run_day_dags
+from osms.quality.suites import load_suite_dict
 from osms.registry import default_registry
 from osms.status import read_status
 
@@ -39,7 +40,7 @@ COMMON_RULE = {
 
 
 def _suite_rules(category: str, origin: str) -> set[str]:
-    doc = json.loads((Path(__file__).resolve().parents[2] / "expectations" / f"{category}.json").read_text())
+    doc = load_suite_dict(category)  # as validate loads it: the common rules merged in
     return {e["meta"]["rule"] for e in doc["expectations"] if e["meta"].get("origin") == origin}
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from osms import iin
 from osms.quality.scrub import scrub_validation_result
-from osms.quality.suites import load_suite_dict, render_registry_rules, suite_parameters
+from osms.quality.suites import load_suite_dict, read_suite_file, render_registry_rules, suite_parameters
 from osms.quality.validate import CategoryOutcome, validate_category, write_feedback
 from osms.registry import default_registry
 
@@ -396,6 +396,42 @@ def test_each_suite_follows_the_registry(category: str) -> None:
     assert len(rules) == len(set(rules))
     assert {"iin_valid", "record_id_unique", "iin_unique_per_feed", "iin_matches_birth_date_sex"} <= set(rules)
     suite_parameters(suite, DAY, "2026")  # every parameter it uses has a value
+
+
+def test_the_common_rules_stand_once() -> None:
+    common = read_suite_file("common")["expectations"]
+    names = {e["meta"]["rule"] for e in common}
+    assert names >= {"iin_valid", "birth_date_not_future", "period_start_not_future", "period_end_after_start",
+                     "record_id_unique", "iin_unique_per_feed", "iin_matches_birth_date_sex"}
+    assert {e["meta"]["origin"] for e in common} == {"common"}
+    for category in default_registry().all_categories():
+        own = read_suite_file(category.code)
+        assert own["meta"]["includes"] == ["common"], category.code
+        assert not [e for e in own["expectations"] if e["meta"].get("origin") == "common"
+                    or e["meta"]["rule"] in names], f"{category.code} repeats a rule of expectations/common.json"
+
+
+@pytest.mark.parametrize("category", [c.code for c in default_registry().all_categories()])
+def test_every_category_suite_has_the_common_rules_after_its_registry_rules(category: str) -> None:
+    common = read_suite_file("common")["expectations"]
+    own = read_suite_file(category)["expectations"]
+    loaded = load_suite_dict(category)["expectations"]
+    registry = [e for e in own if e["meta"]["origin"] == "registry"]
+    assert loaded == registry + common + [e for e in own if e["meta"]["origin"] != "registry"]
+
+
+def test_a_suite_repeating_an_included_rule_is_refused(tmp_path: Path) -> None:
+    common = read_suite_file("common")
+    suite = read_suite_file("children")
+    suite["expectations"].append(common["expectations"][0])
+    (tmp_path / "common.json").write_text(json.dumps(common), encoding="utf-8")
+    (tmp_path / "children.json").write_text(json.dumps(suite), encoding="utf-8")
+    with pytest.raises(ValueError, match="iin_valid"):
+        load_suite_dict("children", tmp_path)
+
+
+def test_the_package_suite_includes_nothing() -> None:
+    assert load_suite_dict("package") == read_suite_file("package")
 
 
 def test_suite_parameters_follow_the_date() -> None:

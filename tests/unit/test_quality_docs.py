@@ -217,3 +217,12 @@ def test_a_rule_that_raised_is_shown_without_details_and_builds_repeat(day: Day,
     files = [sorted(p.relative_to(s) for p in s.rglob("*") if p.is_file()) for s in sites]
     assert files[0] == files[1]
     assert all((sites[0] / f).read_bytes() == (sites[1] / f).read_bytes() for f in files[0])
+
+
+def test_the_library_uses_no_private_gx_api() -> None:
+    """GX is used through its public API: no project manager, no private attributes or helpers."""
+    library = Path(__file__).resolve().parents[2] / "plugins" / "osms"
+    private = re.compile(r"project_manager|context_factory|_mostly_success|\bgx\._|great_expectations\.[\w.]*\._")
+    found = [f"{p.relative_to(library)}:{n}" for p in sorted(library.rglob("*.py"))
+             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if private.search(line)]
+    assert found == []

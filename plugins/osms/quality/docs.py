@@ -33,8 +33,11 @@ quality plugin (``osms.ui``) serves them with those links pointed at vendored
 copies (``osms.ui_assets``), so a page opened there never reaches outside.
 The build itself makes no network call, and GX analytics are off.
 
-``render_day`` (called by ``validate_category`` after each report) never
-raises: a failed build is logged as a warning with the exception type only.
+``render_day`` is called once a day, by the package DAG's ``data_docs`` task
+after every body has reported (never by a validate task); it never raises: a
+failed build is logged as a warning with the exception type only. The build uses
+GX's public API: a context of its own (not made GX's current one), its stores,
+``context.build_data_docs`` and the site's configured renderer and view classes.
 """
 
 from __future__ import annotations
@@ -77,9 +80,9 @@ def render_day(data_dir: Path, as_of: dt.date) -> Path:
 def build_data_docs(data_dir: Path, as_of: dt.date) -> Path:
     """Rebuild ``reports/data_docs/<D>/`` from every scrubbed report of the date; raise on any failure.
 
-    Bodies validate in parallel processes and each rebuilds the date's site; GX
-    drops pages whose results are not in its store, so a build that read fewer
-    reports could undo a newer one. Builds of a date therefore take a lock and
+    GX drops pages whose results are not in its store, so a build that read fewer
+    reports could undo a newer one (a retried task overlapping its first try, a
+    backfill beside the scheduled run). Builds of a date therefore take a lock and
     read the reports inside it: the last build sees every report written before it.
     """
     day = as_of.isoformat()
@@ -97,16 +100,15 @@ def _build(site: Path, reports: list[dict[str, Any]], as_of: dt.date) -> Path:
 
     context = _context(site, [_outcome_row(r) for r in reports])
     expected: list[ValidationResultIdentifier] = []
-    with _active(context):
-        suites: dict[str, dict[str, dict[str, Any]]] = {}
-        for report in reports:
-            key, result, configs = _validation_result(report, as_of)
-            context.validation_results_store.set(key, result)
-            expected.append(key)
-            suites.setdefault(report["suite"], {}).update(configs)
-        for name, configs in sorted(suites.items()):
-            context.suites.add(_suite(name, configs))
-        urls = context.build_data_docs(site_names=[SITE_NAME])
+    suites: dict[str, dict[str, dict[str, Any]]] = {}
+    for report in reports:
+        key, result, configs = _validation_result(report, as_of)
+        context.validation_results_store.set(key, result)
+        expected.append(key)
+        suites.setdefault(report["suite"], {}).update(configs)
+    for name, configs in sorted(suites.items()):
+        context.suites.add(_suite(name, configs))
+    urls = context.build_data_docs(site_names=[SITE_NAME])
 
     index = site / "index.html"
     # GX's SiteBuilder logs a page it could not render and carries on: a missing page is a failure here.
@@ -124,7 +126,13 @@ def _site_dir(data_dir: Path, as_of: dt.date) -> Path:
 
 
 def _context(site: Path, outcomes: list[dict[str, Any]]) -> EphemeralDataContext:
-    """An ephemeral context: in-memory stores, analytics off, one filesystem Data Docs site at ``site``."""
+    """An ephemeral context: in-memory stores, analytics off, one filesystem Data Docs site at ``site``.
+
+    Built as ``EphemeralDataContext(...)``, not by ``gx.get_context``, so it does not
+    become GX's process-wide current context: everything the build does goes through
+    this context's own stores and factories, and the context of the validations
+    (``osms.quality.runner``) stays the current one in a process that does both.
+    """
     from great_expectations.data_context import EphemeralDataContext
     from great_expectations.data_context.types.base import (
         DataContextConfig,
@@ -173,27 +181,6 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextmanager
-def _active(context: EphemeralDataContext) -> Iterator[None]:
-    """Make ``context`` GX's current project for the build, then put back whatever was current.
-
-    GX 1.x resolves suites through a process-wide project; validate.py's own
-    context must stay the current one for the validations that follow.
-    """
-    from great_expectations.data_context.data_context.context_factory import project_manager
-    from great_expectations.exceptions import DataContextRequiredError
-
-    try:
-        previous = project_manager.get_current_project()
-    except DataContextRequiredError:
-        previous = None
-    project_manager.set_project(context)
-    try:
-        yield
-    finally:
-        project_manager.set_project(previous)
 
 
 # --------------------------------------------------------------------------- results from reports

@@ -4,9 +4,17 @@ from the registry (required columns, enum domains, patterns) in step with it.
 
 A suite is GX's ExpectationSuite JSON. Every expectation carries ``meta.rule``,
 the rule name reported for a quarantined row and in the counts, and
-``meta.origin``: ``registry`` for the rules :func:`render_registry_rules` writes
-from ``include/seeds/categories.yaml``, ``common`` and ``decree`` for the ones
-written by hand (the rules of every category, and those of the decree's row).
+``meta.origin``, which says where the rule stands:
+
+- ``registry``: written into each category's file by :func:`render_registry_rules`
+  from ``include/seeds/categories.yaml`` (``python -m osms.quality.suites``);
+- ``common``: the rules of every category, written once by hand in
+  ``expectations/common.json`` and merged into each category suite that lists
+  ``"common"`` in its ``meta.includes`` when it is loaded;
+- ``decree``: the category's own rules (the decree's row), written by hand in its file.
+
+A loaded category suite is its registry rules, then the included common rules,
+then its own: the same list, in the same order, as when every file held a copy.
 Suites are data for QA staff; the code only knows these conventions.
 """
 
@@ -24,6 +32,7 @@ from osms.registry import EditionCategory, default_registry
 __all__ = [
     "expectations_dir",
     "load_suite_dict",
+    "read_suite_file",
     "render_registry_rules",
     "resolve_parameters",
     "suite_parameters",
@@ -39,13 +48,34 @@ def expectations_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[3] / "expectations"
 
 
-def load_suite_dict(category: str, directory: Path | None = None) -> dict[str, Any]:
-    """The suite of a category as its JSON dict."""
-    path = (directory or expectations_dir()) / f"{category}.json"
+def read_suite_file(name: str, directory: Path | None = None) -> dict[str, Any]:
+    """``expectations/<name>.json`` as it stands on disk, without the suites it includes."""
+    path = (directory or expectations_dir()) / f"{name}.json"
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"no expectation suite for category {category!r}: {path} is missing") from None
+        raise FileNotFoundError(f"no expectation suite {name!r}: {path} is missing") from None
+
+
+def load_suite_dict(category: str, directory: Path | None = None) -> dict[str, Any]:
+    """The suite of a category as its JSON dict, with the suites of its ``meta.includes`` merged in.
+
+    Included rules follow the suite's registry rules and precede its own; a rule
+    name that the suite and an included suite both define is refused.
+    """
+    suite = read_suite_file(category, directory)
+    includes = suite.get("meta", {}).get("includes", [])
+    if not includes:
+        return suite
+    own = suite["expectations"]
+    head = [e for e in own if e.get("meta", {}).get("origin") == "registry"]
+    tail = [e for e in own if e.get("meta", {}).get("origin") != "registry"]
+    included = [e for name in includes for e in read_suite_file(name, directory)["expectations"]]
+    rules = [e.get("meta", {}).get("rule") for e in own + included]
+    clashes = sorted({r for r in rules if r is not None and rules.count(r) > 1})
+    if clashes:
+        raise ValueError(f"suite {suite.get('name')!r} defines rule(s) {clashes} more than once with {includes}")
+    return {**suite, "expectations": head + included + tail}
 
 
 def years_before(day: dt.date, years: int) -> dt.date:
@@ -149,11 +179,25 @@ def refresh_suite(suite: dict[str, Any], category: EditionCategory) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m osms.quality.suites``: rewrite the registry-derived rules of every suite."""
+    """``python -m osms.quality.suites``: rewrite the registry-derived rules of every suite.
+
+    Only a category's own file changes; ``expectations/common.json`` is written by hand.
+    ``python -m osms.quality.suites show <category>`` prints the suite as it is run,
+    its included rules merged in.
+    """
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
     directory = expectations_dir()
+    if args[:1] == ["show"] and len(args) == 2:
+        print(json.dumps(load_suite_dict(args[1], directory), indent=2, ensure_ascii=False))
+        return 0
+    if args:
+        print("usage: python -m osms.quality.suites [show <category>]", file=sys.stderr)
+        return 2
     for category in default_registry().all_categories():
         path = directory / f"{category.code}.json"
-        suite = load_suite_dict(category.code, directory)
+        suite = read_suite_file(category.code, directory)
         path.write_text(json.dumps(refresh_suite(suite, category), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"refreshed {path}")
     return 0
