@@ -307,9 +307,10 @@ def run_day_dags(day: dt.date, data_dir: Path, env: dict[str, str], *, package: 
 def signing_env() -> dict[str, str]:
     """The development signing key as the Airflow variable the package DAG reads."""
     from osms.keys import ensure_dev_keypair
+    from osms.package_dag import SIGNING_KEY_VARIABLE
 
     private, _ = ensure_dev_keypair()
-    return {"AIRFLOW_VAR_OSMS_SIGNING_KEY": private.read_text()}
+    return {f"AIRFLOW_VAR_{SIGNING_KEY_VARIABLE.upper()}": private.read_text()}
 
 
 # --------------------------------------------------------------------------- the worker process
