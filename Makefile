@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATE ?=
 
-.PHONY: setup run airflow cluster test unit e2e browser servers bench bench-mocks bench-national clean
+.PHONY: setup run airflow cluster compose-env compose-config test unit e2e browser servers bench bench-mocks bench-national clean
 SCALE ?= 1.0
 
 setup: $(STAMP)
@@ -28,8 +28,21 @@ PORT ?= 8080
 airflow: setup
 	$(BIN)/osms airflow --port $(PORT)
 
-# Every test: unit, integration and browser (installs Debian's Chromium first when missing).
-test: setup browser
+# The distributed shape natively (make cluster): PostgreSQL, Redis, the mocks, Airflow's API server, scheduler,
+# DAG processor, triggerer and two Celery workers on 127.0.0.1, configured from the files docker-compose.yaml
+# reads (config/); Ctrl-C stops it.
+cluster: setup servers
+	$(BIN)/osms cluster --port $(PORT)
+
+# docker-compose.yaml: a .env with fresh secrets (an existing one is kept), and the file checked as CI checks it.
+compose-env: setup
+	$(BIN)/osms deploy env .env
+compose-config: servers
+	$(DOCKER_COMPOSE) config --quiet && echo "docker-compose.yaml: valid"
+
+# Every test: unit, integration (make cluster's among them) and browser; installs Debian's Chromium, PostgreSQL,
+# Redis and docker-compose first when missing.
+test: setup browser servers
 	$(BIN)/pytest
 
 unit: setup
