@@ -126,16 +126,27 @@ def _task_instances(cluster: Cluster) -> list[dict]:
 
 
 def _kill_a_worker_mid_task(cluster: Cluster) -> tuple[str, list[dict]]:
-    """Wait for a task running on a worker for a second, then SIGKILL that worker and everything under it."""
+    """Wait for a task the API reports running in a worker's process, then SIGKILL that worker and everything under it.
+
+    A task process exists a moment before its task instance is ``running`` (the Task SDK
+    asks the API server first), so the worker is chosen by the task instances' pids.
+    """
     af = cluster.airflow
 
-    def busy_worker() -> str | None:
+    def running_on_a_worker() -> tuple[str, list[dict]] | None:
         cluster.check_alive()
-        return next((w for w in cluster.worker_names if af.task_processes(w)), None)
+        pids = {w: set(af.task_processes(w)) for w in cluster.worker_names}
+        if not any(pids.values()):
+            return None
+        running = [t for t in _task_instances(cluster) if t["state"] == "running"]
+        for worker in cluster.worker_names:
+            mine = [t for t in running if t.get("pid") in pids[worker]]
+            if mine:
+                return worker, mine
+        return None
 
-    worker = af.poll(busy_worker, timeout=120, interval=0.2, what="a task process on a Celery worker")
-    time.sleep(1.0)  # well inside the task: its process has started work
-    running = [t for t in _task_instances(cluster) if t["state"] == "running"]
+    worker, running = af.poll(running_on_a_worker, timeout=120, interval=0.2,
+                              what="a task running in a Celery worker's process")
     killed = set(af.kill(worker))
     interrupted = [t for t in running if t.get("pid") in killed]
     assert interrupted, f"no running task had a process under {worker}: {[(t['task_id'], t['pid']) for t in running]}"
