@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATE ?=
 
-.PHONY: setup run airflow test unit e2e browser bench bench-mocks bench-national clean
+.PHONY: setup run airflow cluster compose-env compose-config test unit e2e browser servers bench bench-mocks bench-national clean
 SCALE ?= 1.0
 
 setup: $(STAMP)
@@ -28,8 +28,21 @@ PORT ?= 8080
 airflow: setup
 	$(BIN)/osms airflow --port $(PORT)
 
-# Every test: unit, integration and browser (installs Debian's Chromium first when missing).
-test: setup browser
+# The distributed shape natively (make cluster): PostgreSQL, Redis, the mocks, Airflow's API server, scheduler,
+# DAG processor, triggerer and two Celery workers on 127.0.0.1, configured from the files docker-compose.yaml
+# reads (config/); Ctrl-C stops it.
+cluster: setup servers
+	$(BIN)/osms cluster --port $(PORT)
+
+# docker-compose.yaml: a .env with fresh secrets (an existing one is kept), and the file checked as CI checks it.
+compose-env: setup
+	$(BIN)/osms deploy env .env
+compose-config: servers
+	$(DOCKER_COMPOSE) config --quiet && echo "docker-compose.yaml: valid"
+
+# Every test: unit, integration (make cluster's among them) and browser; installs Debian's Chromium, PostgreSQL,
+# Redis and docker-compose first when missing.
+test: setup browser servers
 	$(BIN)/pytest
 
 unit: setup
@@ -47,6 +60,22 @@ browser:
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium >/dev/null && \
 	  $(CHROMIUM) --version; fi
+
+# The servers of the distributed shape (make cluster and its test) and the checker of docker-compose.yaml:
+# Debian's postgresql-15, redis-server and docker-compose, installed when missing, as chromium is above.
+PG_BINDIR ?= /usr/lib/postgresql/15/bin
+REDIS_SERVER ?= /usr/bin/redis-server
+DOCKER_COMPOSE ?= /usr/bin/docker-compose
+servers:
+	@missing=""; \
+	[ -x "$(PG_BINDIR)/postgres" ] || missing="$$missing postgresql-15"; \
+	[ -x "$(REDIS_SERVER)" ] || missing="$$missing redis-server"; \
+	[ -x "$(DOCKER_COMPOSE)" ] || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then echo "installing Debian's$$missing ..."; \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq $$missing >/dev/null; fi; \
+	echo "postgres: $$($(PG_BINDIR)/postgres --version)"; echo "redis: $$($(REDIS_SERVER) --version)"; \
+	echo "docker-compose: $$($(DOCKER_COMPOSE) version --short)"
 
 # Figures for every stage at a size that finishes in minutes on 2 cores; the
 # national-scale runs are `make bench-mocks SCALE=1.0` and BENCH_ROWS=13000000.

@@ -12,16 +12,21 @@ embedded SQLite database under a private ``AIRFLOW_HOME``.
         af.cli("backfill", "create", ...)
     # every process stopped, process groups and task processes included
 
-Every server listens on 127.0.0.1 only: the API server is bound there; the scheduler's
-log server (which would bind every interface) and its health check are not started, and
-the triggerer, when asked for, runs without its log server either. Task logs are read
-by the API server from the shared local log folder.
-The environment is hermetic: inherited ``AIRFLOW*`` variables are dropped (a test
-runner's unit-test mode must not reach real components) and only what is given here
-and in ``extra_env`` applies. Users are those of Airflow's simple auth manager
-(``users``: name -> role); their passwords are generated once into
-``AIRFLOW_HOME/simple_auth_manager_passwords.json`` (0600) and kept across restarts.
-The REST API is reached with a JWT of one of them (``admin`` by default).
+Every server listens on 127.0.0.1 only: the API server is bound there; the log servers of
+the scheduler, the triggerer and the Celery workers (which would bind every interface)
+are not started, and the scheduler's health server is off or bound to 127.0.0.1. Task
+logs are read by the API server from the shared local log folder.
+
+The settings are those of a *shape* (``osms.settings``: ``embedded`` by default, SQLite and
+the LocalExecutor; ``distributed`` for ``make cluster``, PostgreSQL and Celery), read from
+``config/*.env`` like every other launcher, plus this installation's site (home, port,
+folders). The environment is hermetic: inherited ``AIRFLOW*`` variables are dropped (a
+test runner's unit-test mode must not reach real components) and only the settings and
+``extra_env`` apply. Users are those of Airflow's simple auth manager (``users``: name ->
+role) or, in the distributed shape, FAB users made by ``osms.deploy``; their passwords
+are generated once into ``passwords_file`` (0600, by default
+``AIRFLOW_HOME/simple_auth_manager_passwords.json``) and kept across restarts. The REST
+API is reached with a JWT of one of them (``admin`` by default).
 """
 
 from __future__ import annotations
@@ -39,12 +44,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from osms.settings import Site, airflow_env
+
 ROOT = Path(__file__).resolve().parents[2]
 ALMATY = "Asia/Almaty"
 HOST = "127.0.0.1"
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
 # The triggerer runs deferred tasks (the package DAG's status sensors) and async callbacks.
 ALL_COMPONENTS = (*COMPONENTS, "triggerer")
+# Celery workers are named celery-worker-1, celery-worker-2, ...: each an `airflow celery worker`.
+CELERY_WORKER = "celery-worker"
 # Roles of Airflow's simple auth manager: viewer < user < op < admin.
 DEFAULT_USERS = {"admin": "admin"}
 
@@ -61,8 +70,13 @@ def free_port(host: str = HOST) -> int:
 
 
 def airflow_executable() -> str:
-    """The ``airflow`` script of the running interpreter's environment."""
-    return str(Path(sys.executable).with_name("airflow"))
+    """The ``airflow`` script of the running interpreter's environment (else the one on ``PATH``)."""
+    beside = Path(sys.executable).with_name("airflow")
+    if beside.exists():
+        return str(beside)
+    import shutil
+
+    return shutil.which("airflow") or str(beside)
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -85,24 +99,32 @@ class Component:
 
 @dataclass
 class LocalAirflow:
-    """Airflow's API server, scheduler and DAG processor on 127.0.0.1 with embedded SQLite.
+    """Airflow's API server, scheduler, DAG processor (and triggerer, Celery workers) on 127.0.0.1.
 
-    ``home`` becomes ``AIRFLOW_HOME`` (database, config, logs, component logs under
-    ``home/logs/components``). ``use_job_schedule=False`` keeps the scheduler from creating
-    scheduled runs (backfills, manual runs and cleared runs still run).
+    ``home`` becomes ``AIRFLOW_HOME`` (config, logs, the embedded database, component logs
+    under ``home/logs/components``). ``use_job_schedule=False`` keeps the scheduler from
+    creating scheduled runs (backfills, manual runs and cleared runs still run).
+    ``executor`` and ``timezone`` override the shape's when given. ``site`` replaces the
+    default site built from ``home``, ``port`` and the folders (``make cluster`` gives its
+    servers' ports); ``secrets`` are the distributed shape's (JWT and API secrets are
+    generated per instance unless given).
     """
 
     home: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     dags_folder: Path = ROOT / "dags"
     plugins_folder: Path = ROOT / "plugins"
-    executor: str = "LocalExecutor"
-    parallelism: int = 2
+    executor: str | None = None
+    parallelism: int | None = 2  # None: Airflow's default (Celery workers limit themselves)
     port: int = 0  # 0: a free port on 127.0.0.1
     use_job_schedule: bool = True
-    timezone: str = ALMATY
+    timezone: str | None = None
     users: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_USERS))
     api_user: str = "admin"  # whose JWT api() uses
+    shape: str = "embedded"
+    site: Site | None = None
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    passwords_path: Path | None = None
     components: list[Component] = field(default_factory=list, init=False)
     _seen: list[Any] = field(default_factory=list, init=False, repr=False)  # psutil.Process of all we stopped
     _tokens: dict[str, str] = field(default_factory=dict, init=False, repr=False)
@@ -111,8 +133,13 @@ class LocalAirflow:
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
+        if self.site is not None:
+            self.port = self.site.api_port
         if not self.port:
             self.port = free_port()
+        if self.site is None:
+            self.site = Site(airflow_home=self.home, data_dir=None, api_port=self.port,
+                             dags_folder=self.dags_folder, plugins_folder=self.plugins_folder)
 
     # ------------------------------------------------------------------ configuration
 
@@ -127,38 +154,23 @@ class LocalAirflow:
 
     @property
     def passwords_file(self) -> Path:
-        return self.home / "simple_auth_manager_passwords.json"
+        return self.passwords_path or self.home / "simple_auth_manager_passwords.json"
 
     @property
     def env(self) -> dict[str, str]:
         """The environment of every Airflow process of this installation (CLI calls included)."""
-        base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-        return {
-            **base,
-            "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.plugins_folder),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-            "AIRFLOW__CORE__DEFAULT_TIMEZONE": self.timezone,
-            "AIRFLOW__CORE__EXECUTOR": self.executor,
-            "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+        assert self.site is not None
+        knobs = {
+            **({"AIRFLOW__CORE__PARALLELISM": str(self.parallelism)} if self.parallelism else {}),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in self.users.items()),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.passwords_file),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
-            "AIRFLOW__API__HOST": HOST,
-            "AIRFLOW__API__PORT": str(self.port),
-            "AIRFLOW__API__BASE_URL": self.url,
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API__SECRET_KEY": self._api_secret,
-            "AIRFLOW__API_AUTH__JWT_SECRET": self._jwt_secret,
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": str(self.use_job_schedule),
-            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": HOST,
-            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": str(max(1, min(2, self.parallelism))),
-            **self.extra_env,
+            **({"AIRFLOW__CORE__EXECUTOR": self.executor} if self.executor else {}),
+            **({"AIRFLOW__CORE__DEFAULT_TIMEZONE": self.timezone} if self.timezone else {}),
         }
+        secrets = {"AIRFLOW__API__SECRET_KEY": self._api_secret, "AIRFLOW__API_AUTH__JWT_SECRET": self._jwt_secret,
+                   **self.secrets}
+        return airflow_env(self.shape, self.site, secrets=secrets, extra={**knobs, **self.extra_env}, hermetic=True)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -171,10 +183,11 @@ class LocalAirflow:
 
     def start(self, components: Sequence[str] = COMPONENTS, *, migrate: bool = True,
               timeout: float = 120) -> LocalAirflow:
-        """Migrate, start the components and wait until the API server reports them healthy."""
-        unknown = set(components) - set(ALL_COMPONENTS)
+        """Migrate, start the components and wait until they are healthy (see :meth:`wait_healthy`)."""
+        unknown = {c for c in components if c not in ALL_COMPONENTS and not _is_worker(c)}
         if unknown:
-            raise ValueError(f"unknown components {sorted(unknown)}; known: {ALL_COMPONENTS}")
+            raise ValueError(f"unknown components {sorted(unknown)}; known: {ALL_COMPONENTS}"
+                             f" and {CELERY_WORKER}-<n>")
         if migrate:
             self.migrate()
         self._write_passwords()
@@ -194,6 +207,9 @@ class LocalAirflow:
             args += ["--host", HOST, "--port", str(self.port), "--workers", "1"]
         elif name in ("scheduler", "triggerer"):
             args += ["--skip-serve-logs"]  # task logs are read from the shared local folder
+        elif _is_worker(name):
+            # its own Celery node name, so that two workers on one host are two workers
+            args = [airflow_executable(), "celery", "worker", "--skip-serve-logs", "--celery-hostname", f"{name}@%h"]
         log = self.log_dir / f"{name}.log"
         with log.open("ab") as fh:
             proc = subprocess.Popen(args, env=self.env, cwd=self.home, stdin=subprocess.DEVNULL, stdout=fh,
@@ -229,9 +245,10 @@ class LocalAirflow:
         """
         import psutil
 
-        order = {"scheduler": 0, "triggerer": 1, "dag-processor": 2, "api-server": 3}
+        # workers after the scheduler (no new tasks) and before the API server (their tasks talk to it)
+        order = {"scheduler": 0, "triggerer": 1, "dag-processor": 2, "api-server": 4}
         killed: list[str] = []
-        for comp in sorted(self.components, key=lambda c: order.get(c.name, 9)):
+        for comp in sorted(self.components, key=lambda c: order.get(c.name, 3 if _is_worker(c.name) else 9)):
             try:
                 descendants = psutil.Process(comp.proc.pid).children(recursive=True)
             except psutil.NoSuchProcess:
@@ -288,23 +305,48 @@ class LocalAirflow:
                 raise AirflowLocalError(f"airflow {comp.name} exited with {comp.proc.returncode}\n"
                                         + self.logs_tail())
 
-    def task_processes(self) -> list[int]:
-        """PIDs of the task processes the scheduler's LocalExecutor runs now.
+    def task_processes(self, component: str | None = None) -> list[int]:
+        """PIDs of the task processes running now (of one component when named).
 
-        The executor's workers are the scheduler's children; each runs a task in a child of
-        its own (the Task SDK supervisor forks it), so a task process is a grandchild or deeper.
+        The LocalExecutor's workers are the scheduler's children, a Celery worker's pool
+        processes are its children; each runs a task in a child of its own (the Task SDK
+        supervisor forks it), so a task process is a grandchild or deeper of its component.
         """
         import psutil
 
-        scheduler = next((c for c in self.components if c.name == "scheduler"), None)
-        if scheduler is None:
-            return []
+        found = []
+        for comp in self.components:
+            if (component or comp.name) != comp.name or not (comp.name == "scheduler" or _is_worker(comp.name)):
+                continue
+            try:
+                pool = psutil.Process(comp.proc.pid).children()
+                found += [p.pid for w in pool for p in w.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
+    def kill(self, name: str) -> list[int]:
+        """SIGKILL a component and every process under it at once, as when its host dies; return the PIDs.
+
+        The component is forgotten: :meth:`check_alive` no longer counts it, :meth:`stop` skips it.
+        """
+        import psutil
+
+        comp = next(c for c in self.components if c.name == name)
         try:
-            root = psutil.Process(scheduler.proc.pid)
-            workers = root.children()
-            return [p.pid for w in workers for p in w.children(recursive=True)]
+            root = psutil.Process(comp.proc.pid)
+            procs = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            return []
+            procs = []
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=10)
+        comp.proc.wait(timeout=10)
+        self.components.remove(comp)
+        return [p.pid for p in procs]
 
     def wait_tasks_finished(self, timeout: float = 60) -> None:
         """Wait until no task process runs (a run can be marked done while its last task process exits)."""
@@ -349,17 +391,24 @@ class LocalAirflow:
         return r.json() if r.status_code == 200 else None
 
     def wait_healthy(self, components: Sequence[str] = COMPONENTS, timeout: float = 120) -> dict[str, Any]:
-        """Poll the health endpoint until the database and the given components are healthy."""
+        """Poll until the database and the given components are healthy.
+
+        The API server reports the database, scheduler, DAG processor and triggerer; Celery
+        workers answer a ping through the broker (:meth:`celery_workers`).
+        """
         keys = {"api-server": "metadatabase", "scheduler": "scheduler", "dag-processor": "dag_processor",
                 "triggerer": "triggerer"}
-        wanted = [keys[c] for c in components]
+        wanted = [keys[c] for c in components if c in keys]
+        workers = {c for c in components if _is_worker(c)}
         last: dict[str, Any] | None = None
 
         def ready() -> bool:
             nonlocal last
             self.check_alive()
             last = self.health()
-            return bool(last) and all((last.get(k) or {}).get("status") == "healthy" for k in wanted)
+            if not (bool(last) and all((last.get(k) or {}).get("status") == "healthy" for k in wanted)):
+                return False
+            return not workers or workers <= set(self.celery_workers())
 
         try:
             self.poll(ready, timeout=timeout, what=f"{', '.join(components)} to be healthy")
@@ -367,6 +416,21 @@ class LocalAirflow:
             raise AirflowLocalError(f"{exc}\nlast health answer: {last}") from None
         assert last is not None
         return last
+
+    def celery_workers(self, timeout: float = 2.0) -> list[str]:
+        """The Celery workers that answer a ping through the broker now, by component name."""
+        from celery import Celery
+
+        from osms.settings import expand
+
+        app = Celery(broker=expand(self.env, "AIRFLOW__CELERY__BROKER_URL"))
+        try:
+            answers = app.control.ping(timeout=timeout) or []
+        except Exception:  # noqa: BLE001: a broker not up yet is "no worker answers"
+            return []
+        finally:
+            app.close()
+        return sorted(node.split("@", 1)[0] for answer in answers for node in answer)
 
     def poll(self, condition: Callable[[], Any], *, timeout: float, interval: float = 0.5, what: str = "") -> Any:
         """Call ``condition`` until it returns something truthy; fail with the log tails after ``timeout``."""
@@ -432,6 +496,10 @@ class LocalAirflow:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         answer = self.api("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 100})
         return list((answer or {}).get("task_instances", []))
+
+
+def _is_worker(name: str) -> bool:
+    return name.startswith(f"{CELERY_WORKER}-")
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -386,6 +386,101 @@ def airflow_ui(data_dir: str, port: int) -> None:
     serve(Path(data_dir), port=port, say=click.echo)
 
 
+# --------------------------------------------------------------------------- distributed
+
+
+def _port_free_or_exit(port: int, hint: str) -> None:
+    """Exit 2 naming the port when something already listens on 127.0.0.1:port."""
+    import errno
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            click.echo(f"port {port} on 127.0.0.1 is in use; choose another: {hint}", err=True)
+            sys.exit(2)
+
+
+@main.command("cluster")
+@click.option("--data-dir", default="data", show_default=True, help="Working data root (the cluster's state in <data>/cluster).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535),
+              help="Port of the API server and UI on 127.0.0.1.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 16), help="Celery workers.")
+def cluster(data_dir: str, port: int, workers: int) -> None:
+    """Run the distributed shape natively until Ctrl-C: PostgreSQL, Redis, mocks, Airflow with Celery workers."""
+    import logging
+    from pathlib import Path
+
+    from osms.cluster import ClusterError, serve
+
+    _port_free_or_exit(port, "make cluster PORT=8081")
+    logging.getLogger("mocks").setLevel(logging.WARNING)
+    try:
+        serve(Path(data_dir), port=port, workers=workers, say=click.echo)
+    except ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group("deploy")
+def deploy_group() -> None:
+    """What docker-compose.yaml's services run, and make cluster with them: secrets, init, mocks."""
+
+
+@deploy_group.command("env")
+@click.argument("path", type=click.Path(dir_okay=False), default=".env")
+def deploy_env(path: str) -> None:
+    """Write PATH (default .env) with fresh secrets and passwords, unless it exists (it is kept)."""
+    from pathlib import Path
+
+    from osms.deploy import write_secrets
+
+    existed = Path(path).exists()
+    values = write_secrets(Path(path))
+    click.echo(f"{path}: {'kept' if existed else 'written'} ({len(values)} secrets; keep it private, never commit it)")
+
+
+@deploy_group.command("init")
+@click.option("--signing-key", type=click.Path(exists=True, dir_okay=False), envvar="OSMS_SIGNING_KEY_FILE",
+              default=None, help="PEM private key for the package DAG's variable.")
+@click.option("--connections", type=click.Path(exists=True, dir_okay=False), envvar="OSMS_CONNECTIONS_FILE",
+              default=None, help="Connections to create or replace (JSON: {conn_id: {conn_type, host, ...}}).")
+def deploy_init(signing_key: str | None, connections: str | None) -> None:
+    """Migrate, FAB roles engineer/operator/qa and their users (passwords from OSMS_<USER>_PASSWORD), key, connections."""
+    import os
+    from pathlib import Path
+
+    from osms.deploy import PEOPLE, init_airflow, password_variable
+
+    init_airflow(passwords={u: os.environ.get(password_variable(u), "") for u in PEOPLE},
+                 signing_key=Path(signing_key) if signing_key else None,
+                 connections=Path(connections) if connections else None, say=click.echo)
+    click.echo("init done")
+
+
+@deploy_group.command("mocks")
+@click.option("--data-dir", envvar="OSMS_DATA_DIR", default="data", show_default=True, help="Working data root.")
+@click.option("--listen", default="127.0.0.1", show_default=True,
+              help="Address to serve on (in a container: 0.0.0.0, its interfaces on the compose network).")
+@click.option("--advertise", default="127.0.0.1", show_default=True, help="Host name the connections give.")
+@click.option("--sources-port", default=8101, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--receiver-port", default=8102, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--public-key", envvar="OSMS_SIGNING_PUBLIC_KEY", required=True,
+              type=click.Path(exists=True, dir_okay=False), help="The pipeline's public key (the receiver checks with it).")
+@click.option("--scale", type=float, default=None, help="Share of the real population (default 0.001).")
+def deploy_mocks(data_dir: str, listen: str, advertise: str, sources_port: int, receiver_port: int,
+                 public_key: str, scale: float | None) -> None:
+    """Serve the mock source systems and receiver for a demo deployment, and publish their connections."""
+    from pathlib import Path
+
+    from osms.deploy import serve_mocks
+
+    serve_mocks(data_dir=Path(data_dir).resolve(), listen=listen, advertise=advertise, sources_port=sources_port,
+                receiver_port=receiver_port, public_key=Path(public_key), scale=scale, say=click.echo)
+
+
 def _print_summary(edition: Edition, statuses: dict[str, Any], quality: dict[str, Any] | None) -> None:
     click.echo("\nPer category and body: status, rows in, published, quarantined, warnings, carried forward")
     q_cats = (quality or {}).get("categories", {})

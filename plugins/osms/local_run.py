@@ -34,9 +34,6 @@ from osms.status import BodyStatus, read_status, read_status_or_none
 
 ROOT = Path(__file__).resolve().parents[2]
 ALMATY = "Asia/Almaty"
-# SQLite makes a second writer wait for the first; two workers write small transactions,
-# so a wait is short, but a worker must never fail on one (Python's default is 5 s).
-SQLITE_CONNECT_ARGS = {"timeout": 120}
 
 
 @dataclass(frozen=True)
@@ -50,24 +47,14 @@ class DagRunResult:
 
 
 def airflow_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
-    """The environment for Airflow processes of a local run: embedded SQLite under the data dir."""
+    """The environment for Airflow processes of a local run: the embedded shape, its SQLite under the data dir."""
+    from osms import settings
+
     home = data_dir / "airflow"
     home.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": f"{__name__}.SQLITE_CONNECT_ARGS",
-        "AIRFLOW__CORE__DEFAULT_TIMEZONE": ALMATY,
-        "OSMS_DATA_DIR": str(data_dir),
-        # dag.test() has no scheduler to watch a deadline (see osms.package_dag.delivery_deadline)
-        "OSMS_DEADLINE_ALERTS": "off",
-        **extra,
-    }
-    return env
+    site = settings.Site(airflow_home=home, data_dir=data_dir)
+    # dag.test() has no scheduler to watch a deadline (see osms.package_dag.delivery_deadline)
+    return settings.airflow_env("embedded", site, extra={"OSMS_DEADLINE_ALERTS": "off", **extra})
 
 
 def migrate(env: dict[str, str]) -> None:
@@ -307,9 +294,10 @@ def run_day_dags(day: dt.date, data_dir: Path, env: dict[str, str], *, package: 
 def signing_env() -> dict[str, str]:
     """The development signing key as the Airflow variable the package DAG reads."""
     from osms.keys import ensure_dev_keypair
+    from osms.package_dag import SIGNING_KEY_VARIABLE
 
     private, _ = ensure_dev_keypair()
-    return {"AIRFLOW_VAR_OSMS_SIGNING_KEY": private.read_text()}
+    return {f"AIRFLOW_VAR_{SIGNING_KEY_VARIABLE.upper()}": private.read_text()}
 
 
 # --------------------------------------------------------------------------- the worker process

@@ -44,7 +44,8 @@ PREVIOUS_WAIT = timedelta(days=2)
 RECEIVER_CONN_ID = "osms_state_corp"
 BUILD_TIMEOUT = timedelta(hours=2)  # the national package builds in about a minute
 DELIVER_TIMEOUT = timedelta(hours=1)
-SIGNING_KEY_VARIABLE = "osms_signing_key"
+# a name Airflow's secrets masker hides ("private_key"): the key never shows in the UI or a log
+SIGNING_KEY_VARIABLE = "osms_signing_private_key"
 DEADLINE_ALERTS_ENV = "OSMS_DEADLINE_ALERTS"
 
 
@@ -259,7 +260,7 @@ def build_package_dag() -> DAG:
         default_args={"owner": OWNER, "retries": 2, "retry_delay": timedelta(minutes=2)},
         tags=["osms", "package"],
         deadline=delivery_deadline(),
-        doc_md=__doc__ + "\n\nSigning key: Airflow variable `osms_signing_key` (PEM). Receiver: connection"
+        doc_md=__doc__ + "\n\nSigning key: Airflow variable `osms_signing_private_key` (PEM, masked). Receiver: connection"
         " `osms_state_corp`. Deadline alert (package not delivered by D+1 07:00 Almaty): webhook connection"
         " `osms_alert_webhook`, or the one named by the variable `osms_alert_webhook_conn`.",
     ) as dag:

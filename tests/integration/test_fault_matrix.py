@@ -40,6 +40,7 @@ from osms.deliver import DeliveryError, ReceiverEndpoint, deliver_package, read_
 from osms.failures import is_permanent
 from osms.local_run import airflow_env, migrate, run_day_dags
 from osms.package import PackageError, build_package
+from osms.package_dag import SIGNING_KEY_VARIABLE
 from osms.registry import default_registry
 
 pytestmark = pytest.mark.integration
@@ -71,7 +72,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, population_cache: Path) -> I
     cfg = MockConfig(data_dir=data / "mocks")
     population = load_population(PopulationSpec(seed=cfg.seed, scale=cfg.scale), population_cache)
     with start_mocks(cfg, population=population, public_key_path=public) as m:
-        env = airflow_env(data, {**m.airflow_env(), "AIRFLOW_VAR_OSMS_SIGNING_KEY": private.read_text()})
+        env = airflow_env(data, {**m.airflow_env(), f"AIRFLOW_VAR_{SIGNING_KEY_VARIABLE.upper()}": private.read_text()})
         migrate(env)
         for day in (D1, D2):
             results, _ = run_day_dags(day, data, env, package=False, say=lambda _: None)

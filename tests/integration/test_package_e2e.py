@@ -22,6 +22,7 @@ from mocks.faults import SystemFaults
 from mocks.service import MockServices, start_mocks
 from osms.local_run import airflow_env, migrate, run_day_dags
 from osms.package import verify_package
+from osms.package_dag import SIGNING_KEY_VARIABLE
 from osms.registry import default_registry
 
 pytestmark = pytest.mark.integration
@@ -33,7 +34,8 @@ DOWN_BODY = "interior"
 
 
 def _env(m: MockServices, data: Path, private_key: Path) -> dict[str, str]:
-    env = airflow_env(data, {**m.airflow_env(), "AIRFLOW_VAR_OSMS_SIGNING_KEY": private_key.read_text()})
+    variable = f"AIRFLOW_VAR_{SIGNING_KEY_VARIABLE.upper()}"
+    env = airflow_env(data, {**m.airflow_env(), variable: private_key.read_text()})
     for key, value in list(env.items()):
         if key.startswith("AIRFLOW_CONN_OSMS_SOURCE_"):
             conn = json.loads(value)

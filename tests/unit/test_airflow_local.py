@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from osms.airflow_local import LocalAirflow
+from osms.settings import Site, expand, new_secrets
 
 pytestmark = pytest.mark.unit
 
@@ -34,5 +35,33 @@ def test_users_and_roles_reach_the_simple_auth_manager(tmp_path: Path) -> None:
     af = LocalAirflow(tmp_path, users={"engineer": "admin", "operator": "op", "qa": "viewer"}, port=1)
     env = af.env
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "engineer:admin,operator:op,qa:viewer"
-    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] == str(af.passwords_file)
-    assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
+    assert expand(env, "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE") == str(af.passwords_file)
+    assert expand(env, "AIRFLOW__API__HOST") == "127.0.0.1"
+    assert expand(env, "AIRFLOW__CORE__AUTH_MANAGER").endswith(".SimpleAuthManager")
+
+
+def test_the_embedded_shape_by_default_and_nothing_inherited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "SequentialExecutor")
+    af = LocalAirflow(tmp_path, port=8123)
+    env = af.env
+    assert env["AIRFLOW__CORE__UNIT_TEST_MODE"] == "False"
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert expand(env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") == f"sqlite:///{tmp_path.resolve()}/airflow.db"
+    assert expand(env, "AIRFLOW__CORE__EXECUTION_API_SERVER_URL") == "http://127.0.0.1:8123/execution/"
+    assert expand(env, "AIRFLOW__API__BASE_URL") == af.url == "http://127.0.0.1:8123"
+
+
+def test_the_distributed_shape_with_a_site_and_its_secrets(tmp_path: Path) -> None:
+    site = Site(airflow_home=tmp_path, data_dir=tmp_path / "data", api_port=8124, postgres_port=5544,
+                redis_port=6655)
+    secrets = new_secrets()
+    af = LocalAirflow(tmp_path, shape="distributed", site=site, secrets=secrets)
+    env = af.env
+    assert af.port == 8124
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert expand(env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") == (
+        f"postgresql+psycopg2://airflow:{secrets['OSMS_POSTGRES_PASSWORD']}@127.0.0.1:5544/airflow")
+    assert expand(env, "AIRFLOW__CELERY__BROKER_URL") == f"redis://:{secrets['OSMS_REDIS_PASSWORD']}@127.0.0.1:6655/0"
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == secrets["AIRFLOW__API_AUTH__JWT_SECRET"]
+    assert env["OSMS_DATA_DIR"] == str(tmp_path / "data")

@@ -1,0 +1,69 @@
+"""docker-compose accepts docker-compose.yaml on a fresh clone, and reads the settings as osms.settings does.
+
+Debian's docker-compose (installed by `make servers`) checks the file without a Docker engine:
+``docker-compose config`` resolves it as ``up`` would. No engine runs here, so the images are
+neither built nor started; `make cluster`'s test runs the same shape natively.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from osms import deploy, settings
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+FILES = ("docker-compose.yaml", "Dockerfile", ".dockerignore", ".env.example", "config")
+
+
+def _docker_compose() -> str:
+    found = shutil.which("docker-compose")
+    if not found:
+        pytest.fail("docker-compose is not installed: run `make servers` (Debian's docker-compose)")
+    return found
+
+
+def _clone(tmp_path: Path) -> Path:
+    """The files a fresh clone has for compose (no .env: it is never committed)."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in FILES:
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, clone / name)
+    return clone
+
+
+def _config(clone: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(clone)}  # no variable of this shell leaks into the file
+    return subprocess.run([_docker_compose(), *args], cwd=clone, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_docker_compose_config_accepts_a_fresh_clone(tmp_path: Path) -> None:
+    out = _config(_clone(tmp_path), "config", "--quiet")
+    assert out.returncode == 0, out.stderr
+
+
+def test_services_get_the_settings_files_site_and_env_secrets(tmp_path: Path) -> None:
+    clone = _clone(tmp_path)
+    secrets = deploy.write_secrets(clone / ".env")
+    out = _config(clone, "config")
+    assert out.returncode == 0, out.stderr
+    resolved = yaml.safe_load(out.stdout)
+    # docker-compose prints a literal $ as $$; Airflow expands $NAME itself in the container
+    expected = {k: v.replace("$", "$$") for k, v in settings.read_settings("distributed", clone / "config").items()}
+    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+                 "airflow-worker", "airflow-init"):
+        env = {k: str(v) for k, v in resolved["services"][name]["environment"].items()}
+        assert {k: env.get(k) for k in expected} == expected, f"{name} does not get config/*.env as written"
+        for key in settings.SECRET_NAMES:
+            assert env[key] == secrets[key], f"{name}: {key} is not the one in .env"
+    init = resolved["services"]["airflow-init"]["environment"]
+    assert {u: init[deploy.password_variable(u)] for u in deploy.PEOPLE} == deploy.passwords_of(secrets)
+    assert resolved["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == secrets["OSMS_POSTGRES_PASSWORD"]
+    assert resolved["services"]["redis"]["environment"]["REDISCLI_AUTH"] == secrets["OSMS_REDIS_PASSWORD"]
