@@ -17,7 +17,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
-	@$(BIN)/python -c "from osms.keys import ensure_dev_keypair; p, q = ensure_dev_keypair(); print('development signing key:', p)"
+	@$(BIN)/python -c "from osms.core.keys import ensure_dev_keypair; p, q = ensure_dev_keypair(); print('development signing key:', p)"
 	@touch $(STAMP)
 
 run: setup

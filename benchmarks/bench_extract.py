@@ -38,7 +38,7 @@ class SyntheticSource:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        from osms.registry import default_registry
+        from osms.core.registry import default_registry
 
         n = self.sizes[category]
         i = pa.array(np.arange(n, dtype=np.int64))
@@ -90,7 +90,7 @@ def _rss_mib() -> float:
 
 
 def _extract(url: str, token: str, category: str, page_size: int, out: Path, queue: mp.Queue) -> None:
-    from osms.extract import SourceEndpoint, extract_feed
+    from osms.sources.extract import SourceEndpoint, extract_feed
 
     before = _rss_mib()
     result = extract_feed(SourceEndpoint(url, token, page_size=page_size), body="labour", system=SYSTEM,

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
-from osms import iin  # noqa: E402
+from osms.core import iin  # noqa: E402
 
 
 def best_of(fn, repeat: int = 3) -> float:

@@ -20,7 +20,7 @@ import httpx
 from mocks.config import MockConfig
 from mocks.population import PopulationSpec, load_population
 from mocks.service import start_mocks
-from osms.keys import ensure_dev_keypair
+from osms.core.keys import ensure_dev_keypair
 
 
 def _du(path: Path) -> int:

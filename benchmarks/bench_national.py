@@ -7,7 +7,7 @@ receiver on 127.0.0.1, the 8 agency DAGs and the package DAG on Airflow's
 embedded SQLite, the real files), in a fresh data folder that keeps only the
 cached population (its build is timed apart and excluded). While it runs, the
 machine's load and each process's memory are sampled; afterwards the task
-metrics (``osms.task_metrics``) give, per stage and for the biggest tasks, wall
+metrics (``osms.orchestration.task_metrics``) give, per stage and for the biggest tasks, wall
 time, CPU time, rows per second and peak memory of the task's process.
 
 Measured in the same run, next to the pipeline's figures:
@@ -166,10 +166,10 @@ def task_figures(data: Path, day: dt.date) -> list[dict[str, Any]]:
     """Every task's metrics, with the rows it handled."""
     import pyarrow.parquet as pq
 
-    from osms import layout
-    from osms.registry import default_registry
-    from osms.status import read_status
-    from osms.task_metrics import read_metrics
+    from osms.core import layout
+    from osms.core.registry import default_registry
+    from osms.core.status import read_status
+    from osms.orchestration.task_metrics import read_metrics
 
     edition = default_registry().edition_on(day)
     statuses = {b.code: read_status(data, day, b.code) for b in edition.bodies}
@@ -246,7 +246,7 @@ print(json.dumps({{"files": len(files), "rows": rows, "seconds": time.perf_count
 
 def validation_reference(data: Path, day: dt.date) -> dict[str, Any]:
     """The project's validation and plain GX on the same landing file and suite, each in a fresh process."""
-    from osms import layout
+    from osms.core import layout
 
     body, system, category = REFERENCE_FEED
     landing = layout.landing(data, day, body, system, category)

@@ -24,9 +24,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from osms import iin, layout
-from osms.registry import default_registry
-from osms.status import BodyStatus, CategoryStatus, write_status
+from osms.core import iin
+
+from osms.core import layout
+from osms.core.registry import default_registry
+from osms.core.status import BodyStatus, CategoryStatus, write_status
 
 DAY = dt.date(2025, 6, 1)
 CHUNK = 1_000_000
@@ -114,12 +116,12 @@ def _build(data_dir: Path, memory_limit: str) -> None:
 
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("  %(message)s"))
-    logging.getLogger("osms.package").addHandler(handler)
-    logging.getLogger("osms.package").setLevel(logging.INFO)
+    logging.getLogger("osms.package.build").addHandler(handler)
+    logging.getLogger("osms.package.build").setLevel(logging.INFO)
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from osms.package import build_package, verify_package
+    from osms.package.build import build_package, verify_package
 
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

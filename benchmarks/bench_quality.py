@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from osms import iin
+from osms.core import iin
 from osms.quality.validate import validate_category
 
 DAY = dt.date(2025, 6, 1)

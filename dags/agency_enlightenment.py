@@ -1,5 +1,5 @@
 """Airflow agency DAG of the body `enlightenment`: its feeds under Decree No. 660, built from the registry."""
 
-from osms.dag_factory import build_agency_dag
+from osms.orchestration.dag_factory import build_agency_dag
 
 dag = build_agency_dag("enlightenment")

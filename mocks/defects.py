@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from osms import iin
+from osms.core import iin
 
 # The order is part of the deterministic draw: append new kinds at the end.
 DEFECT_KINDS: tuple[str, ...] = (

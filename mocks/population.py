@@ -33,8 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from osms import iin as _iin
-from osms.registry import default_registry
+from osms.core import iin as _iin
+from osms.core.registry import default_registry
 
 __all__ = [
     "DEFAULT_SCALE",

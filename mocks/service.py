@@ -107,7 +107,7 @@ def start_mocks(
     from mocks import state_corp
     from mocks.population import PopulationSpec, load_population
     from mocks.sources import SourceService, create_app
-    from osms.keys import ensure_dev_keypair
+    from osms.core.keys import ensure_dev_keypair
 
     if population is None:
         population = load_population(PopulationSpec(seed=config.seed, scale=config.scale), config.cache_dir,

@@ -59,7 +59,7 @@ class SourceService:
     """The state behind the app: feeds, day tables (cached), faults, statistics."""
 
     def __init__(self, population: RecordSource, config: MockConfig, *, cache_size: int = 6) -> None:
-        from osms.registry import default_registry
+        from osms.core.registry import default_registry
 
         self.population = population
         self.config = config

@@ -1,10 +1,10 @@
-"""Airflow plugin: every task's wall time, CPU time and peak memory (see ``osms.task_metrics``)."""
+"""Airflow plugin: every task's wall time, CPU time and peak memory (see ``osms.orchestration.task_metrics``)."""
 
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from osms import task_metrics
+from osms.orchestration import task_metrics
 
 
 class OsmsTaskMetricsPlugin(AirflowPlugin):

@@ -1,5 +1,5 @@
-"""Airflow plugin: the OSMS "Data quality" pages in Airflow's navigation (see ``osms.ui``), and the
-package DAG's deadline reference (see ``osms.alerts``)."""
+"""Airflow plugin: the OSMS "Data quality" pages in Airflow's navigation (see ``osms.ui.app``), and the
+package DAG's deadline reference (see ``osms.orchestration.alerts``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from functools import cached_property
 
 from airflow.plugins_manager import AirflowPlugin
 
-from osms.alerts import PackageDue
+from osms.orchestration.alerts import PackageDue
 
 
 class OsmsDataQualityPlugin(AirflowPlugin):
@@ -23,12 +23,12 @@ class OsmsDataQualityPlugin(AirflowPlugin):
 
     @cached_property
     def fastapi_apps(self) -> list[dict]:  # type: ignore[override]
-        from osms.ui import URL_PREFIX, create_app
+        from osms.ui.app import URL_PREFIX, create_app
 
         return [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "OSMS data quality"}]
 
     @cached_property
     def external_views(self) -> list[dict]:  # type: ignore[override]
-        from osms.ui import external_view
+        from osms.ui.app import external_view
 
         return [external_view()]

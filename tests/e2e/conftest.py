@@ -1,7 +1,7 @@
 """Browser tests: Debian's Chromium, driven by Playwright, against servers started as `make airflow` starts them.
 
 One stack per module (mocks + API server, scheduler, DAG processor, triggerer on
-127.0.0.1, SQLite) from ``osms.ui_stack.airflow_stack`` — the function behind
+127.0.0.1, SQLite) from ``osms.dev.ui_stack.airflow_stack`` — the function behind
 ``make airflow`` — with the scheduler's own schedule off, so the only runs are the
 tests'. The browser is the system Chromium (``/usr/bin/chromium``, or
 ``$OSMS_CHROMIUM``): Playwright never downloads one. It runs headless with the
@@ -45,8 +45,8 @@ def artifacts() -> Path:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from mocks.config import MockConfig
-    from osms.airflow_local import free_port
-    from osms.ui_stack import airflow_stack
+    from osms.dev.airflow_local import free_port
+    from osms.dev.ui_stack import airflow_stack
 
     data = tmp_path_factory.mktemp("ui") / "data"
     config = MockConfig(data_dir=data / "mocks")

@@ -24,8 +24,8 @@ import pendulum
 import pyarrow.parquet as pq
 import pytest
 
-from osms.local_run import ALMATY, logical_date
-from osms.registry import default_registry
+from osms.core.dates import ALMATY, logical_date
+from osms.core.registry import default_registry
 
 from .conftest import login
 
@@ -223,7 +223,7 @@ def test_c_qa_cannot_trigger_a_run(stack, browser, artifacts):
 
 
 def test_d_every_plugin_route_needs_airflow_credentials_and_paths_stay_inside(stack):
-    from osms.ui import URL_PREFIX, create_app
+    from osms.ui.app import URL_PREFIX, create_app
 
     day = DAYS[0].isoformat()
     routes = sorted({r.path.replace("{day}", day).replace("{path:path}", "index.html")

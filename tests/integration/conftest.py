@@ -20,7 +20,7 @@ def population_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from osms.keys import ensure_dev_keypair
+    from osms.core.keys import ensure_dev_keypair
 
     return ensure_dev_keypair(tmp_path_factory.mktemp("keys"))
 

@@ -22,10 +22,10 @@ from mocks.config import MockConfig
 from mocks.defects import DEFECT_KINDS, DefectRates
 from mocks.faults import SystemFaults
 from mocks.service import MockServices, start_mocks
-from osms.local_run import airflow_env, migrate, run_dag, run_day_dags
+from osms.dev.local_run import airflow_env, migrate, run_dag, run_day_dags
 from osms.quality.suites import load_suite_dict
-from osms.registry import default_registry
-from osms.status import read_status
+from osms.core.registry import default_registry
+from osms.core.status import read_status
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ def _tiny_backoff(env: dict[str, str], **extra: object) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def signing_public_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from osms.keys import ensure_dev_keypair
+    from osms.core.keys import ensure_dev_keypair
 
     return ensure_dev_keypair(tmp_path_factory.mktemp("keys"))[1]
 

@@ -24,8 +24,8 @@ import httpx
 import psutil
 import pytest
 
-from osms.airflow_local import free_port
-from osms.ui_stack import USERS, dag_ids
+from osms.dev.airflow_local import free_port
+from osms.dev.ui_stack import USERS, dag_ids
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """A backfill as operators run it gives the same outputs as running each date on its own.
 
 Real Airflow on 127.0.0.1 with embedded SQLite (API server, scheduler with the
-LocalExecutor, DAG processor; see ``osms.airflow_local``) backfills ``agency_courts``
+LocalExecutor, DAG processor; see ``osms.dev.airflow_local``) backfills ``agency_courts``
 for three dates against clean mocks; the same three dates then run one by one with
 ``airflow dags test`` (what ``osms run`` does) into a second data directory. Per date
 the status files must be byte-identical and the landing, validated and quarantine
@@ -26,8 +26,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mocks.service import MockServices
-from osms.airflow_local import AirflowLocalError, LocalAirflow, tail
-from osms.local_run import ALMATY, airflow_env, logical_date, migrate, run_dag
+from osms.dev.airflow_local import AirflowLocalError, LocalAirflow, tail
+from osms.core.dates import ALMATY, logical_date
+from osms.dev.local_run import airflow_env, migrate, run_dag
 from tests.support.airflow import backfill_create
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,6 @@
 """The distributed shape, natively (``make cluster``): backfills on Celery give ``osms run``'s packages, a worker's death included.
 
-A real cluster on 127.0.0.1 (``osms.cluster.Cluster``: PostgreSQL 15, Redis, the mocks,
+A real cluster on 127.0.0.1 (``osms.dev.cluster.Cluster``: PostgreSQL 15, Redis, the mocks,
 FAB, the API server, scheduler, DAG processor, triggerer and two Celery workers),
 configured from ``config/`` as docker-compose.yaml is. The operator starts two
 consecutive days as the UI's backfill dialog does (``POST /api/v2/backfills``, max active
@@ -35,9 +35,9 @@ from pathlib import Path
 import pendulum
 import pytest
 
-from osms.airflow_local import AirflowLocalError, free_port
-from osms.cluster import PG_BINDIR, Cluster
-from osms.local_run import ALMATY
+from osms.dev.airflow_local import AirflowLocalError, free_port
+from osms.dev.cluster import PG_BINDIR, Cluster
+from osms.core.dates import ALMATY
 
 _MISSING = [name for name, found in (("PostgreSQL 15", (PG_BINDIR / "postgres").exists()),
                                      ("Redis", shutil.which("redis-server"))) if not found]
@@ -163,8 +163,8 @@ def _summary(cluster: Cluster) -> str:
 
 def test_backfills_on_celery_equal_osms_run_with_a_worker_killed(cluster_data: Path, keys: Path,
                                                                   tmp_path: Path) -> None:
-    from osms.registry import default_registry
-    from osms.package_dag import DAG_ID as PACKAGE_DAG
+    from osms.core.registry import default_registry
+    from osms.orchestration.package_dag import DAG_ID as PACKAGE_DAG
 
     agency_dags = sorted({b.dag_id for d in DAYS for b in default_registry().edition_on(d).bodies})
     timings: dict[str, float] = {}

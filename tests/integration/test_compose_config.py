@@ -1,4 +1,4 @@
-"""docker-compose accepts docker-compose.yaml on a fresh clone, and reads the settings as osms.settings does.
+"""docker-compose accepts docker-compose.yaml on a fresh clone, and reads the settings as osms.dev.settings does.
 
 Debian's docker-compose (installed by `make servers`) checks the file without a Docker engine:
 ``docker-compose config`` resolves it as ``up`` would. No engine runs here, so the images are
@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from osms import deploy, settings
+from osms.dev import deploy
+
+from osms.dev import settings
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """The package deadline alert with real Airflow: a late run alerts once, a backfill run never.
 
 Real Airflow on 127.0.0.1 with embedded SQLite (API server, scheduler, DAG processor and the
-triggerer that runs the deadline callbacks; see ``osms.airflow_local``) and a webhook receiver on
+triggerer that runs the deadline callbacks; see ``osms.dev.airflow_local``) and a webhook receiver on
 127.0.0.1 given as ``AIRFLOW_CONN_OSMS_ALERT_WEBHOOK``. Two runs of ``osms_daily_package`` for past
 days, so their deadlines (D+1 07:00 Almaty) have passed when they are created and nothing was
 delivered: a manual run, which must alert exactly once, and a backfill run, which must not (it gets
@@ -30,7 +30,7 @@ from typing import Any
 import pendulum
 import pytest
 
-from osms.airflow_local import ALL_COMPONENTS, HOST, AirflowLocalError, LocalAirflow
+from osms.dev.airflow_local import ALL_COMPONENTS, HOST, AirflowLocalError, LocalAirflow
 from tests.support.airflow import backfill_create
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mocks.runner import RunningServer, serving
 from mocks.state_corp import Faults, StateCorpConfig, create_app
-from osms.deliver import DeliveryError, DeliveryWaiting, ReceiverEndpoint, deliver_package, endpoint_from_connection
+from osms.package.deliver import DeliveryError, DeliveryWaiting, ReceiverEndpoint, deliver_package, endpoint_from_connection
 from tests.unit.test_deliver import build_package, default_files, manifest_sha
 
 pytestmark = pytest.mark.integration
@@ -122,7 +122,7 @@ def test_commits_refused_twice_are_retried_until_delivered(
     receiver.set_faults(fail_next_commits=2)
     session = CountingSession()
     # act
-    with caplog.at_level(logging.WARNING, logger="osms.deliver"):
+    with caplog.at_level(logging.WARNING, logger="osms.package.deliver"):
         receipt, new = deliver_package(package, endpoint, session=session)
     # assert
     assert new is True and receiver.ledger() == [receipt.as_dict()]

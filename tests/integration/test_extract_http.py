@@ -17,7 +17,7 @@ from mocks.defects import DefectRates
 from mocks.faults import SystemFaults
 from mocks.runner import RunningServer, serving
 from mocks.sources import SourceService, create_app
-from osms.extract import FeedExtractError, SourceEndpoint, endpoint_from_connection, extract_feed
+from osms.sources.extract import FeedExtractError, SourceEndpoint, endpoint_from_connection, extract_feed
 from tests.support.fake_population import FakePopulation
 
 pytestmark = pytest.mark.integration
@@ -140,7 +140,7 @@ def test_renamed_or_dropped_column_is_named(source, tmp_path: Path, faults: Syst
 def test_a_bad_token_fails_with_401_and_no_retry(source, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     server, service = source
     endpoint = SourceEndpoint(server.url, "not-the-token", backoff_base=0.001, backoff_max=0.005)
-    with caplog.at_level(logging.WARNING, logger="osms.extract"), pytest.raises(FeedExtractError) as err:
+    with caplog.at_level(logging.WARNING, logger="osms.sources.extract"), pytest.raises(FeedExtractError) as err:
         _extract(endpoint, tmp_path / "x.parquet")
     assert err.value.status == 401 and err.value.attempts == 1
     assert "HTTP 401" in str(err.value) and "not retried" in str(err.value)
@@ -247,7 +247,7 @@ def test_an_html_page_answered_200_is_named_and_not_retried(source, tmp_path: Pa
 
 def test_more_pages_than_the_declared_size_needs_are_refused(tmp_path: Path) -> None:
     """A source that declares 10 records but keeps naming new cursors is stopped at the page that is too many."""
-    from osms.extract import SourceClient
+    from osms.sources.extract import SourceClient
 
     class Endless:
         headers: dict[str, str] = {}

@@ -34,14 +34,14 @@ from mocks.config import MockConfig
 from mocks.runner import serving
 from mocks.service import MockServices, start_mocks
 from mocks.state_corp import Faults, StateCorpConfig, create_app
-from osms import layout
-from osms.chain import ChainBroken, ChainWaiting, link
-from osms.deliver import DeliveryError, ReceiverEndpoint, deliver_package, read_receipt, receiver_packages
-from osms.failures import is_permanent
-from osms.local_run import airflow_env, migrate, run_day_dags
-from osms.package import PackageError, build_package
-from osms.package_dag import SIGNING_KEY_VARIABLE
-from osms.registry import default_registry
+from osms.core import layout
+from osms.package.chain import ChainBroken, ChainWaiting, link
+from osms.package.deliver import DeliveryError, ReceiverEndpoint, deliver_package, read_receipt, receiver_packages
+from osms.orchestration.failures import is_permanent
+from osms.dev.local_run import airflow_env, migrate, run_day_dags
+from osms.package.build import PackageError, build_package
+from osms.orchestration.package_dag import SIGNING_KEY_VARIABLE
+from osms.core.registry import default_registry
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +65,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, population_cache: Path) -> Iterator[World]:
     from mocks.population import PopulationSpec, load_population
-    from osms.keys import ensure_dev_keypair
+    from osms.core.keys import ensure_dev_keypair
 
     private, public = ensure_dev_keypair(tmp_path_factory.mktemp("keys"))
     data = tmp_path_factory.mktemp("world")
@@ -113,7 +113,7 @@ class _Receiver:
         return receiver_packages(self.endpoint)
 
     def receipt(self, package_id: str):
-        from osms.deliver import receiver_receipt
+        from osms.package.deliver import receiver_receipt
 
         return receiver_receipt(self.endpoint, package_id)
 
@@ -221,10 +221,10 @@ def test_5_a_truncated_status_of_one_body_is_named_and_contained_to_that_body(wo
 
 def test_6_an_unreadable_day_is_skipped_by_the_volume_check(world: World, tmp_path: Path,
                                                           caplog: pytest.LogCaptureFixture) -> None:
-    from osms.status import trailing_counts
+    from osms.core.status import trailing_counts
 
     data = _copy(world.data, tmp_path)
-    layout.status(data, D1, "labour").write_bytes(b'{"schema": "osms.status/1", "categ')
+    layout.status(data, D1, "labour").write_bytes(b'{"schema": "osms.core.status/1", "categ')
     assert trailing_counts(data, D2, "labour", "pensioners") == []
     assert any("unreadable" in r.message and "labour.json" in r.message for r in caplog.records)
 
@@ -308,8 +308,8 @@ def test_10_a_build_killed_midway_leaves_nothing_taken_and_the_rerun_is_identica
     code = textwrap.dedent(f"""
         import datetime as dt, os, signal
         from pathlib import Path
-        import osms.files as files
-        from osms.package import build_package
+        import osms.core.files as files
+        from osms.package.build import build_package
         real = files.RowGroupWriter.write
         def write(self, table):
             real(self, table)
@@ -330,7 +330,7 @@ def test_10_a_build_killed_midway_leaves_nothing_taken_and_the_rerun_is_identica
 
 def test_11_a_full_disk_while_writing_the_package_places_nothing(world: World, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import osms.files as files
+    import osms.core.files as files
 
     data = _copy(world.data, tmp_path)
     real = files.RowGroupWriter.write
@@ -356,8 +356,8 @@ def test_12_two_package_runs_for_one_date_at_once_give_one_package_and_one_deliv
         code = textwrap.dedent(f"""
             import datetime as dt
             from pathlib import Path
-            from osms.deliver import ReceiverEndpoint, deliver_package
-            from osms.package import build_package, package_lock
+            from osms.package.deliver import ReceiverEndpoint, deliver_package
+            from osms.package.build import build_package, package_lock
             data = Path({str(data)!r})
             r = build_package(day=dt.date(2025, 6, 1), data_dir=data,
                               signing_key_pem=Path({str(world.private_key)!r}).read_bytes(), producer_version="fm")
@@ -374,8 +374,8 @@ def test_12_two_package_runs_for_one_date_at_once_give_one_package_and_one_deliv
 def test_13_an_extract_killed_midway_leaves_no_landing_file_and_the_retry_cleans_up(tmp_path: Path,
                                                                                      start) -> None:
     from mocks.faults import SystemFaults
-    from osms.extract import SourceEndpoint, extract_feed
-    from osms.files import remove_temporaries
+    from osms.sources.extract import SourceEndpoint, extract_feed
+    from osms.core.files import remove_temporaries
 
     m = start()
     m.source_service.faults["payments"] = SystemFaults(slow_rate=1.0, slow_seconds=0.5)
@@ -383,7 +383,7 @@ def test_13_an_extract_killed_midway_leaves_no_landing_file_and_the_retry_cleans
     code = textwrap.dedent(f"""
         import datetime as dt
         from pathlib import Path
-        from osms.extract import SourceEndpoint, extract_feed
+        from osms.sources.extract import SourceEndpoint, extract_feed
         extract_feed(SourceEndpoint({m.sources_url!r}, {m.tokens["payments"]!r}, page_size=20),
                      body="labour", system="payments", category="pensioners", as_of=dt.date(2025, 6, 1),
                      landing_path=Path({str(landing)!r}))

@@ -12,7 +12,7 @@ import pytest
 from mocks.defects import DEFECT_KINDS, DefectRates
 from mocks.faults import SystemFaults
 from mocks.service import MockServices
-from osms import iin
+from osms.core import iin
 
 pytestmark = pytest.mark.integration
 

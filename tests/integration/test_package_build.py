@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from osms import iin
-from osms.package import build_package, verify_package
+from osms.core import iin
+from osms.package.build import build_package, verify_package
 
 pytestmark = pytest.mark.integration
 

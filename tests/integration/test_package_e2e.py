@@ -20,10 +20,10 @@ from mocks.config import MockConfig
 from mocks.defects import DefectRates
 from mocks.faults import SystemFaults
 from mocks.service import MockServices, start_mocks
-from osms.local_run import airflow_env, migrate, run_day_dags
-from osms.package import verify_package
-from osms.package_dag import SIGNING_KEY_VARIABLE
-from osms.registry import default_registry
+from osms.dev.local_run import airflow_env, migrate, run_day_dags
+from osms.package.build import verify_package
+from osms.orchestration.package_dag import SIGNING_KEY_VARIABLE
+from osms.core.registry import default_registry
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def _env(m: MockServices, data: Path, private_key: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def three_days(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, MockServices, Path]]:
-    from osms.keys import ensure_dev_keypair
+    from osms.core.keys import ensure_dev_keypair
 
     private, public = ensure_dev_keypair(tmp_path_factory.mktemp("keys"))
     data = tmp_path_factory.mktemp("e2e")

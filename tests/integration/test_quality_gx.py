@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mocks.defects import DEFECT_KINDS, DefectRates, apply_defects, required_columns, summarise
-from osms import iin
+from osms.core import iin
 from osms.quality.validate import validate_category, write_feedback
-from osms.registry import default_registry
+from osms.core.registry import default_registry
 
 pytestmark = pytest.mark.integration
 

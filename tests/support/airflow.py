@@ -1,10 +1,10 @@
-"""Helpers for tests that drive a real Airflow (``osms.airflow_local.LocalAirflow``)."""
+"""Helpers for tests that drive a real Airflow (``osms.dev.airflow_local.LocalAirflow``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from osms.airflow_local import LocalAirflow
+from osms.dev.airflow_local import LocalAirflow
 
 
 def backfill_create(af: LocalAirflow, dag_id: str, from_date: str, to_date: str) -> None:

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 
 from mocks.config import FIRST_DAY
-from osms import iin
-from osms.registry import default_registry
+from osms.core import iin
+from osms.core.registry import default_registry
 
 class FakePopulation:
     def __init__(self, size: int = 120) -> None:

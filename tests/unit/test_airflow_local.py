@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from osms.airflow_local import LocalAirflow
-from osms.settings import Site, expand, new_secrets
+from osms.dev.airflow_local import LocalAirflow
+from osms.dev.settings import Site, expand, new_secrets
 
 pytestmark = pytest.mark.unit
 

@@ -24,8 +24,8 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
-from osms import alerts
-from osms.package_dag import DAG_ID, build_package_dag
+from osms.orchestration import alerts
+from osms.orchestration.package_dag import DAG_ID, build_package_dag
 
 pytestmark = pytest.mark.unit
 
@@ -147,8 +147,8 @@ def test_dag_has_one_deadline_alert_that_serializes(dag) -> None:
     # assert
     assert isinstance(alert.reference, alerts.PackageDue)
     assert isinstance(alert.callback, AsyncCallback)  # runs in the triggerer, on any executor
-    assert alert.callback.path == "osms.alerts.package_deadline_missed" and alert.callback.kwargs == {}
-    assert json.dumps(stored).count("osms.alerts.PackageDue") == 1  # the reference's class path
+    assert alert.callback.path == "osms.orchestration.alerts.package_deadline_missed" and alert.callback.kwargs == {}
+    assert json.dumps(stored).count("osms.orchestration.alerts.PackageDue") == 1  # the reference's class path
     assert isinstance(read.reference.inner_ref, alerts.PackageDue)
     assert read.interval == dt.timedelta(0)
 
@@ -157,7 +157,7 @@ def test_reference_needs_the_plugin() -> None:
     """Without the plugin's registration Airflow refuses to read the reference back: the plugin lists it."""
     from airflow import plugins_manager
 
-    assert plugins_manager.get_deadline_references_plugins()["osms.alerts.PackageDue"] is alerts.PackageDue
+    assert plugins_manager.get_deadline_references_plugins()["osms.orchestration.alerts.PackageDue"] is alerts.PackageDue
 
 
 def _scheduled_logical_date(dag, day: dt.date) -> dt.datetime:
@@ -208,7 +208,7 @@ def _deadline(dag, logical: dt.datetime | None, run_type: str, interval_start: d
     (dt.date(2026, 12, 31), 2),  # across a year end
 ])
 def test_deadline_is_next_day_seven_in_almaty(dag, day: dt.date, utc_hour: int) -> None:
-    from osms.dag_factory import run_day
+    from osms.orchestration.dag_factory import run_day
 
     # arrange
     logical = _scheduled_logical_date(dag, day)
@@ -248,7 +248,7 @@ def test_reference_requires_the_run() -> None:
 
 def test_no_deadline_where_the_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """``osms run`` runs ``dag.test()``, where Airflow 3.3.2 fails a succeeded run with a deadline: its settings say off."""
-    from osms.local_run import airflow_env
+    from osms.dev.local_run import airflow_env
 
     monkeypatch.setenv("OSMS_DEADLINE_ALERTS", airflow_env(Path("/tmp/osms-test"), {})["OSMS_DEADLINE_ALERTS"])
     assert not build_package_dag().deadline
@@ -264,7 +264,7 @@ def test_alert_is_logged_and_posted(monkeypatch: pytest.MonkeyPatch, caplog: pyt
     _connection(monkeypatch)
     webhook = Webhook(200)
     # act
-    with caplog.at_level(logging.INFO, logger="osms.alerts"):
+    with caplog.at_level(logging.INFO, logger="osms.orchestration.alerts"):
         result = _run(_context(), webhook)
     # assert
     assert result == "alert posted to connection osms_alert_webhook (HTTP 200)"
@@ -310,7 +310,7 @@ def test_missing_connection_logs_the_alert_and_a_warning(caplog: pytest.LogCaptu
     # arrange: no AIRFLOW_CONN_OSMS_ALERT_WEBHOOK (autouse fixture)
     webhook = Webhook(200)
     # act
-    with caplog.at_level(logging.INFO, logger="osms.alerts"):
+    with caplog.at_level(logging.INFO, logger="osms.orchestration.alerts"):
         result = _run(_context(), webhook)
     # assert
     assert result == "alert logged, not posted: connection osms_alert_webhook not defined"
@@ -326,7 +326,7 @@ def test_backfill_run_does_not_alert(monkeypatch: pytest.MonkeyPatch, caplog: py
 
     _connection(monkeypatch)
     webhook = Webhook(200)
-    with caplog.at_level(logging.INFO, logger="osms.alerts"):
+    with caplog.at_level(logging.INFO, logger="osms.orchestration.alerts"):
         result = _run(_context(run_type=DagRunType.BACKFILL_JOB.value, run_id="backfill__2025-06-01"), webhook)
     assert result == "no alert: backfill run"
     assert webhook.requests == []
@@ -383,7 +383,7 @@ def test_failed_post_is_logged_with_connection_and_status_not_token(
     _connection(monkeypatch)
     webhook = Webhook(503)
     # act
-    with caplog.at_level(logging.INFO, logger="osms.alerts"), pytest.raises(alerts.AlertNotPosted) as raised:
+    with caplog.at_level(logging.INFO, logger="osms.orchestration.alerts"), pytest.raises(alerts.AlertNotPosted) as raised:
         _run(_context(), webhook)
     # assert
     assert len(webhook.requests) == alerts.POST_ATTEMPTS

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from osms.cli import main
+from osms.dev.cli import main
 
 pytestmark = pytest.mark.unit
 

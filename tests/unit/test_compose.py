@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from osms import deploy, settings
-from osms.cluster import SERVICES
+from osms.dev import deploy
+
+from osms.dev import settings
+from osms.dev.cluster import SERVICES
 
 pytestmark = pytest.mark.unit
 
@@ -40,7 +42,7 @@ def test_the_compose_site_and_secrets_are_those_of_the_native_shape(compose: dic
     env = compose["x-airflow-common"]["environment"]
     secrets = set(settings.SECRET_NAMES)
     assert set(env) == _site_names() | secrets | {"OSMS_SIGNING_PUBLIC_KEY"}, (
-        "the compose file's site differs from osms.settings.Site (or its secrets from SECRET_NAMES)")
+        "the compose file's site differs from osms.dev.settings.Site (or its secrets from SECRET_NAMES)")
     for name in secrets:  # every secret from .env, none written here
         assert env[name] == f"${{{name}:-}}", f"{name} must come from .env: {env[name]!r}"
     referenced = settings.referenced_variables(settings.read_settings("distributed", ROOT / "config"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from osms.registry import default_registry
+from osms.core.registry import default_registry
 
 pytestmark = pytest.mark.unit
 
@@ -75,13 +75,17 @@ def test_parsing_is_fast_and_light() -> None:
         "t0 = time.perf_counter()\n"
         f"bag = DagBag({str(ROOT / 'dags')!r})\n"
         "print(json.dumps({'seconds': time.perf_counter() - t0, 'dags': len(bag.dag_ids),"
-        " 'heavy': sorted(m for m in ('pandas', 'great_expectations', 'pyarrow', 'numpy') if m in sys.modules)}))\n"
+        " 'heavy': sorted(m for m in ('pandas', 'great_expectations', 'pyarrow', 'numpy') if m in sys.modules),"
+        " 'osms': sorted(m for m in sys.modules if m.split('.')[0] in ('osms', 'mocks'))}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     doc = json.loads(out.stdout.strip().splitlines()[-1])
     assert doc["dags"] >= 8
     assert doc["heavy"] == [m for m in doc["heavy"] if m == "numpy"]  # numpy may come with Airflow; never pandas/GX/pyarrow
     assert doc["seconds"] < 10
+    # the DAGs load the core and the orchestration only: never the mocks, the dev stack, the UI or the heavy stages
+    assert {m.split(".")[1] for m in doc["osms"] if "." in m} <= {"core", "orchestration"}, doc["osms"]
+    assert not [m for m in doc["osms"] if m.startswith("mocks")]
 
 
 def test_package_dag_shape(dagbag) -> None:

@@ -9,8 +9,8 @@ import pyarrow.compute as pc
 import pytest
 
 from mocks.defects import DEFECT_KINDS, DefectRates, apply_defects, required_columns, summarise
-from osms import iin
-from osms.registry import default_registry
+from osms.core import iin
+from osms.core.registry import default_registry
 from tests.support.fake_population import FakePopulation
 
 pytestmark = pytest.mark.unit

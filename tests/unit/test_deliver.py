@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
-from osms.deliver import (
+from osms.package.deliver import (
     DeliveryError,
     DeliveryWaiting,
     Receipt,
@@ -512,7 +512,7 @@ def test_a_4xx_is_not_retried_and_quotes_the_receivers_code_and_message(
 def test_an_unauthorized_answer_never_shows_the_token(tmp_path: Path, key, deliver, receiver, caplog) -> None:
     package = build_package(tmp_path, "2025-06-01", key)
     receiver.on("GET", "OSMS-2025-06-01", (401, {"error": "unauthorized", "message": "token not known"}, {}))
-    with caplog.at_level(logging.DEBUG, logger="osms.deliver"), pytest.raises(DeliveryError) as caught:
+    with caplog.at_level(logging.DEBUG, logger="osms.package.deliver"), pytest.raises(DeliveryError) as caught:
         deliver(package)
     assert str(caught.value) == "package OSMS-2025-06-01: look up failed: HTTP 401 unauthorized: token not known"
     assert TOKEN not in str(caught.value) and TOKEN not in caplog.text
@@ -568,7 +568,7 @@ def test_logs_name_package_step_bytes_and_retries_never_content_or_token(
     package = build_package(tmp_path, "2025-06-01", key)
     receiver.on("PUT", "records.parquet", (503, {"error": "unavailable", "message": "later"}, {}))
     size = (package / "records.parquet").stat().st_size
-    with caplog.at_level(logging.INFO, logger="osms.deliver"):
+    with caplog.at_level(logging.INFO, logger="osms.package.deliver"):
         deliver(package)
     text = caplog.text
     assert f"package OSMS-2025-06-01: upload records.parquet: {size} bytes in" in text

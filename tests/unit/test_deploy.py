@@ -9,7 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from osms import deploy, settings
+from osms.dev import deploy
+
+from osms.dev import settings
 
 pytestmark = pytest.mark.unit
 
@@ -25,7 +27,7 @@ def test_secrets_are_written_once_private_and_complete(tmp_path: Path) -> None:
 
 
 def test_the_same_three_people_as_the_simple_auth_manager() -> None:
-    from osms.ui_stack import USERS
+    from osms.dev.ui_stack import USERS
 
     assert list(deploy.PEOPLE) == list(USERS)
     levels = {"admin": "Admin", "op": "Op", "viewer": "Viewer"}

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 import requests
 
-from osms import extract
-from osms.extract import (
+from osms.sources import extract
+from osms.sources.extract import (
     ExtractResult,
     FeedExtractError,
     PageError,
@@ -26,7 +26,7 @@ from osms.extract import (
     parse_page,
     parse_retry_after,
 )
-from osms.registry import Column, default_registry
+from osms.core.registry import Column, default_registry
 
 pytestmark = pytest.mark.unit
 
@@ -277,7 +277,7 @@ def test_retry_after_is_honoured_and_backoff_grows(caplog: pytest.LogCaptureFixt
         ok,
     )
     client, sleeps = _client(session)
-    with caplog.at_level(logging.WARNING, logger="osms.extract"):
+    with caplog.at_level(logging.WARNING, logger="osms.sources.extract"):
         pages = _pages(client)
     assert len(pages) == 1 and pages[0].attempts == 5
     assert sleeps == [7.0, 1.0, 2.0, 4.0]

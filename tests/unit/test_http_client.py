@@ -17,9 +17,13 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
-from osms import alerts, deliver, extract
-from osms.connections import connection_url
-from osms.http_client import (
+from osms.orchestration import alerts
+
+from osms.package import deliver
+
+from osms.sources import extract
+from osms.sources.connections import connection_url
+from osms.sources.http_client import (
     POLICY,
     Action,
     HttpClient,

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osms import iin
-from osms.iin import Reason
+from osms.core import iin
+from osms.core.iin import Reason
 
 pytestmark = pytest.mark.unit
 

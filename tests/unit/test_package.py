@@ -13,9 +13,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from osms import iin, layout, package
-from osms.files import write_bytes_atomic, write_parquet_atomic
-from osms.package import (
+from osms.core import iin
+
+from osms.core import layout
+
+from osms.package import build as package
+from osms.core.files import write_bytes_atomic, write_parquet_atomic
+from osms.package.build import (
     PACKAGE_SCHEMA,
     PackageError,
     PackageGateError,
@@ -24,7 +28,7 @@ from osms.package import (
     run_package_suite,
     verify_package,
 )
-from osms.status import BodyStatus, CategoryStatus, write_status
+from osms.core.status import BodyStatus, CategoryStatus, write_status
 
 pytestmark = pytest.mark.unit
 
@@ -336,7 +340,7 @@ def test_changes_list_added_removed_and_changed_fields(tmp_path, keys):
 
 
 def test_a_package_follows_the_day_before_and_never_skips_an_undelivered_one(tmp_path, keys):
-    from osms.chain import ChainWaiting
+    from osms.package.chain import ChainWaiting
 
     # Arrange: D0 built but not delivered; a work folder of an earlier build of D0 left behind
     _two_bodies(tmp_path, D0)
@@ -533,7 +537,7 @@ def test_a_duplicate_across_a_chunk_boundary_is_caught(tmp_path, monkeypatch):
 
 def test_a_failing_gate_writes_no_package(tmp_path, keys, monkeypatch):
     # Arrange: consolidation that (wrongly) yields a duplicate row
-    from osms import consolidate
+    from osms.package import consolidate
 
     _two_bodies(tmp_path)
     original = consolidate._consolidate_range

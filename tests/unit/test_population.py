@@ -17,8 +17,8 @@ from mocks.population import (
     PopulationSpec,
     load_population,
 )
-from osms import iin as iinmod
-from osms.registry import default_registry
+from osms.core import iin as iinmod
+from osms.core.registry import default_registry
 
 pytestmark = pytest.mark.unit
 

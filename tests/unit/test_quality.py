@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from osms import iin
+from osms.core import iin
 from osms.quality.scrub import scrub_validation_result
 from osms.quality.suites import load_suite_dict, read_suite_file, render_registry_rules, suite_parameters
 from osms.quality.validate import CategoryOutcome, validate_category, write_feedback
-from osms.registry import default_registry
+from osms.core.registry import default_registry
 
 pytestmark = pytest.mark.unit
 

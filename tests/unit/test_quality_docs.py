@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from osms import iin
+from osms.core import iin
 from osms.quality import docs
 from osms.quality.validate import CategoryOutcome, validate_category
-from osms.registry import default_registry
+from osms.core.registry import default_registry
 
 pytestmark = pytest.mark.unit
 

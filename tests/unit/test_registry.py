@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from osms.registry import NoEditionInForce, Registry, RegistryError, default_seed_dir, load_registry
+from osms.core.registry import NoEditionInForce, Registry, RegistryError, default_seed_dir, load_registry
 
 pytestmark = pytest.mark.unit
 
@@ -175,7 +175,7 @@ def test_before_first_edition_is_refused(registry: Registry) -> None:
 
 def test_describe_is_stable_json(registry: Registry) -> None:
     doc = registry.describe(dt.date(2025, 6, 1))
-    assert doc["schema"] == "osms.registry/1"
+    assert doc["schema"] == "osms.core.registry/1"
     assert doc["edition"]["code"] == "2022"
     assert doc["counts"] == {"bodies": 8, "systems": 18, "categories": 16, "feeds": 35}
     assert [f["id"] for f in doc["feeds"]][0] == "enlightenment.nedb.children"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from osms import settings
-from osms.settings import Site, SettingsError, airflow_env, expand, parse_env_file, read_settings
+from osms.dev import settings
+from osms.dev.settings import Site, SettingsError, airflow_env, expand, parse_env_file, read_settings
 
 pytestmark = pytest.mark.unit
 
@@ -97,10 +97,10 @@ def test_expand_is_what_airflow_reads(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_osms_run_reads_the_embedded_shape(tmp_path: Path) -> None:
-    from osms.local_run import airflow_env as run_env
+    from osms.dev.local_run import airflow_env as run_env
 
     env = run_env(tmp_path, {"AIRFLOW_CONN_Y": "http://y"})
     assert env["OSMS_DEADLINE_ALERTS"] == "off" and env["AIRFLOW_CONN_Y"] == "http://y"
     assert expand(env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") == f"sqlite:///{tmp_path / 'airflow'}/airflow.db"
-    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] == "osms.settings.SQLITE_CONNECT_ARGS"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] == "osms.dev.settings.SQLITE_CONNECT_ARGS"
     assert env["AIRFLOW__CORE__UNIT_TEST_MODE"] == "False"

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.unit
 def test_the_signing_key_variable_is_masked_by_airflow() -> None:
     from airflow._shared.secrets_masker import DEFAULT_SENSITIVE_FIELDS
 
-    from osms.package_dag import SIGNING_KEY_VARIABLE
+    from osms.orchestration.package_dag import SIGNING_KEY_VARIABLE
 
     normalized = SIGNING_KEY_VARIABLE.lower()
     assert any(field in normalized for field in DEFAULT_SENSITIVE_FIELDS), (
@@ -19,8 +19,8 @@ def test_the_signing_key_variable_is_masked_by_airflow() -> None:
 
 def test_osms_run_gives_the_development_key_under_that_name(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("OSMS_KEY_DIR", str(tmp_path))
-    from osms.local_run import signing_env
-    from osms.package_dag import SIGNING_KEY_VARIABLE
+    from osms.dev.local_run import signing_env
+    from osms.orchestration.package_dag import SIGNING_KEY_VARIABLE
 
     env = signing_env()
     assert list(env) == [f"AIRFLOW_VAR_{SIGNING_KEY_VARIABLE.upper()}"]

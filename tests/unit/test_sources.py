@@ -52,7 +52,7 @@ def test_paging_returns_every_record_once(limit: int) -> None:
 
 
 def test_records_have_the_registry_columns_in_order() -> None:
-    from osms.registry import default_registry
+    from osms.core.registry import default_registry
 
     client, service = _client()
     rows = _fetch_all(client, service, "migration_police", "eaeu_migrants", 50)

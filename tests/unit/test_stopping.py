@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from osms.stopping import StopSignals
+from osms.dev.stopping import StopSignals
 
 pytestmark = pytest.mark.unit
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.unit
 # next bytecode. With "locking" the handler holds a lock while it records, as threading.Event.set does.
 NESTED = textwrap.dedent("""
     import os, signal, sys, threading
-    from osms.stopping import StopSignals
+    from osms.dev.stopping import StopSignals
 
     class Record(list):
         sent = False

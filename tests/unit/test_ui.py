@@ -20,13 +20,15 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from osms import iin, layout
-from osms.files import write_bytes_atomic, write_parquet_atomic
-from osms.package import build_package
-from osms.status import BodyStatus, CategoryStatus, write_status
-from osms.ui import create_app, external_view
-from osms.ui_charts import line_chart
-from osms.ui_report import BadDay, available_days, day_report, package_view, parse_day, trends
+from osms.core import iin
+
+from osms.core import layout
+from osms.core.files import write_bytes_atomic, write_parquet_atomic
+from osms.package.build import build_package
+from osms.core.status import BodyStatus, CategoryStatus, write_status
+from osms.ui.app import create_app, external_view
+from osms.ui.charts import line_chart
+from osms.ui.report import BadDay, available_days, day_report, package_view, parse_day, trends
 
 pytestmark = pytest.mark.unit
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from osms import ui_assets
-from osms.ui_assets import (
+from osms.ui import assets as ui_assets
+from osms.ui.assets import (
     ASSETS,
     PACKAGES,
     UI_STATIC,

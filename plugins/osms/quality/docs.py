@@ -29,8 +29,8 @@ The index page is GX's, plus one tab, "OSMS verdicts", with each (body,
 category)'s verdict, reason and row counts (the verdict also weighs volume,
 which no expectation shows). Pages carry no context id and no build time.
 The files keep GX's links to its CSS/JS and logo on public CDNs; the Data
-quality plugin (``osms.ui``) serves them with those links pointed at vendored
-copies (``osms.ui_assets``), so a page opened there never reaches outside.
+quality plugin (``osms.ui.app``) serves them with those links pointed at vendored
+copies (``osms.ui.assets``), so a page opened there never reaches outside.
 The build itself makes no network call, and GX analytics are off.
 
 ``render_day`` is called once a day, by the package DAG's ``data_docs`` task

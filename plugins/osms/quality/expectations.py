@@ -22,7 +22,7 @@ from great_expectations.expectations.metrics.map_metric_provider import (
     multicolumn_condition_partial,
 )
 
-from osms import iin
+from osms.core import iin
 
 __all__ = ["ExpectColumnValuesToBeValidIin", "ExpectIinToMatchBirthDateAndSex"]
 

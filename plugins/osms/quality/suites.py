@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from osms.registry import EditionCategory, default_registry
+from osms.core.registry import EditionCategory, default_registry
 
 __all__ = [
     "expectations_dir",

@@ -9,7 +9,7 @@ Nothing here restates a rule. The only row-level decision taken outside GX is
 exact duplicates (a repeated identical row keeps one copy), which must happen
 before GX so that the copy is not reported as a broken ``record_id_unique``.
 
-Memory is bounded by the task's budget (:mod:`osms.budget`), not by the feed:
+Memory is bounded by the task's budget (:mod:`osms.core.budget`), not by the feed:
 
 - exact duplicates and the uniqueness rules, which compare rows with each other,
   are found by a hash pass over the whole feed in DuckDB (spilling beyond its
@@ -46,20 +46,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from osms import layout
-from osms.budget import task_budget
-from osms.files import write_bytes_atomic
+from osms.core import layout
+from osms.core.budget import task_budget
+from osms.core.files import write_bytes_atomic
 from osms.quality.runner import MIN_ROWS_TO_HOLD, RuleResult, mostly_success, rule_results, run_expectations
 from osms.quality.scrub import scrub_validation_result
 from osms.quality.suites import load_suite_dict, resolve_parameters, suite_parameters
-from osms.registry import default_registry
+from osms.core.registry import default_registry
 
 if TYPE_CHECKING:
     import duckdb
     import numpy as np
     import pyarrow as pa
 
-    from osms.registry import EditionCategory
+    from osms.core.registry import EditionCategory
 
 __all__ = ["CategoryOutcome", "DUPLICATE_RULE", "MIN_ROWS_TO_HOLD", "RuleResult", "validate_category",
            "write_feedback"]
@@ -131,8 +131,8 @@ def validate_category(
     import numpy as np
     import pyarrow as pa
 
-    from osms.files import parquet_writer_atomic
-    from osms.iin import prefix_ranges
+    from osms.core.files import parquet_writer_atomic
+    from osms.core.iin import prefix_ranges
     from osms.quality.frames import columns_used, to_frame
     from osms.quality.uniqueness import find_table_wide, is_table_wide
 
@@ -157,7 +157,7 @@ def validate_category(
         return result
 
     # what a killed validation of this (body, category, D) left: temporary files, its work folder
-    from osms.files import remove_temporaries
+    from osms.core.files import remove_temporaries
 
     for leftover in (layout.validated(data_dir, as_of, body, category), layout.quarantine(data_dir, as_of, body,
                                                                                           category)):

@@ -1,0 +1,279 @@
+"""Builds the daily package DAG: wait for the 8 statuses, build, sign, deliver, report.
+
+Time-scheduled (not asset-triggered) like the agency DAGs, so operators can
+backfill any range of dates and get the same packages as the scheduled runs.
+A body whose status does not arrive by the cutoff counts as failed: its
+categories are carried forward, never read as removals.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import (
+    DAG,
+    AsyncCallback,
+    BaseSensorOperator,
+    CronDataIntervalTimetable,
+    DeadlineAlert,
+    task,
+)
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.task.trigger_rule import TriggerRule
+
+from osms.core import layout
+from osms.orchestration.alerts import PackageDue, package_deadline_missed
+from osms.orchestration.dag_factory import OWNER, START_DATE
+from osms.core.dates import ALMATY, run_day
+from osms.core.registry import NoEditionInForce, default_registry
+
+DAG_ID = "osms_daily_package"
+# After the agency DAGs (00:30): the package for D is built once they have reported.
+SCHEDULE = "45 0 * * *"
+# Bodies report within minutes normally; wait up to 5 hours, so that the package
+# is still delivered before the 07:00 deadline when one body is late.
+STATUS_WAIT = timedelta(hours=5)
+# A run's conf may shorten the wait (minutes; 0: a body without a status has failed, now).
+STATUS_WAIT_CONF = "status_wait_minutes"
+# ... and the wait for D-1's delivery (0: if D-1 is not delivered, the run fails now, saying so).
+PREVIOUS_WAIT_CONF = "previous_wait_minutes"
+# D-1 late by days is for operators to fix; the deadline alert has said so long before.
+PREVIOUS_WAIT = timedelta(days=2)
+RECEIVER_CONN_ID = "osms_state_corp"
+BUILD_TIMEOUT = timedelta(hours=2)  # the national package builds in about a minute
+DELIVER_TIMEOUT = timedelta(hours=1)
+# a name Airflow's secrets masker hides ("private_key"): the key never shows in the UI or a log
+SIGNING_KEY_VARIABLE = "osms_signing_private_key"
+DEADLINE_ALERTS_ENV = "OSMS_DEADLINE_ALERTS"
+
+
+class BodyStatusSensor(BaseSensorOperator):
+    """Waits for a body's status file for D; deferrable, so waiting holds no worker slot."""
+
+    template_fields = ()
+
+    def __init__(self, *, body: str, deferrable: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.body = body
+        self.deferrable = deferrable
+
+    def _path(self, context: Any) -> Any:
+        return layout.status(layout.data_dir(), run_day(context), self.body)
+
+    def poke(self, context: Any) -> bool:
+        """Whether the body's status for D has been written."""
+        return self._path(context).exists()
+
+    def execute(self, context: Any) -> None:
+        day = run_day(context)
+        try:
+            edition = default_registry().edition_on(day)
+        except NoEditionInForce as exc:
+            raise AirflowSkipException(str(exc)) from None
+        if self.body not in {b.code for b in edition.bodies}:
+            raise AirflowSkipException(f"{self.body} is not a responsible body on {day} (edition {edition.code})")
+        if self.poke(context):
+            return None
+        wait = self._wait(context)
+        if wait <= timedelta(0):
+            # The run was started knowing every body has finished (osms run, or an operator's
+            # rerun of a late day): a body without a status has failed; nothing is worth waiting for.
+            raise AirflowFailException(f"{self.body} wrote no status for {day}, and this run does not wait"
+                                       f" ({STATUS_WAIT_CONF} = 0): it counts as failed")
+        if not self.deferrable:
+            self.timeout = wait.total_seconds()
+            return super().execute(context)  # the usual poke loop
+        # A body that never reports makes the wait time out: the sensor fails, and
+        # build_package (all_done) counts the body as failed and carries it forward.
+        from airflow.providers.standard.triggers.file import FileTrigger
+
+        self.defer(
+            trigger=FileTrigger(filepath=str(self._path(context)), poke_interval=30.0),
+            method_name="execute_complete",
+            timeout=wait,
+        )
+
+    def _wait(self, context: Any) -> timedelta:
+        """How long to wait: the run's ``status_wait_minutes`` if its conf gives one, else the sensor's timeout."""
+        conf = getattr(context.get("dag_run"), "conf", None) or {}
+        if conf.get(STATUS_WAIT_CONF) is not None:
+            try:
+                return timedelta(minutes=float(conf[STATUS_WAIT_CONF]))
+            except (TypeError, ValueError):
+                raise AirflowFailException(f"{STATUS_WAIT_CONF} must be a number of minutes,"
+                                           f" not {conf[STATUS_WAIT_CONF]!r}") from None
+        return self.timeout if isinstance(self.timeout, timedelta) else timedelta(seconds=float(self.timeout))
+
+    def execute_complete(self, context: Any, event: Any = None) -> None:
+        """The status file appeared."""
+        return None
+
+
+def delivery_deadline() -> DeadlineAlert | None:
+    """Not delivered by D+1 07:00 Almaty: alert (``osms.orchestration.alerts``; never for backfill runs).
+
+    None where the environment turns deadlines off (``OSMS_DEADLINE_ALERTS=off``): ``osms run``
+    runs DAGs with ``dag.test()``, where no scheduler watches deadlines and Airflow 3.3.2 fails
+    the succeeded run of a DAG that has one (apache/airflow#73428, 'dict' object has no
+    attribute 'hex'); drop that setting once that is fixed.
+    """
+    if os.environ.get(DEADLINE_ALERTS_ENV, "on").strip().lower() in ("off", "false", "0", "no"):
+        return None
+    return DeadlineAlert(
+        reference=PackageDue(),  # D+1 07:00 Almaty by the calendar; none for backfill runs
+        interval=timedelta(0),
+        callback=AsyncCallback(package_deadline_missed),
+        name="package delivered by D+1 07:00 Asia/Almaty",
+    )
+
+
+class PreviousPackageSensor(BaseSensorOperator):
+    """Waits until D-1's package is delivered (or D starts the chain): D's package is built only then.
+
+    In reschedule mode: waiting holds no worker slot and burns no retry. A lost receipt
+    of D-1 is recovered from the receiver here; a broken chain fails at once with the
+    cause. The first time a run waits, a notice goes to the alert webhook.
+    """
+
+    template_fields = ()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(mode="reschedule", **kwargs)
+
+    def execute(self, context: Any) -> Any:
+        conf = getattr(context.get("dag_run"), "conf", None) or {}
+        if conf.get(PREVIOUS_WAIT_CONF) is not None and float(conf[PREVIOUS_WAIT_CONF]) <= 0:
+            if not self.poke(context):  # the run was started not to wait: one look, then fail with the cause
+                raise AirflowFailException(f"{self._waiting} (and this run does not wait: {PREVIOUS_WAIT_CONF} = 0)")
+            return None
+        return super().execute(context)
+
+    def poke(self, context: Any) -> bool:
+        """Whether D's package may be built now."""
+        from osms.package.chain import ChainBroken, ChainWaiting, HttpReceiver, link
+        from osms.orchestration.failures import task_errors
+
+        day = run_day(context)
+        try:
+            with task_errors():
+                found = link(layout.data_dir(), day, HttpReceiver.from_connection(RECEIVER_CONN_ID))
+        except ChainWaiting as exc:
+            self._waiting = str(exc)
+            self.log.info("waiting: %s", exc)
+            from osms.orchestration.alerts import notify
+
+            notify("delivery_waiting", dag_id=context["dag"].dag_id, run_id=context["run_id"], day=day,
+                   message=f"the package of {day} waits: {exc}")
+            return False
+        except ChainBroken:
+            raise
+        self.log.info("package %s %s", day, found.how)
+        return True
+
+
+@task(task_id="build_package", trigger_rule=TriggerRule.ALL_DONE, execution_timeout=BUILD_TIMEOUT)
+def build(**context: Any) -> dict[str, Any]:
+    """Consolidate the validated data of D (carrying forward what is missing), gate it, sign it."""
+    from airflow.sdk import Variable
+
+    import osms
+    from osms.package.chain import HttpReceiver
+    from osms.orchestration.failures import task_errors
+    from osms.package.build import build_package
+
+    day = run_day(context)
+    with task_errors():
+        key = Variable.get(SIGNING_KEY_VARIABLE)
+        result = build_package(day=day, data_dir=layout.data_dir(), signing_key_pem=key.encode(),
+                               producer_version=osms.__version__,
+                               receiver=HttpReceiver.from_connection(RECEIVER_CONN_ID))
+    return {
+        "package_id": result.package_id,
+        "path": str(result.path),
+        "manifest_sha256": result.manifest_sha256,
+        "rows": result.rows,
+        "categories": {code: {k: v for k, v in c.items() if k in ("status", "rows")} for code, c in
+                       result.categories.items()},
+    }
+
+
+@task(task_id="data_docs", trigger_rule=TriggerRule.ALL_DONE, execution_timeout=timedelta(minutes=30))
+def data_docs(**context: Any) -> dict[str, Any]:
+    """Render the day's GX Data Docs from every body's scrubbed reports: once a day, once the bodies reported.
+
+    Never fails the run: a page that cannot be rendered is logged (by type only) and
+    the reports it would show stay on disk for the next render.
+    """
+    from osms.quality.docs import render_day
+
+    day = run_day(context)
+    return {"index": str(render_day(layout.data_dir(), day))}
+
+
+@task(task_id="deliver", retries=6, retry_delay=timedelta(minutes=5), retry_exponential_backoff=0,
+      execution_timeout=DELIVER_TIMEOUT)
+def deliver(built: dict[str, Any], **context: Any) -> dict[str, Any]:
+    """Upload and commit the package to the State Corporation; keep the receipt beside it.
+
+    Safe to retry: a delivered package is recognised by its receipt and never sent
+    twice. A receiver that is down for a whole try is tried again later; one that
+    refuses the package (a checksum, the signature, the chain) fails the run at once.
+    """
+    from pathlib import Path
+
+    from osms.package.deliver import deliver_package, endpoint_from_connection
+    from osms.orchestration.failures import task_errors
+    from osms.package.build import package_lock
+
+    with task_errors(), package_lock(layout.data_dir(), run_day(context)):
+        receipt, new = deliver_package(Path(built["path"]), endpoint_from_connection(RECEIVER_CONN_ID),
+                                       data_dir=layout.data_dir())
+    return {"receipt_id": receipt.receipt_id, "package_id": receipt.package_id, "newly_delivered": new}
+
+
+@task(task_id="report")
+def report(built: dict[str, Any], receipt: dict[str, Any], **context: Any) -> dict[str, Any]:
+    """Log the day's outcome (counts only) for the run's log and the UI."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    day = run_day(context)
+    for code, c in sorted(built["categories"].items()):
+        log.info("%s %s: %s, %s rows", day, code, c["status"], c["rows"])
+    log.info("package %s (%s rows) receipt %s%s", built["package_id"], built["rows"], receipt["receipt_id"],
+             "" if receipt["newly_delivered"] else " (already delivered earlier)")
+    return {"package_id": built["package_id"], "receipt_id": receipt["receipt_id"]}
+
+
+def build_package_dag() -> DAG:
+    """The daily package DAG."""
+    bodies = default_registry().all_bodies()
+    with DAG(
+        dag_id=DAG_ID,
+        description="One consolidated, signed package a day for the State Corporation (Decree No. 660)",
+        schedule=CronDataIntervalTimetable(SCHEDULE, timezone=ALMATY),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,  # packages form a chain: one date at a time, in order
+        default_args={"owner": OWNER, "retries": 2, "retry_delay": timedelta(minutes=2)},
+        tags=["osms", "package"],
+        deadline=delivery_deadline(),
+        doc_md=__doc__ + "\n\nSigning key: Airflow variable `osms_signing_private_key` (PEM, masked). Receiver: connection"
+        " `osms_state_corp`. Deadline alert (package not delivered by D+1 07:00 Almaty): webhook connection"
+        " `osms_alert_webhook`, or the one named by the variable `osms_alert_webhook_conn`.",
+    ) as dag:
+        waits = [
+            BodyStatusSensor(task_id=f"wait_for_{b.code}", body=b.code, timeout=STATUS_WAIT, poke_interval=60,
+                             retries=0)
+            for b in bodies
+        ]
+        previous = PreviousPackageSensor(task_id="previous_package_delivered", timeout=PREVIOUS_WAIT,
+                                         poke_interval=300, retries=0)
+        built = build()
+        waits >> built
+        previous >> built
+        waits >> data_docs()
+        report(built, deliver(built))
+    return dag

@@ -1,0 +1,1 @@
+"""The Data quality pages in Airflow's UI: the app, its assets, charts and reports."""

@@ -1,0 +1,401 @@
+"""What the Data quality and package pages show, read from the data partitions.
+
+Everything here is counts, rule names, codes, dates and checksums: the status
+files (``status/<D>/<body>.json``), the package's ``quality.json``, ``manifest.json``
+and ``receipt.json``. No Parquet file of records is ever opened, so no IIN or
+name can reach a page. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from osms.core import layout
+from osms.core.documents import MANIFEST, QUALITY, Problem
+from osms.core.files import sha256_file
+from osms.core.registry import Edition, NoEditionInForce, default_registry
+from osms.core.status import BodyStatus, CategoryStatus, StatusUnreadable, read_status, read_status_or_none
+
+TREND_DAYS = 30
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+class BadDay(ValueError):
+    """A day that is not an ISO date (YYYY-MM-DD)."""
+
+
+def parse_day(text: str) -> dt.date:
+    """An ISO date from a URL, strictly (no times, no other forms)."""
+    if not _DAY.fullmatch(text or ""):
+        raise BadDay(f"day must be an ISO date YYYY-MM-DD, not {text[:20]!r}")
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise BadDay(f"{text} is not a calendar date") from None
+
+
+def available_days(root: Path) -> list[dt.date]:
+    """Dates with a status or a package, newest first."""
+    return sorted({d for kind in ("status", "packages") for d, _ in layout.dated_dirs(root / kind)}, reverse=True)
+
+
+@dataclass(frozen=True)
+class FeedRow:
+    """One feed (a system of the body) of a category on D: its own verdict and counts."""
+
+    system: str
+    status: str  # published, held_back, failed, missing
+    reason: str | None
+    carried_forward_from: dt.date | None
+    rows_in: int
+    rows_published: int
+    rows_quarantined: int
+
+
+@dataclass(frozen=True)
+class UnitRow:
+    """One body's part of a category on D: its verdict and what its status reported (None: nothing)."""
+
+    body: str
+    status: str  # published, partial, held_back, failed, missing (did not report)
+    reason: str | None
+    carried_forward_from: dt.date | None
+    reported: CategoryStatus | None
+    feeds: tuple[FeedRow, ...] = ()
+
+    @property
+    def rows_in(self) -> int:
+        return self.reported.rows_in if self.reported else 0
+
+    @property
+    def rows_published(self) -> int:
+        return self.reported.rows_published if self.reported else 0
+
+    @property
+    def rows_quarantined(self) -> int:
+        return self.reported.rows_quarantined if self.reported else 0
+
+    @property
+    def quarantined_by_rule(self) -> dict[str, int]:
+        return dict(sorted(self.reported.quarantined_by_rule.items())) if self.reported else {}
+
+    @property
+    def warnings_by_rule(self) -> dict[str, int]:
+        """Rules that warned at least once."""
+        return {k: v for k, v in sorted(self.reported.warnings_by_rule.items()) if v} if self.reported else {}
+
+
+@dataclass(frozen=True)
+class CategoryRow:
+    """A category on D, summed over its bodies."""
+
+    row: int
+    code: str
+    name: str
+    provisional: bool
+    status: str  # published, partial, carried_forward, missing
+    units: tuple[UnitRow, ...]
+    package_rows: int | None  # rows in the delivered package, when there is one
+
+    @property
+    def rows_in(self) -> int:
+        return sum(u.rows_in for u in self.units)
+
+    @property
+    def rows_published(self) -> int:
+        return sum(u.rows_published for u in self.units)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return sum(u.rows_quarantined for u in self.units)
+
+    @property
+    def quarantined_by_rule(self) -> dict[str, int]:
+        return _sum_rules(u.quarantined_by_rule for u in self.units)
+
+    @property
+    def warnings_by_rule(self) -> dict[str, int]:
+        return _sum_rules(u.warnings_by_rule for u in self.units)
+
+    @property
+    def warnings(self) -> int:
+        return sum(self.warnings_by_rule.values())
+
+    @property
+    def carried_forward_from(self) -> dt.date | None:
+        """The oldest date any of its bodies' data is carried forward from."""
+        dates = [u.carried_forward_from for u in self.units if u.carried_forward_from]
+        return min(dates) if dates else None
+
+
+def _sum_rules(parts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in parts:
+        for rule, n in part.items():
+            total[rule] = total.get(rule, 0) + int(n)
+    return dict(sorted(total.items()))
+
+
+@dataclass(frozen=True)
+class DayReport:
+    """The Data quality page of one date."""
+
+    day: dt.date
+    edition: Edition | None
+    edition_error: str | None
+    categories: tuple[CategoryRow, ...]
+    bodies_reported: tuple[str, ...]
+    bodies_missing: tuple[str, ...]
+    has_package: bool
+    has_docs: bool
+
+    @property
+    def totals(self) -> dict[str, int]:
+        return {
+            "rows_in": sum(c.rows_in for c in self.categories),
+            "rows_published": sum(c.rows_published for c in self.categories),
+            "rows_quarantined": sum(c.rows_quarantined for c in self.categories),
+            "warnings": sum(c.warnings for c in self.categories),
+        }
+
+    def status_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.categories:
+            out[c.status] = out.get(c.status, 0) + 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of the page (``/osms/api/quality/<D>``)."""
+        return {
+            "day": self.day.isoformat(),
+            "edition": self.edition.code if self.edition else None,
+            "edition_error": self.edition_error,
+            "bodies_reported": list(self.bodies_reported),
+            "bodies_missing": list(self.bodies_missing),
+            "has_package": self.has_package,
+            "has_data_docs": self.has_docs,
+            "totals": self.totals,
+            "categories": {
+                c.code: {
+                    "row": c.row, "status": c.status, "rows_in": c.rows_in, "rows_published": c.rows_published,
+                    "rows_quarantined": c.rows_quarantined, "quarantined_by_rule": c.quarantined_by_rule,
+                    "warnings_by_rule": c.warnings_by_rule, "package_rows": c.package_rows,
+                    "carried_forward_from": _iso(c.carried_forward_from),
+                    "bodies": {u.body: {
+                        "status": u.status, "reason": u.reason, "rows_in": u.rows_in,
+                        "rows_published": u.rows_published, "rows_quarantined": u.rows_quarantined,
+                        "quarantined_by_rule": u.quarantined_by_rule, "warnings_by_rule": u.warnings_by_rule,
+                        "carried_forward_from": _iso(u.carried_forward_from),
+                        "feeds": {f.system: {
+                            "status": f.status, "reason": f.reason, "carried_forward_from": _iso(f.carried_forward_from),
+                            "rows_in": f.rows_in, "rows_published": f.rows_published,
+                            "rows_quarantined": f.rows_quarantined,
+                        } for f in u.feeds},
+                    } for u in c.units},
+                } for c in self.categories
+            },
+        }
+
+
+def _iso(d: dt.date | None) -> str | None:
+    return d.isoformat() if d else None
+
+
+def docs_dir(root: Path, day: dt.date) -> Path:
+    """The GX Data Docs site of a date (see ``osms.quality.docs``)."""
+    return root / "reports" / "data_docs" / day.isoformat()
+
+
+def day_report(root: Path, day: dt.date) -> DayReport:
+    """Per category and body: verdict, counts, rules, carried-forward dates on D."""
+    from osms.package.build import category_verdict, plan_units
+
+    has_package = (layout.package_dir(root, day) / MANIFEST).is_file()
+    has_docs = (docs_dir(root, day) / "index.html").is_file()
+    try:
+        edition = default_registry().edition_on(day)
+    except NoEditionInForce as exc:
+        return DayReport(day, None, str(exc), (), (), (), has_package, has_docs)
+    statuses: dict[str, BodyStatus | None] = {}
+    unreadable: dict[str, str] = {}
+    for b in edition.bodies:
+        try:
+            statuses[b.code] = read_status(root, day, b.code)
+        except StatusUnreadable as exc:
+            statuses[b.code], unreadable[b.code] = None, f"its status file is unreadable: {exc.problem}"
+    units = plan_units(root, day, edition)
+    quality = _read_json(layout.package_dir(root, day) / QUALITY) or {}
+    rows = []
+    for ec in edition.categories:
+        cat_units = [u for u in units if u.category == ec.code]
+        unit_rows = []
+        for body in sorted({u.body for u in cat_units}):
+            mine = [u for u in cat_units if u.body == body]
+            carried = sorted(u.carried_forward_from for u in mine if u.carried_forward_from)
+            first = mine[0]
+            unit_rows.append(UnitRow(
+                body=body, status=first.body_status,
+                reason=unreadable.get(body) or (first.body_reason if first.body_status != "published" else None),
+                carried_forward_from=carried[0] if carried else None,
+                reported=_reported(statuses.get(body), ec.code),
+                feeds=tuple(FeedRow(system=u.system, status=u.status, reason=u.reason,
+                                    carried_forward_from=u.carried_forward_from,
+                                    rows_in=int(u.counts.get("rows_in", 0)),
+                                    rows_published=int(u.counts.get("rows_published", 0)),
+                                    rows_quarantined=int(u.counts.get("rows_quarantined", 0))) for u in mine),
+            ))
+        q_cat = (quality.get("categories") or {}).get(ec.code) or {}
+        rows.append(CategoryRow(
+            row=ec.row, code=ec.code, name=ec.category.name_en, provisional=ec.provisional,
+            status=category_verdict(cat_units), units=tuple(unit_rows),
+            package_rows=q_cat.get("rows") if has_package else None,
+        ))
+    return DayReport(
+        day=day, edition=edition, edition_error=None, categories=tuple(rows),
+        bodies_reported=tuple(sorted(b for b, s in statuses.items() if s is not None)),
+        bodies_missing=tuple(sorted(b for b, s in statuses.items() if s is None)),
+        has_package=has_package, has_docs=has_docs,
+    )
+
+
+def _reported(status: BodyStatus | None, category: str) -> CategoryStatus | None:
+    if status is None:
+        return None
+    try:
+        return status.category(category)
+    except KeyError:
+        return None
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    day: dt.date
+    rows_in: int | None  # None: no body reported the category that day
+    rows_quarantined: int | None
+
+    @property
+    def quarantine_rate(self) -> float | None:
+        if self.rows_in is None:
+            return None
+        return (self.rows_quarantined or 0) / self.rows_in if self.rows_in else 0.0
+
+
+@dataclass(frozen=True)
+class Trend:
+    """Rows in and quarantine rate of each category over the days up to D."""
+
+    days: tuple[dt.date, ...]
+    series: dict[str, tuple[TrendPoint, ...]] = field(default_factory=dict)
+
+
+def trends(root: Path, day: dt.date, days: int = TREND_DAYS) -> Trend:
+    """Per category, the sums over its bodies of rows in and quarantined on each of ``days`` dates to D."""
+    span = tuple(day - dt.timedelta(days=k) for k in range(days - 1, -1, -1))
+    registry = default_registry()
+    sums: dict[str, dict[dt.date, list[int]]] = {}
+    for d in span:
+        try:
+            edition = registry.edition_on(d)
+        except NoEditionInForce:
+            continue
+        for body in edition.bodies:
+            st = read_status_or_none(root, d, body.code)
+            if st is None:
+                continue
+            for c in st.categories:
+                if c.status == "failed" and not c.rows_in:
+                    continue  # nothing arrived: a gap, not a zero
+                acc = sums.setdefault(c.category, {}).setdefault(d, [0, 0])
+                acc[0] += c.rows_in
+                acc[1] += c.rows_quarantined
+    try:
+        codes = [c.code for c in registry.edition_on(day).categories]
+    except NoEditionInForce:
+        codes = []
+    codes += sorted(set(sums) - set(codes))
+    series = {
+        code: tuple(TrendPoint(d, *(sums.get(code, {}).get(d) or (None, None))) for d in span) for code in codes
+    }
+    return Trend(days=span, series=series)
+
+
+# --------------------------------------------------------------------------- the package view
+
+
+@dataclass(frozen=True)
+class PackageView:
+    """A package's manifest, the checks of its files, signature and chain link, and its receipt."""
+
+    day: dt.date
+    exists: bool
+    manifest: dict[str, Any] | None
+    manifest_sha256: str | None
+    problems: tuple[Problem, ...]
+    files: tuple[dict[str, Any], ...]  # manifest entries with "ok" (checksum and size) added
+    signature_ok: bool | None  # None: no public key to check with
+    chain: dict[str, Any]
+    receipt: dict[str, Any] | None
+    public_key: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "day": self.day.isoformat(), "exists": self.exists, "manifest": self.manifest,
+            "manifest_sha256": self.manifest_sha256, "problems": [str(p) for p in self.problems], "files": list(self.files),
+            "signature_ok": self.signature_ok, "chain": self.chain, "receipt": self.receipt,
+        }
+
+
+def package_view(root: Path, day: dt.date, public_key: Path | None) -> PackageView:
+    """Read and check the package of D (nothing is checked against the receiver)."""
+    from osms.core.documents import RECEIPT
+    from osms.package.build import verify_package
+
+    pdir = layout.package_dir(root, day)
+    manifest_path = pdir / MANIFEST
+    if not manifest_path.is_file():
+        return PackageView(day, False, None, None, (), (), None, {}, _read_json(pdir / RECEIPT), None)
+    manifest = _read_json(manifest_path)
+    key = public_key.read_bytes() if public_key is not None and public_key.is_file() else None
+    problems = tuple(verify_package(pdir, key))
+    signature_ok = None if key is None else not any(p.kind in ("signature", "key") for p in problems)
+    files = []
+    for entry in (manifest or {}).get("files", []):
+        name = str(entry.get("name", "?"))
+        bad = [str(p) for p in problems if p.kind == "file" and p.file == name]
+        files.append({**entry, "ok": not bad, "problems": bad})
+    previous = (manifest or {}).get("previous_manifest_sha256")
+    broken = [str(p) for p in problems if p.kind == "chain"]
+    chain = {
+        "previous_manifest_sha256": previous,
+        "previous_day": _previous_day(root, day, previous),
+        "ok": not broken,
+        "problems": broken,
+    }
+    return PackageView(
+        day=day, exists=True, manifest=manifest, manifest_sha256=sha256_file(manifest_path), problems=problems,
+        files=tuple(files), signature_ok=signature_ok, chain=chain, receipt=_read_json(pdir / RECEIPT),
+        public_key=public_key.name if public_key is not None and public_key.is_file() else None,
+    )
+
+
+def _previous_day(root: Path, day: dt.date, sha: str | None) -> str | None:
+    """The date of the package the chain link names: the day before's, when its hash matches."""
+    from osms.package.chain import manifest_sha256
+
+    previous = layout.package_dir(root, day - dt.timedelta(days=1))
+    if not sha or manifest_sha256(previous) != sha:
+        return None  # verify_package names the broken link
+    return previous.name
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
