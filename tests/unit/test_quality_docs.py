@@ -226,3 +226,26 @@ def test_the_library_uses_no_private_gx_api() -> None:
     found = [f"{p.relative_to(library)}:{n}" for p in sorted(library.rglob("*.py"))
              for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if private.search(line)]
     assert found == []
+
+
+def test_a_day_opened_before_its_package_is_rendered_once_and_again_when_a_report_changes(
+        day: Day, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(day.data_dir / "reports" / "gx", data_dir / "reports" / "gx")
+    assert docs.has_reports(data_dir, DAY) and not docs.has_reports(data_dir, DAY - dt.timedelta(days=1))
+    assert docs.current_site(data_dir, DAY - dt.timedelta(days=1)) is None  # no report: nothing to render
+
+    site = docs.current_site(data_dir, DAY)  # no site yet: rendered now
+    assert site is not None and "justice" in (site / "index.html").read_text(encoding="utf-8")
+    built = (site / "index.html").stat().st_mtime_ns
+    assert docs.current_site(data_dir, DAY) == site
+    assert (site / "index.html").stat().st_mtime_ns == built  # current: served as it is
+
+    report = data_dir / "reports" / "gx" / DAY.isoformat() / "justice" / "children.json"
+    later = (site / "index.html").stat().st_mtime + 5
+    os.utime(report, (later, later))  # a body's rerun wrote a newer report
+    docs.current_site(data_dir, DAY)
+    assert (site / "index.html").stat().st_mtime_ns != built

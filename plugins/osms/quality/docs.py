@@ -55,7 +55,7 @@ from osms.quality.scrub import scrub_validation_result
 if TYPE_CHECKING:
     from great_expectations.data_context import EphemeralDataContext
 
-__all__ = ["build_data_docs", "render_day"]
+__all__ = ["build_data_docs", "current_site", "has_reports", "render_day"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,31 @@ def render_day(data_dir: Path, as_of: dt.date) -> Path:
         return index
 
 
+def _reports(data_dir: Path, as_of: dt.date) -> list[Path]:
+    return sorted((data_dir / "reports" / "gx" / as_of.isoformat()).glob("*/*.json"))
+
+
+def has_reports(data_dir: Path, as_of: dt.date) -> bool:
+    """Whether any body has a scrubbed GX report for the date (the docs can be rendered)."""
+    return bool(_reports(data_dir, as_of))
+
+
+def current_site(data_dir: Path, as_of: dt.date) -> Path | None:
+    """The date's Data Docs folder, rendered first if a report is newer than it (or it is missing); None if none.
+
+    The package DAG's ``data_docs`` task renders each day's docs once all bodies have
+    reported; a QA reviewer opening a day before then (a body's backfill, a day whose
+    package has not run) gets them rendered from the reports there are, once, and
+    the same pages again until a report changes.
+    """
+    site = _site_dir(data_dir, as_of)
+    reports = _reports(data_dir, as_of)
+    index = site / "index.html"
+    if reports and (not index.is_file() or max(p.stat().st_mtime for p in reports) > index.stat().st_mtime):
+        render_day(data_dir, as_of)
+    return site if index.is_file() else None
+
+
 def build_data_docs(data_dir: Path, as_of: dt.date) -> Path:
     """Rebuild ``reports/data_docs/<D>/`` from every scrubbed report of the date; raise on any failure.
 
@@ -90,7 +115,7 @@ def build_data_docs(data_dir: Path, as_of: dt.date) -> Path:
     with _locked(site.parent / f".{day}.lock"):
         reports = [
             scrub_validation_result(json.loads(p.read_text(encoding="utf-8")))  # scrubbed again: only counts go in
-            for p in sorted((data_dir / "reports" / "gx" / day).glob("*/*.json"))
+            for p in _reports(data_dir, as_of)
         ]
         return _build(site, reports, as_of)
 

@@ -163,7 +163,13 @@ def create_app(authorize: Authorize | None = None, *, prefix: str = URL_PREFIX,
 
     @app.get("/docs/{day}/{path:path}")
     def data_docs(day: str, path: str = "") -> Response:
-        target = _inside(docs_dir(root(), _day(day)), path or "index.html")
+        site = docs_dir(root(), _day(day))
+        if not path or path == "index.html":
+            # rendered here when a body's report is newer than the site (the package DAG renders each day once)
+            from osms.quality.docs import current_site
+
+            site = current_site(root(), _day(day)) or site
+        target = _inside(site, path or "index.html")
         if target.suffix == ".html":
             html = target.read_text(encoding="utf-8", errors="replace")
             return HTMLResponse(ui_assets.localize_docs_html(html, f"{prefix}/static"), headers=_NO_STORE)
