@@ -49,7 +49,7 @@ pytestmark = [
 
 DAYS = [dt.date(2025, 6, 1), dt.date(2025, 6, 2)]
 PACKAGE_FILES = ("records.parquet", "changes.parquet", "quality.json", "manifest.json", "manifest.sig")
-RUNS_TIMEOUT = 480  # seconds for both days' runs, the retry of the killed task included
+RUNS_TIMEOUT = 900  # seconds for both days' runs, the retry of the killed task included (a ceiling against a hang)
 TIMEOUTS = {"AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20", "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "60"}
 
 
@@ -121,8 +121,15 @@ def _backfill(cluster: Cluster, dag_id: str, run_time: dt.time) -> None:
 
 
 def _task_instances(cluster: Cluster) -> list[dict]:
-    answer = cluster.airflow.api("GET", "/api/v2/dags/~/dagRuns/~/taskInstances", params={"limit": 1000})
-    return list(answer["task_instances"])
+    """Every task instance, page by page (the API gives at most ``[api] maximum_page_limit``, 100, at once)."""
+    found: list[dict] = []
+    while True:
+        answer = cluster.airflow.api("GET", "/api/v2/dags/~/dagRuns/~/taskInstances",
+                                     params={"limit": 100, "offset": len(found), "order_by": "id"})
+        page = list(answer["task_instances"])
+        found += page
+        if not page or len(found) >= int(answer["total_entries"]):
+            return found
 
 
 def _kill_a_worker_mid_task(cluster: Cluster) -> tuple[str, list[dict]]:
