@@ -249,3 +249,19 @@ def test_a_day_opened_before_its_package_is_rendered_once_and_again_when_a_repor
     os.utime(report, (later, later))  # a body's rerun wrote a newer report
     docs.current_site(data_dir, DAY)
     assert (site / "index.html").stat().st_mtime_ns != built
+
+
+def test_a_process_that_never_validated_builds_the_docs(day: Day, tmp_path: Path) -> None:
+    # the API server (QA opening a day) and the package DAG's own task process hold no GX project
+    import shutil
+    import subprocess
+    import sys
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(day.data_dir / "reports" / "gx", data_dir / "reports" / "gx")
+    code = ("import datetime as dt, pathlib; from osms.quality import docs; "
+            f"docs.build_data_docs(pathlib.Path({str(data_dir)!r}), dt.date.fromisoformat({DAY.isoformat()!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    index = data_dir / "reports" / "data_docs" / DAY.isoformat() / "index.html"
+    assert "Validation Results" in index.read_text(encoding="utf-8")

@@ -117,7 +117,18 @@ def build_data_docs(data_dir: Path, as_of: dt.date) -> Path:
             scrub_validation_result(json.loads(p.read_text(encoding="utf-8")))  # scrubbed again: only counts go in
             for p in _reports(data_dir, as_of)
         ]
-        return _build(site, reports, as_of)
+        from great_expectations.exceptions import DataContextRequiredError
+
+        try:
+            return _build(site, reports, as_of)
+        except DataContextRequiredError:
+            # GX resolves some objects through the process's current project; a process that never
+            # validated (the API server, a task process of its own) has none. It gets an ephemeral
+            # one, as validation's runner makes (there was none to replace), and the build runs again.
+            import great_expectations as gx
+
+            gx.get_context(mode="ephemeral")
+            return _build(site, reports, as_of)
 
 
 def _build(site: Path, reports: list[dict[str, Any]], as_of: dt.date) -> Path:
