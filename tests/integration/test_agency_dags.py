@@ -22,7 +22,7 @@ from mocks.config import MockConfig
 from mocks.defects import DEFECT_KINDS, DefectRates
 from mocks.faults import SystemFaults
 from mocks.service import MockServices, start_mocks
-from osms.dev.local_run import airflow_env, migrate, run_dag, run_day_dags
+from osms.dev.local_run import DagWorkers, airflow_env, migrate, run_day_dags
 from osms.quality.suites import load_suite_dict
 from osms.core.registry import default_registry
 from osms.core.status import read_status
@@ -179,11 +179,18 @@ def fault_run(tmp_path_factory: pytest.TempPathFactory, signing_public_key: Path
                      public_key_path=signing_public_key) as m:
         env = airflow_env(data, _tiny_backoff(m.airflow_env()))
         migrate(env)
+        runs = iter(range(1, 1000))
+        # one warm worker runs each test's DAG (Airflow's dag.test(), as osms run runs it), not a cold process per run
+        with DagWorkers(env, 1) as pool:
+            pool.prepare(data / "airflow" / "logs" / "prepare.log")
 
-        def run(dag_id: str, day: dt.date = DAY):
-            return run_dag(dag_id, day, env, data / "airflow" / "logs" / dag_id)
+            def run(dag_id: str, day: dt.date = DAY):
+                log = data / "airflow" / "logs" / dag_id / f"run-{next(runs)}.log"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                (result,) = pool.run([(dag_id, day, log)])
+                return result
 
-        yield data, m, run
+            yield data, m, run
 
 
 def test_5xx_and_429_are_retried(fault_run) -> None:
