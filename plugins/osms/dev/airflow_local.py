@@ -470,8 +470,17 @@ class LocalAirflow:
         """Call the REST API; return the JSON answer, or None for a status outside ``ok`` that is 404."""
         import httpx
 
-        r = httpx.request(method, f"{self.url}{path}", headers={"Authorization": f"Bearer {self.token()}"},
-                          timeout=30, **kwargs)
+        # An API server on SQLite answers one writer at a time: while the scheduler and the DAG processor write
+        # (at start, every DAG at once) an answer can take long. Reads and idempotent writes are asked again once.
+        idempotent = method.upper() in ("GET", "PUT", "PATCH", "DELETE")
+        for attempt in (1, 2):
+            try:
+                r = httpx.request(method, f"{self.url}{path}", headers={"Authorization": f"Bearer {self.token()}"},
+                                  timeout=60, **kwargs)
+                break
+            except httpx.TimeoutException:
+                if not idempotent or attempt == 2:
+                    raise
         if r.status_code in ok:
             return r.json() if r.content else None
         if r.status_code == 404:
