@@ -61,9 +61,10 @@ def extract(body: str, system: str, category: str, **context: Any) -> dict[str, 
     """Extract one feed for D into its landing file; return counts."""
     day = run_day(context)
     edition = _edition_or_skip(day)
-    feed_id = f"{body}.{system}.{category}"
-    if not any(f.id == feed_id for f in edition.feeds):
-        raise AirflowSkipException(f"feed {feed_id} is not in force on {day} (edition {edition.code})")
+    feed = next((f for f in edition.feeds if (f.body, f.system, f.category) == (body, system, category)), None)
+    if feed is None:
+        raise AirflowSkipException(f"feed {body}.{system}.{category} is not in force on {day} (edition {edition.code})")
+    feed_id = feed.id
 
     from osms.core.documents import ExtractError
     from osms.sources.extract import FeedExtractError, endpoint_from_connection, extract_feed
@@ -71,7 +72,7 @@ def extract(body: str, system: str, category: str, **context: Any) -> dict[str, 
     from osms.core.files import remove_temporaries, write_bytes_atomic
 
     root = layout.data_dir()
-    conn_id = f"osms_source_{system}"
+    conn_id = edition.system(system).connection_id  # the registry names each system's connection
     landing = layout.landing(root, day, body, system, category)
     error_path = layout.extract_error(root, day, body, system, category)
     error_path.unlink(missing_ok=True)
