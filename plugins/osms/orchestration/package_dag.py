@@ -43,6 +43,9 @@ PREVIOUS_WAIT_CONF = "previous_wait_minutes"
 PREVIOUS_WAIT = timedelta(days=2)
 RECEIVER_CONN_ID = "osms_state_corp"
 BUILD_TIMEOUT = timedelta(hours=2)  # the national package builds in about a minute
+# retries of the sensors for a worker lost under them (never for their own timeout: see the DAG)
+SENSOR_RETRIES = 2
+SENSOR_RETRY_DELAY = timedelta(seconds=30)
 DELIVER_TIMEOUT = timedelta(hours=1)
 # a name Airflow's secrets masker hides ("private_key"): the key never shows in the UI or a log
 SIGNING_KEY_VARIABLE = "osms_signing_private_key"
@@ -264,13 +267,17 @@ def build_package_dag() -> DAG:
         " `osms_state_corp`. Deadline alert (package not delivered by D+1 07:00 Almaty): webhook connection"
         " `osms_alert_webhook`, or the one named by the variable `osms_alert_webhook_conn`.",
     ) as dag:
+        # A sensor's own end is never retried (its wait timing out raises AirflowSensorTimeout, a run that does
+        # not wait AirflowFailException); its retries are for the worker lost while it looked (a killed worker
+        # would otherwise make a body that did report count as failed, and carry it forward). A retried wait
+        # starts its wait again.
         waits = [
             BodyStatusSensor(task_id=f"wait_for_{b.code}", body=b.code, timeout=STATUS_WAIT, poke_interval=60,
-                             retries=0)
+                             retries=SENSOR_RETRIES, retry_delay=SENSOR_RETRY_DELAY)
             for b in bodies
         ]
         previous = PreviousPackageSensor(task_id="previous_package_delivered", timeout=PREVIOUS_WAIT,
-                                         poke_interval=300, retries=0)
+                                         poke_interval=300, retries=SENSOR_RETRIES, retry_delay=SENSOR_RETRY_DELAY)
         built = build()
         waits >> built
         previous >> built
