@@ -248,6 +248,32 @@ def package_verify(package_dir: str, public_key: str | None, previous: str | Non
     click.echo(f"OK {package_dir}: checksums, signature and chain link verified")
 
 
+@main.group()
+def chain() -> None:
+    """The delivery chain: where it starts."""
+
+
+@chain.command("start")
+@click.option("--date", "day", type=DATE, default=None, help="Write this day as the chain's first (once).")
+@click.option("--data-dir", envvar="OSMS_DATA_DIR", default="data", show_default=True, help="Working data root.")
+def chain_start_command(day: dt.date | None, data_dir: str) -> None:
+    """Show the delivery chain's start, or write it once with --date (no package is built before it)."""
+    from pathlib import Path
+
+    from osms.package.chain import ChainBroken, ChainStartConflict, chain_start, set_chain_start
+
+    root = Path(data_dir).resolve()
+    try:
+        start = set_chain_start(root, day, set_by="osms chain start", strict=True) if day else chain_start(root)
+    except (ChainStartConflict, ChainBroken) as exc:
+        raise click.ClickException(str(exc)) from None
+    if start is None:
+        click.echo(f"the delivery chain in {root} has no start yet: the first scheduled or backfill run of the"
+                   " package DAG (or osms run) writes it")
+        sys.exit(1)
+    click.echo(f"the delivery chain starts at {start.start} (set by {start.set_by} at {start.set_at})")
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -439,7 +465,9 @@ def deploy_env(path: str) -> None:
               default=None, help="PEM private key for the package DAG's variable.")
 @click.option("--connections", type=click.Path(exists=True, dir_okay=False), envvar="OSMS_CONNECTIONS_FILE",
               default=None, help="Connections to create or replace (JSON: {conn_id: {conn_type, host, ...}}).")
-def deploy_init(signing_key: str | None, connections: str | None) -> None:
+@click.option("--chain-start", type=DATE, envvar="OSMS_CHAIN_START", default=None,
+              help="The delivery chain's first day, written once under OSMS_DATA_DIR (default: the first run's).")
+def deploy_init(signing_key: str | None, connections: str | None, chain_start: dt.date | None) -> None:
     """Migrate, FAB roles engineer/operator/qa and their users (passwords from OSMS_<USER>_PASSWORD), key, connections."""
     import os
     from pathlib import Path
@@ -448,7 +476,7 @@ def deploy_init(signing_key: str | None, connections: str | None) -> None:
 
     init_airflow(passwords={u: os.environ.get(password_variable(u), "") for u in PEOPLE},
                  signing_key=Path(signing_key) if signing_key else None,
-                 connections=Path(connections) if connections else None, say=click.echo)
+                 connections=Path(connections) if connections else None, chain_start=chain_start, say=click.echo)
     click.echo("init done")
 
 

@@ -67,8 +67,9 @@ def passwords_of(values: Mapping[str, str]) -> dict[str, str]:
 
 
 def init_airflow(*, passwords: Mapping[str, str], signing_key: Path | None = None,
-                 connections: Path | None = None, say: Callable[[str], None] = print) -> None:
-    """Migrate, roles and users, the signing key variable, connections: idempotent, safe on every start."""
+                 connections: Path | None = None, chain_start: Any = None,
+                 say: Callable[[str], None] = print) -> None:
+    """Migrate, roles and users, the signing key variable, connections, the chain's start (once): idempotent."""
     missing = [u for u in PEOPLE if not passwords.get(u)]
     if missing:
         raise SystemExit(f"no password for {', '.join(missing)}: set {', '.join(map(password_variable, missing))}"
@@ -83,6 +84,15 @@ def init_airflow(*, passwords: Mapping[str, str], signing_key: Path | None = Non
     if connections is not None:
         say(f"connections from {connections} ...")
         say(f"  {', '.join(import_connections(connections))}")
+    if chain_start is not None:
+        from osms.core.layout import data_dir
+        from osms.package.chain import ChainStartConflict, set_chain_start
+
+        try:
+            start = set_chain_start(data_dir(), chain_start, set_by="the init", strict=True)
+        except ChainStartConflict as exc:
+            raise SystemExit(str(exc)) from None
+        say(f"the delivery chain starts at {start.start} (set by {start.set_by})")
 
 
 def migrate() -> None:

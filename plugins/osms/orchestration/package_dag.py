@@ -41,6 +41,10 @@ STATUS_WAIT_CONF = "status_wait_minutes"
 PREVIOUS_WAIT_CONF = "previous_wait_minutes"
 # D-1 late by days is for operators to fix; the deadline alert has said so long before.
 PREVIOUS_WAIT = timedelta(days=2)
+# A manual run may write the chain's start (when none is written) only if its conf says so: what `osms run`
+# passes. Scheduled and backfill runs may: they come in date order, so their first day is the chain's first.
+START_CHAIN_CONF = "start_chain"
+STARTING_RUN_TYPES = ("scheduled", "backfill")
 RECEIVER_CONN_ID = "osms_state_corp"
 BUILD_TIMEOUT = timedelta(hours=2)  # the national package builds in about a minute
 DELIVER_TIMEOUT = timedelta(hours=1)
@@ -129,6 +133,16 @@ def delivery_deadline() -> DeadlineAlert | None:
     )
 
 
+def chain_starter(context: Any) -> tuple[bool, str]:
+    """Whether this run may write the chain's start when none is written, and who it is, for the record."""
+    run = context.get("dag_run")
+    run_type = str(getattr(getattr(run, "run_type", None), "value", getattr(run, "run_type", "")) or "")
+    conf = getattr(run, "conf", None) or {}
+    if conf.get(START_CHAIN_CONF) is True:
+        return True, f"the {run_type or 'manual'} run {context.get('run_id')} (conf {START_CHAIN_CONF})"
+    return run_type in STARTING_RUN_TYPES, f"the first {run_type} run ({context.get('run_id')})"
+
+
 class PreviousPackageSensor(BaseSensorOperator):
     """Waits until D-1's package is delivered (or D starts the chain): D's package is built only then.
 
@@ -156,9 +170,11 @@ class PreviousPackageSensor(BaseSensorOperator):
         from osms.orchestration.failures import task_errors
 
         day = run_day(context)
+        may_start, started_by = chain_starter(context)
         try:
             with task_errors():
-                found = link(layout.data_dir(), day, HttpReceiver.from_connection(RECEIVER_CONN_ID))
+                found = link(layout.data_dir(), day, HttpReceiver.from_connection(RECEIVER_CONN_ID),
+                             may_start=may_start, started_by=started_by)
         except ChainWaiting as exc:
             self._waiting = str(exc)
             self.log.info("waiting: %s", exc)
@@ -184,11 +200,13 @@ def build(**context: Any) -> dict[str, Any]:
     from osms.package.build import build_package
 
     day = run_day(context)
+    may_start, started_by = chain_starter(context)
     with task_errors():
         key = Variable.get(SIGNING_KEY_VARIABLE)
         result = build_package(day=day, data_dir=layout.data_dir(), signing_key_pem=key.encode(),
                                producer_version=osms.__version__,
-                               receiver=HttpReceiver.from_connection(RECEIVER_CONN_ID))
+                               receiver=HttpReceiver.from_connection(RECEIVER_CONN_ID), may_start=may_start,
+                               started_by=started_by)
     return {
         "package_id": result.package_id,
         "path": str(result.path),
