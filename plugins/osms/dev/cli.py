@@ -427,17 +427,21 @@ def _port_free_or_exit(port: int, hint: str) -> None:
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535),
               help="Port of the API server and UI on 127.0.0.1.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 16), help="Celery workers.")
-def cluster(data_dir: str, port: int, workers: int) -> None:
-    """Run the distributed shape natively until Ctrl-C: PostgreSQL, Redis, mocks, Airflow with Celery workers."""
+@click.option("--prometheus-port", default=9090, show_default=True, type=click.IntRange(1, 65535),
+              help="Port of Prometheus on 127.0.0.1.")
+def cluster(data_dir: str, port: int, workers: int, prometheus_port: int) -> None:
+    """Run the distributed shape natively until Ctrl-C: PostgreSQL, Redis, mocks, Airflow with Celery workers,
+    Prometheus."""
     import logging
     from pathlib import Path
 
     from osms.dev.cluster import ClusterError, serve
 
     _port_free_or_exit(port, "make cluster PORT=8081")
+    _port_free_or_exit(prometheus_port, "make cluster PROMETHEUS_PORT=9091")
     logging.getLogger("mocks").setLevel(logging.WARNING)
     try:
-        serve(Path(data_dir), port=port, workers=workers, say=click.echo)
+        serve(Path(data_dir), port=port, workers=workers, prometheus_port=prometheus_port, say=click.echo)
     except ClusterError as exc:
         raise click.ClickException(str(exc)) from None
 
