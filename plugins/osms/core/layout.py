@@ -58,3 +58,8 @@ def package_dir(root: Path, day: dt.date) -> Path:
 def chain_start(root: Path) -> Path:
     """The delivery chain's start: written once, read by every package run."""
     return root / "chain" / "start.json"
+
+
+def lineage(root: Path) -> Path:
+    """Where the OpenLineage file transport writes its events (one JSON file each; see config/airflow.env)."""
+    return root / "lineage"

@@ -429,7 +429,9 @@ def _port_free_or_exit(port: int, hint: str) -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 16), help="Celery workers.")
 @click.option("--prometheus-port", default=9090, show_default=True, type=click.IntRange(1, 65535),
               help="Port of Prometheus on 127.0.0.1.")
-def cluster(data_dir: str, port: int, workers: int, prometheus_port: int) -> None:
+@click.option("--lineage-url", envvar="OSMS_LINEAGE_URL", default=None,
+              help="An OpenLineage server (e.g. Marquez) to send lineage to over HTTP (default: files in <data>/lineage).")
+def cluster(data_dir: str, port: int, workers: int, prometheus_port: int, lineage_url: str | None) -> None:
     """Run the distributed shape natively until Ctrl-C: PostgreSQL, Redis, mocks, Airflow with Celery workers,
     Prometheus."""
     import logging
@@ -441,7 +443,8 @@ def cluster(data_dir: str, port: int, workers: int, prometheus_port: int) -> Non
     _port_free_or_exit(prometheus_port, "make cluster PROMETHEUS_PORT=9091")
     logging.getLogger("mocks").setLevel(logging.WARNING)
     try:
-        serve(Path(data_dir), port=port, workers=workers, prometheus_port=prometheus_port, say=click.echo)
+        serve(Path(data_dir), port=port, workers=workers, prometheus_port=prometheus_port, lineage_url=lineage_url,
+              say=click.echo)
     except ClusterError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -254,6 +254,7 @@ class Cluster:
     population: Any = None  # a loaded mock population, to skip loading it again
     say: Callable[[str], None] = print
     prometheus_port: int = 0  # 0: a free port
+    lineage_url: str | None = None  # an OpenLineage server (HTTP transport); None: events as files on the data root
     scrape_interval: str = "15s"  # Prometheus's scrape and rule evaluation interval
     postgres: PostgresServer | None = field(default=None, init=False)
     redis: RedisServer | None = field(default=None, init=False)
@@ -311,6 +312,9 @@ class Cluster:
         from osms.dev.ui_stack import USERS, dag_ids
 
         secrets = deploy.write_secrets(self.secrets_file)
+        from osms.core import layout
+
+        layout.lineage(self.data_dir).mkdir(parents=True, exist_ok=True)  # the lineage file transport writes there
         ports = {"postgres": free_port(), "redis": free_port(), "health": free_port()}
         self.say(f"starting PostgreSQL and Redis on {HOST} (state in {self.state_dir}) ...")
         self.postgres = PostgresServer(self.state_dir / "postgres", ports["postgres"], secrets["OSMS_POSTGRES_PASSWORD"],
@@ -337,7 +341,9 @@ class Cluster:
             site.airflow_home, shape="distributed", site=site,
             secrets={k: secrets[k] for k in settings.SECRET_NAMES},
             extra_env={"OSMS_SIGNING_PUBLIC_KEY": str(self.mocks.public_key_path),
-                       TOKEN_FILE_ENV: str(self.metrics_token_file), **self.extra_env},
+                       TOKEN_FILE_ENV: str(self.metrics_token_file),
+                       **(settings.lineage_http_transport(self.lineage_url) if self.lineage_url else {}),
+                       **self.extra_env},
             use_job_schedule=self.use_job_schedule, parallelism=self.slots(), users=dict(USERS), api_user="engineer",
             passwords_path=self.secrets_file, fab_passwords=deploy.passwords_of(secrets),
         )
@@ -424,14 +430,15 @@ class Cluster:
 
 
 def serve(data_dir: Path, *, port: int = DEFAULT_PORT, workers: int = WORKERS,
-          prometheus_port: int = PROMETHEUS_PORT, say: Callable[[str], None] = print) -> None:
+          prometheus_port: int = PROMETHEUS_PORT, lineage_url: str | None = None,
+          say: Callable[[str], None] = print) -> None:
     """``make cluster``: start, print where to go and where the passwords are, run until Ctrl-C."""
     from osms.dev.stopping import StopSignals
     from osms.ui.app import URL_ROUTE
 
     # Ctrl-C while starting: the start completes (or fails), then everything stops
     with StopSignals() as stop, Cluster(data_dir, port=port, workers=workers, prometheus_port=prometheus_port,
-                                        say=say) as cluster:
+                                        lineage_url=lineage_url, say=say) as cluster:
         cluster.start()
         af = cluster.airflow
         assert af is not None

@@ -76,6 +76,9 @@ def init_airflow(*, passwords: Mapping[str, str], signing_key: Path | None = Non
                          " (make compose-env writes a .env with all secrets)")
     say("migrating the metadata database ...")
     migrate()
+    from osms.core import layout
+
+    layout.lineage(layout.data_dir()).mkdir(parents=True, exist_ok=True)  # the lineage file transport writes there
     say("roles engineer, operator, qa and their users ...")
     ensure_roles_and_users(passwords)
     if signing_key is not None:

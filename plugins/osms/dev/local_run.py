@@ -50,8 +50,11 @@ def airflow_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
     """The environment for Airflow processes of a local run: the embedded shape, its SQLite under the data dir."""
     from osms.dev import settings
 
+    from osms.core import layout
+
     home = data_dir / "airflow"
     home.mkdir(parents=True, exist_ok=True)
+    layout.lineage(data_dir).mkdir(parents=True, exist_ok=True)  # the lineage file transport writes there
     site = settings.Site(airflow_home=home, data_dir=data_dir)
     # dag.test() has no scheduler to watch a deadline (see osms.orchestration.package_dag.delivery_deadline)
     return settings.airflow_env("embedded", site, extra={"OSMS_DEADLINE_ALERTS": "off", **extra})

@@ -206,3 +206,21 @@ def new_secrets() -> dict[str, str]:
     }
     assert tuple(values) == SECRET_NAMES
     return values
+
+
+LINEAGE_TRANSPORT = "AIRFLOW__OPENLINEAGE__TRANSPORT"
+
+
+def lineage_http_transport(url: str, *, endpoint: str = "api/v1/lineage", api_key: str | None = None,
+                           timeout: float = 5.0) -> dict[str, str]:
+    """The setting that sends lineage to an OpenLineage server over HTTP instead of files (Marquez's endpoint by
+    default); the API key, when given, as a bearer token. Only http(s) URLs: a lineage server is named, never found."""
+    import json
+    from urllib.parse import urlsplit
+
+    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        raise SettingsError(f"the lineage URL must be an http(s) URL with a host, not {url!r}")
+    transport: dict[str, object] = {"type": "http", "url": url.rstrip("/"), "endpoint": endpoint, "timeout": timeout}
+    if api_key:
+        transport["auth"] = {"type": "api_key", "apiKey": api_key}
+    return {LINEAGE_TRANSPORT: json.dumps(transport)}

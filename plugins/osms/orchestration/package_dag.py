@@ -25,6 +25,7 @@ from airflow.task.trigger_rule import TriggerRule
 
 from osms.core import layout
 from osms.orchestration.alerts import PackageDue, package_deadline_missed
+from osms.orchestration.assets import package_asset, status_asset
 from osms.orchestration.dag_factory import OWNER, START_DATE
 from osms.core.dates import ALMATY, run_day
 from osms.core.registry import NoEditionInForce, default_registry
@@ -282,16 +283,18 @@ def build_package_dag() -> DAG:
         " `osms_state_corp`. Deadline alert (package not delivered by D+1 07:00 Almaty): webhook connection"
         " `osms_alert_webhook`, or the one named by the variable `osms_alert_webhook_conn`.",
     ) as dag:
+        # lineage (OpenLineage, through these inlets and outlets): every body's status -> the package
+        statuses = [status_asset(b.code) for b in bodies]
         waits = [
             BodyStatusSensor(task_id=f"wait_for_{b.code}", body=b.code, timeout=STATUS_WAIT, poke_interval=60,
-                             retries=0)
-            for b in bodies
+                             retries=0, inlets=[status])
+            for b, status in zip(bodies, statuses, strict=True)
         ]
         previous = PreviousPackageSensor(task_id="previous_package_delivered", timeout=PREVIOUS_WAIT,
-                                         poke_interval=300, retries=0)
-        built = build()
+                                         poke_interval=300, retries=0, inlets=[package_asset()])
+        built = build.override(inlets=statuses, outlets=[package_asset()])()
         waits >> built
         previous >> built
         waits >> data_docs()
-        report(built, deliver(built))
+        report(built, deliver.override(inlets=[package_asset()])(built))
     return dag
