@@ -120,7 +120,8 @@ def test_the_chain_figures_say_what_is_delivered_owed_and_due(root: Path) -> Non
     assert value(found, "osms_chain_start_timestamp_seconds") == day_timestamp(D1)
     assert value(found, "osms_package_last_delivered_timestamp_seconds") == day_timestamp(D2)
     assert value(found, "osms_package_days_undelivered") == 1  # D3: yesterday in Almaty, no receipt
-    assert value(found, "osms_package_oldest_undelivered_due_timestamp_seconds", day=D3.isoformat()) == due_timestamp(D3)
+    due = value(found, "osms_package_oldest_undelivered_due_timestamp_seconds", day=D3.isoformat())
+    assert due == due_timestamp(D3)
     assert value(found, "osms_package_delivered", day=D3.isoformat()) == 0
     assert value(found, "osms_package_delivered", day=D1.isoformat()) == 1
     assert value(found, "osms_package_rows", day=D2.isoformat()) == 42
