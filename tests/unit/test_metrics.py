@@ -196,3 +196,13 @@ def test_the_token_is_read_from_the_environment_or_a_file(tmp_path: Path, monkey
     assert scrape_token() == "from-a-file"
     monkeypatch.setenv("OSMS_METRICS_TOKEN", "from-the-env")
     assert scrape_token() == "from-the-env"
+
+
+def test_the_compose_prometheus_configuration_is_make_clusters_with_the_compose_names() -> None:
+    from osms.dev.prometheus import config_text, rules_file
+
+    committed = (rules_file().parent / "prometheus-compose.yml").read_text()
+    body = "\n".join(line for line in committed.splitlines() if not line.startswith("#")) + "\n"
+    assert body == config_text(target="airflow-apiserver:8080", metrics_path="/osms-metrics/metrics",
+                               token_file=Path("/run/secrets/osms_metrics_token"),
+                               rules=Path("/etc/prometheus/alerts.yml"))
