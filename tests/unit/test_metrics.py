@@ -107,6 +107,20 @@ def test_the_figures_of_bodies_feeds_and_streaks_come_from_the_statuses(root: Pa
     assert value(found, "osms_body_failed_days_in_a_row", body="labour") == 0
 
 
+def test_a_body_still_running_on_the_latest_day_has_not_failed_it(root: Path) -> None:
+    # D4 begun: labour reported, justice not yet, no package: justice's streak still ends at D3
+    D4 = D3 + dt.timedelta(days=1)
+    status(root, D4, "labour", "unemployed", "published", labour_market="published")
+    found = samples(render(root, NOW + dt.timedelta(days=1)))
+    assert value(found, "osms_body_failed_days_in_a_row", body="justice") == 2  # D2, D3: D4 is not over
+    status(root, D3, "justice", "children", "published", individuals="published")
+    found = samples(render(root, NOW + dt.timedelta(days=1)))
+    assert value(found, "osms_body_failed_days_in_a_row", body="justice") == 0
+    package(root, D4, delivered=False)  # the package DAG went on without justice: now it failed D4
+    found = samples(render(root, NOW + dt.timedelta(days=1)))
+    assert value(found, "osms_body_failed_days_in_a_row", body="justice") == 1
+
+
 def test_a_failed_feed_counts_as_a_failed_day_of_its_body(root: Path) -> None:
     status(root, D3, "justice", "children", "failed", individuals="failed")
     status(root, D2, "justice", "children", "published", individuals="published")

@@ -55,6 +55,9 @@ from fastapi.responses import Response
 from osms.core import layout
 from osms.core.dates import almaty
 
+__all__ = ["METRICS_PATH", "PipelineCollector", "URL_PREFIX", "create_metrics_app", "figures_of", "render",
+           "scrape_token"]
+
 log = logging.getLogger(__name__)
 
 URL_PREFIX = "/osms-metrics"
@@ -161,10 +164,15 @@ def _statuses(root: Path, figures: _Figures) -> None:
             continue
         latest = reported[0]
         last_status.add(day_timestamp(latest), body)
-        # failed streak: calendar days back from the latest day anything ran; a day nothing ran ends it
+        # failed streak: calendar days back from the latest day anything ran; a day nothing ran ends it. A missing
+        # status is a failure once the day is over for the pipeline (its package built, or a later day begun); on
+        # the latest day, while the body may still be running, it is not counted either way
         streak, day = 0, latest_seen
         while day is not None and day in seen and streak < STREAK_DAYS:
             st = status(day, body)
+            if st is None and day == latest_seen and day not in packages:
+                day -= dt.timedelta(days=1)  # still running: the streak is that of the days before
+                continue
             if st is None or st == "unreadable" or any(
                     c.feed_status(s) == "failed" for c in st.categories for s in (c.feeds or {"": {}})):
                 streak += 1
@@ -457,6 +465,3 @@ def create_metrics_app(root: Callable[[], Path] = layout.data_dir,
 
     return app
 
-
-__all__ = ["METRICS_PATH", "PipelineCollector", "URL_PREFIX", "create_metrics_app", "figures_of", "render",
-           "scrape_token"]
