@@ -319,6 +319,7 @@ def _worker(answer_fd: int) -> int:
     import pandas  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
+    import airflow.providers.openlineage.plugins.adapter  # noqa: F401 (the lineage listener's, once per worker)
     import osms.quality.runner
 
     osms.quality.runner.warm_up()
