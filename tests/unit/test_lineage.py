@@ -31,11 +31,13 @@ def test_the_tasks_carry_the_status_and_package_assets(monkeypatch: pytest.Monke
     assert [(a.name, a.uri) for a in publish.outlets] == [("osms.status.labour", f"file://{tmp_path}/status/labour")]
 
 
-def test_every_shape_writes_lineage_to_files_on_the_data_root_without_source_code() -> None:
+def test_the_embedded_shape_writes_lineage_to_files_the_distributed_one_only_where_configured() -> None:
+    embedded = settings.read_settings("embedded")
+    assert json.loads(embedded[settings.LINEAGE_TRANSPORT]) == {"type": "file",
+                                                                "log_file_path": "$OSMS_DATA_DIR/lineage/event"}
+    assert settings.LINEAGE_TRANSPORT not in settings.read_settings("distributed")  # lineage_http_transport's
     for shape in settings.SHAPES:
         values = settings.read_settings(shape)
-        transport = json.loads(values[settings.LINEAGE_TRANSPORT])
-        assert transport == {"type": "file", "log_file_path": "$OSMS_DATA_DIR/lineage/event"}
         assert values["AIRFLOW__OPENLINEAGE__NAMESPACE"] == "osms"
         assert values["AIRFLOW__OPENLINEAGE__DISABLE_SOURCE_CODE"] == "True"
 

@@ -430,7 +430,7 @@ def _port_free_or_exit(port: int, hint: str) -> None:
 @click.option("--prometheus-port", default=9090, show_default=True, type=click.IntRange(1, 65535),
               help="Port of Prometheus on 127.0.0.1.")
 @click.option("--lineage-url", envvar="OSMS_LINEAGE_URL", default=None,
-              help="An OpenLineage server (e.g. Marquez) to send lineage to over HTTP (default: <data>/lineage/).")
+              help="An OpenLineage server (e.g. Marquez) to send every task's lineage to over HTTP (default: none).")
 def cluster(data_dir: str, port: int, workers: int, prometheus_port: int, lineage_url: str | None) -> None:
     """Run the distributed shape natively until Ctrl-C: PostgreSQL, Redis, mocks, Airflow with Celery workers,
     Prometheus."""

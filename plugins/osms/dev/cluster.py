@@ -255,7 +255,7 @@ class Cluster:
     population: Any = None  # a loaded mock population, to skip loading it again
     say: Callable[[str], None] = print
     prometheus_port: int = 0  # 0: a free port
-    lineage_url: str | None = None  # an OpenLineage server (HTTP transport); None: events as files on the data root
+    lineage_url: str | None = None  # an OpenLineage server (HTTP transport); None: no lineage events
     scrape_interval: str = "15s"  # Prometheus's scrape and rule evaluation interval
     postgres: PostgresServer | None = field(default=None, init=False)
     redis: RedisServer | None = field(default=None, init=False)
