@@ -146,7 +146,7 @@ def test_backfills_on_celery_equal_osms_run_with_a_worker_killed(cluster_data: P
     timings: dict[str, float] = {}
     started = time.monotonic()
     cluster = Cluster(cluster_data, port=free_port(), use_job_schedule=False, say=lambda _: None,
-                      extra_env=TIMEOUTS)
+                      extra_env=TIMEOUTS, scrape_interval="2s")
     reference = OsmsRuns(tmp_path / "osms-run", DAYS)
     try:
         cluster.start()
@@ -159,7 +159,7 @@ def test_backfills_on_celery_equal_osms_run_with_a_worker_killed(cluster_data: P
                                                                "dag_processor")), health
         assert af.celery_workers() == cluster.worker_names
         listening = cluster.listening()
-        assert {what for what, *_ in listening} >= {"api-server", "postgres", "redis", "mocks"}, listening
+        assert {what for what, *_ in listening} >= {"api-server", "postgres", "redis", "mocks", "prometheus"}, listening
         foreign = [x for x in listening if x[2] != "127.0.0.1"]
         assert not foreign, f"the cluster listens beyond 127.0.0.1: {foreign}"
 
@@ -198,6 +198,18 @@ def test_backfills_on_celery_equal_osms_run_with_a_worker_killed(cluster_data: P
             assert retried in (af.log_dir / f"{survivor}.log").read_text(errors="replace"), (
                 f"{survivor} did not run {retried}")
         af.wait_tasks_finished()
+
+        # Prometheus scraped the pipeline's figures from the API server: both days delivered, nothing owed since
+        prometheus = cluster.prometheus
+        assert prometheus is not None
+
+        def delivered() -> bool:
+            up = prometheus.query('up{job="osms"}')
+            found = {r["metric"].get("day"): r["value"][1] for r in prometheus.query("osms_package_delivered")}
+            return bool(up) and up[0]["value"][1] == "1" and all(found.get(str(d)) == "1" for d in DAYS)
+
+        af.poll(delivered, timeout=60, interval=2, what="Prometheus to scrape both days' packages as delivered")
+        assert prometheus.query("osms_chain_start_timestamp_seconds"), "the chain's start is not in Prometheus"
     finally:
         killed = cluster.stop()
         timings["stopped"] = time.monotonic() - started

@@ -14,6 +14,7 @@ the package's quality     :class:`QualityDocument`            ``packages/D/quali
 the package's manifest    :class:`Manifest`                   ``packages/D/manifest.json``
 the receiver's receipt    :class:`Receipt`                    ``packages/D/receipt.json``
 a verification problem    :class:`Problem`                    (``osms package verify``)
+the chain's start         :class:`ChainStart`                 ``chain/start.json``
 ========================  ==================================  ==========================
 
 The package's files are named here, once (:data:`RECORDS` ... :data:`RECEIPT`).
@@ -30,7 +31,8 @@ from typing_extensions import TypedDict
 
 __all__ = [
     "CHANGES", "MANIFEST", "PACKAGE_FILES", "QUALITY", "RECEIPT", "RECORDS", "SIGNATURE",
-    "BodyStatus", "CategoryStatus", "DocumentError", "ExtractError", "FeedReport", "Manifest", "ManifestFile",
+    "BodyStatus", "CategoryStatus", "ChainStart", "DocumentError", "ExtractError", "FeedReport", "Manifest",
+    "ManifestFile",
     "Problem", "QualityDocument", "Receipt", "canonical_json", "first_error",
 ]
 
@@ -42,6 +44,7 @@ PACKAGE_FILES = (RECORDS, CHANGES, QUALITY)  # what the manifest lists, in this 
 STATUS_SCHEMA = "osms.core.status/1"
 PACKAGE_SCHEMA = "osms.package.build/1"
 QUALITY_SCHEMA = "osms.package.build.quality/1"
+CHAIN_START_SCHEMA = "osms.package.chain.start/1"
 
 FeedVerdict = Literal["published", "held_back", "failed"]
 Verdict = Literal["published", "partial", "held_back", "failed"]
@@ -414,6 +417,24 @@ class Receipt(_Document):
     def to_bytes(self) -> bytes:
         """The file's bytes: indented, sorted JSON and a newline."""
         return (json.dumps(self.as_dict(), ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode()
+
+
+# --------------------------------------------------------------------------- the chain's start
+
+
+class ChainStart(_Document):
+    """``chain/start.json``: the first day of the delivery chain, written once; no package is built before it."""
+
+    schema_: Literal["osms.package.chain.start/1"] = Field(default=CHAIN_START_SCHEMA, alias="schema")
+    start: dt.date
+    set_by: StrictStr  # who wrote it: the init, the first scheduled or backfill run, osms run, osms chain start
+    set_at: StrictStr  # when (UTC, ISO 8601): for people; no package depends on it
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    def to_bytes(self) -> bytes:
+        """The file's bytes: indented, sorted JSON and a newline."""
+        return (json.dumps(self.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True) + "\n").encode()
 
 
 # --------------------------------------------------------------------------- verification problems

@@ -53,3 +53,13 @@ def status(root: Path, day: dt.date, body: str) -> Path:
 def package_dir(root: Path, day: dt.date) -> Path:
     """The consolidated package of a day."""
     return root / "packages" / day.isoformat()
+
+
+def chain_start(root: Path) -> Path:
+    """The delivery chain's start: written once, read by every package run."""
+    return root / "chain" / "start.json"
+
+
+def lineage(root: Path) -> Path:
+    """Where the OpenLineage file transport writes its events (one JSON file each; see config/airflow.env)."""
+    return root / "lineage"

@@ -115,8 +115,9 @@ def write_compose_env(directory: Path, *, signing_key: Path | None = None) -> tu
 
 
 def init_airflow(*, secrets_dir: Path, signing_key: Path | None = None, connections: Path | None = None,
-                 say: Callable[[str], None] = print) -> None:
-    """Check the secrets, migrate, roles and users, the signing key variable, connections: idempotent."""
+                 chain_start: Any = None, say: Callable[[str], None] = print) -> None:
+    """Check the secrets, migrate, roles and users, the signing key variable, connections, the chain's start (once):
+    idempotent."""
     try:
         settings.check_secrets(settings.read_secrets_dir(secrets_dir))
         passwords = read_passwords(secrets_dir)
@@ -124,6 +125,9 @@ def init_airflow(*, secrets_dir: Path, signing_key: Path | None = None, connecti
         raise SystemExit(f"osms deploy init: {exc}") from None
     say("migrating the metadata database ...")
     migrate()
+    from osms.core import layout
+
+    layout.lineage(layout.data_dir()).mkdir(parents=True, exist_ok=True)  # the lineage file transport writes there
     say("roles engineer, operator, qa and their users ...")
     ensure_roles_and_users(passwords)
     if signing_key is not None:
@@ -132,6 +136,15 @@ def init_airflow(*, secrets_dir: Path, signing_key: Path | None = None, connecti
     if connections is not None:
         say(f"connections from {connections} ...")
         say(f"  {', '.join(import_connections(connections))}")
+    if chain_start is not None:
+        from osms.core.layout import data_dir
+        from osms.package.chain import ChainStartConflict, set_chain_start
+
+        try:
+            start = set_chain_start(data_dir(), chain_start, set_by="the init", strict=True)
+        except ChainStartConflict as exc:
+            raise SystemExit(str(exc)) from None
+        say(f"the delivery chain starts at {start.start} (set by {start.set_by})")
 
 
 def migrate() -> None:

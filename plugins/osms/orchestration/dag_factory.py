@@ -24,6 +24,7 @@ from airflow.task.trigger_rule import TriggerRule
 from osms.core import layout
 from osms.core.dates import ALMATY, SCHEDULE, run_day
 from osms.core.registry import Edition, NoEditionInForce, Registry, default_registry
+from osms.orchestration.assets import status_asset
 
 START_DATE = pendulum.datetime(2022, 9, 26, tz=ALMATY)  # the 2022 edition's first day
 OWNER = "osms-data-engineering"
@@ -337,5 +338,5 @@ def build_agency_dag(body: str, registry: Registry | None = None) -> DAG:
                 checked = validate(body=body, category=category)
                 extracts >> checked
             validations.append(checked)
-        validations >> publish_status(body=body)
+        validations >> publish_status.override(outlets=[status_asset(body)])(body=body)  # lineage: the status
     return dag

@@ -237,12 +237,13 @@ def _verdict(status: Any, category: str, system: str) -> tuple[UnitStatus, str |
 
 def build_package(
     *, day: dt.date, data_dir: Path, signing_key_pem: bytes, producer_version: str, memory_limit: str | None = None,
-    receiver: Any = None,
+    receiver: Any = None, may_start: bool = True, started_by: str = "the first package built",
 ) -> PackageResult:
     """Build, check, sign and place ``packages/<D>/``, chained on D-1's delivered package; never change a delivered one.
 
     ``receiver`` (an :class:`osms.package.chain.Receiver`) lets the chain recover a lost receipt
-    or have a lost D-1 rebuilt; without it only local receipts count. ``memory_limit``
+    or have a lost D-1 rebuilt; without it only local receipts count. ``may_start`` and ``started_by``: whether
+    this build may write the chain's start when none is written (see :func:`osms.package.chain.link`). ``memory_limit``
     overrides DuckDB's share of the task's memory budget (:mod:`osms.core.budget`). One build
     of a date at a time: a second waits for the first (a lock beside the packages).
     """
@@ -252,7 +253,7 @@ def build_package(
     key = _private_key(signing_key_pem)
     with _build_lock(data_dir, day):
         _remove_leftovers(data_dir, day)
-        chain = link(data_dir, day, receiver)
+        chain = link(data_dir, day, receiver, may_start=may_start, started_by=started_by)
         if chain.rebuild is not None:
             rebuilt = build_package(day=chain.rebuild, data_dir=data_dir, signing_key_pem=signing_key_pem,
                                     producer_version=producer_version, memory_limit=memory_limit, receiver=receiver)
