@@ -756,7 +756,7 @@ class _LandingWriter:
                 con.execute("SET threads = 1")  # one core for a fallback: the other task slot keeps its core
                 query = (f'SELECT * EXCLUDE (file_row_number) FROM read_parquet(?, file_row_number = true)'
                          f' ORDER BY "{key}" ASC NULLS LAST, file_row_number')
-                reader = con.execute(query, [str(self.tmp)]).to_arrow_reader(self.row_group_rows)
+                reader = con.sql(query, params=[str(self.tmp)]).to_arrow_reader(self.row_group_rows)
                 import pyarrow.parquet as pq
 
                 with pq.ParquetWriter(sorted_path, self.schema, compression="zstd") as writer:

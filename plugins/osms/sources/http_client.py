@@ -29,7 +29,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -251,7 +251,9 @@ class HttpClient:
         self.timeout, self.policy, self.shown_as = timeout, policy, shown_as
         self.max_bytes, self.deadline = max_bytes, deadline
         self.session = session if session is not None else requests.Session()
-        self.session.max_redirects = 0  # belt and braces: every request also says allow_redirects=False
+        # every request says allow_redirects=False; requests would still read a 3xx's whole body to prepare the
+        # request it does not send (Session.send -> resolve_redirects): unbounded, so it gets nothing to resolve
+        self.session.resolve_redirects = _no_redirects  # type: ignore[method-assign]
         self._sleep = sleep
         self._log = log or logging.getLogger(__name__)
         if token:
@@ -413,6 +415,11 @@ class HttpClient:
     def _too_large(limit: int, *, declared: int | None = None) -> str:
         said = f" (it declares {mib(declared)})" if declared is not None else ""
         return f"the answer is larger than the limit of {mib(limit)} ({limit:,} bytes){said}: not read further"
+
+
+def _no_redirects(*_args: Any, **_kwargs: Any) -> Iterator[Any]:
+    """What a session resolves a redirect to: nothing (the 3xx is the answer, read within its bound)."""
+    return iter(())
 
 
 def _urllib3_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
