@@ -527,8 +527,10 @@ class SourceClient:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.endpoint = endpoint
+        # shown_as: a source's address is no secret; a failure may name it, and where a redirect pointed
         self.http = HttpClient(token=endpoint.token, timeout=endpoint.timeout, policy=endpoint.policy,
                                session=session, sleep=sleep, log=log, headers={"Accept": "application/x-ndjson"},
+                               shown_as=endpoint.base_url,
                                max_bytes=endpoint.page_bytes, deadline=endpoint.page_deadline)
         self.session = self.http.session
 
