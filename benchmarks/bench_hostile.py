@@ -50,6 +50,9 @@ def _status_kib(field: str) -> int:
 
 
 def _extract(url: str, token: str, out: Path, queue: mp.Queue) -> None:
+    import logging
+
+    logging.disable(logging.INFO)  # the libraries' notices as they load; the figures are printed by main
     import airflow.sdk  # noqa: F401: what a task process holds before its task starts
     import great_expectations  # noqa: F401
     import pandas  # noqa: F401
@@ -102,10 +105,11 @@ def main() -> None:
     print(f"  the feed: {r['message']}")
     print(f"  failed at once (permanent, not retried): {r['permanent']}; nothing landed: {not r['landed']};"
           f" {r['seconds']:.1f} s")
-    print(f"  page bound {r['page_bound'] / mib:,.0f} MiB (the task budget {r['budget'] / mib:,.0f} MiB / 8 of its"
-          f" working share)")
+    print(f"  page bound {r['page_bound'] / mib:,.0f} MiB: an eighth of the budget's working share"
+          f" ({r['budget'] / mib:,.0f} MiB less 600 MiB for the interpreter and its libraries)")
     print(f"  extract process: {r['after_imports'] / mib:,.0f} MiB after a task's imports, peak {r['peak'] / mib:,.0f}"
-          f" MiB (VmHWM), budget {r['budget'] / mib:,.0f} MiB")
+          f" MiB (VmHWM, the extract's own share {(r['peak'] - r['after_imports']) / mib:,.0f} MiB),"
+          f" budget {r['budget'] / mib:,.0f} MiB")
     ok = r["peak"] <= r["budget"] and not r["landed"] and r["permanent"] and "larger than the limit" in r["message"]
     print("  within the budget, refused with the limit named: " + ("yes" if ok else "NO"))
     sys.exit(0 if ok else 1)
