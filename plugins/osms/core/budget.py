@@ -84,7 +84,7 @@ class Budget:
 
     @property
     def max_page_bytes(self) -> int:
-        """The largest page of a source an extract reads (179 MiB at 2 GiB; a national page is about 15 MiB).
+        """The largest page of a source an extract reads (181 MiB at 2 GiB; a national page is about 15 MiB).
 
         An eighth of the working share: a page is held while it is read, another waits to be
         parsed and Arrow's table of it is about as large again, besides the row group buffered.

@@ -152,7 +152,7 @@ class SourceEndpoint:
     # 100 000 pages is 250 times the largest national feed.
     max_pages: int = 100_000
     # The largest page read (bytes); None: the task budget's (osms.core.budget.Budget.max_page_bytes,
-    # 179 MiB at 2 GiB, where a national page of 50 000 records is about 15 MiB).
+    # 181 MiB at 2 GiB, where a national page of 50 000 records is about 15 MiB).
     max_page_bytes: int | None = None
     # Seconds a page may take from request to last byte: a source dripping a page is not waited on
     # for the task's hour (each socket read has ``timeout`` besides).
@@ -747,6 +747,8 @@ class _LandingWriter:
         ``memory_limit``: the feed is never in memory whole, a batch of rows at a time is."""
         import shutil
 
+        import pyarrow.parquet as pq
+
         from osms.core.files import create_private
         from osms.core.spill import spilling_duckdb
 
@@ -759,8 +761,6 @@ class _LandingWriter:
                 query = (f'SELECT * EXCLUDE (file_row_number) FROM read_parquet(?, file_row_number = true)'
                          f' ORDER BY "{key}" ASC NULLS LAST, file_row_number')
                 reader = con.sql(query, params=[str(self.tmp)]).to_arrow_reader(self.row_group_rows)
-                import pyarrow.parquet as pq
-
                 with pq.ParquetWriter(sorted_path, self.schema, compression="zstd") as writer:
                     for batch in reader:
                         # DuckDB gives timestamps in microseconds: cast back to the landing schema

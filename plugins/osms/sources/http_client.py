@@ -383,7 +383,7 @@ class HttpClient:
             if fail and len(content) > limit:
                 raise TooLarge(self._too_large(limit), status=status, limit=limit)
             return content[:limit]
-        read = getattr(raw, "read1", None) or raw.read
+        read = _reader(raw)
         pieces: list[bytes] = []
         size = 0
         while True:
@@ -392,8 +392,6 @@ class HttpClient:
                               f" no complete answer within the deadline of {deadline:g} s", status=status,
                               deadline=float(deadline or 0))
             try:
-                piece = read(READ_CHUNK, decode_content=True)
-            except TypeError:  # a plain file object (tests' transports)
                 piece = read(READ_CHUNK)
             except _URLLIB3_TIMEOUTS:
                 raise requests.Timeout() from None
@@ -408,13 +406,26 @@ class HttpClient:
                 pieces.append(piece[: len(piece) - (size - limit)])
                 break
             pieces.append(piece)
-        content = b"".join(pieces)
-        return content
+        return b"".join(pieces)
 
     @staticmethod
     def _too_large(limit: int, *, declared: int | None = None) -> str:
         said = f" (it declares {mib(declared)})" if declared is not None else ""
         return f"the answer is larger than the limit of {mib(limit)} ({limit:,} bytes){said}: not read further"
+
+
+def _reader(raw: Any) -> Callable[[int], bytes]:
+    """Reads of at most n bytes that return what has arrived (a drip is seen piece by piece), decoded.
+
+    urllib3's ``read1`` returns after one read of the socket, with the content decoded (a gzip bomb is
+    counted as it unpacks); its ``read(n)`` would block until n bytes came. Other file objects (tests'
+    transports) are read as they are.
+    """
+    import urllib3.response
+
+    if isinstance(raw, urllib3.response.BaseHTTPResponse):
+        return lambda n: raw.read1(n, decode_content=True)
+    return getattr(raw, "read1", None) or raw.read
 
 
 def _no_redirects(*_args: Any, **_kwargs: Any) -> Iterator[Any]:
