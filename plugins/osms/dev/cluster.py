@@ -311,6 +311,9 @@ class Cluster:
         from osms.core.keys import ensure_dev_keypair
         from osms.dev.ui_stack import USERS, dag_ids
 
+        # made here, as the umask says, before the secrets (whose writer makes the folders it creates 0700):
+        # PostgreSQL, run as its own account, passes through them to data/cluster/postgres
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         secrets = deploy.write_secrets(self.secrets_dir)
         from osms.core import layout
 

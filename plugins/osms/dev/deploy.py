@@ -201,11 +201,21 @@ def signing_key_variable() -> str:
 
 
 def set_signing_key(path: Path) -> None:
-    """Store the PEM private key in the variable the package DAG reads (encrypted with the Fernet key)."""
+    """Store the PEM private key in the variable the package DAG reads (encrypted with the Fernet key).
+
+    The development key is refused, with the reason, unless ``OSMS_DEMO`` is true: a distributed
+    deployment signs with its own key (:func:`osms.core.keys.check_signing_key`).
+    """
     from airflow.models import Variable
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+    from osms.core.keys import SigningKeyRefused, check_signing_key
+
     pem = path.read_bytes()
+    try:
+        check_signing_key(pem, where=str(path))
+    except SigningKeyRefused as exc:
+        raise SystemExit(str(exc)) from None
     load_pem_private_key(pem, password=None)  # refuse anything but a usable key, here rather than at D's package
     Variable.set(signing_key_variable(), pem.decode(), description="Ed25519 key the daily package is signed with")
 
@@ -233,10 +243,15 @@ def import_connections(path: Path) -> list[str]:
 
 def mock_connections(services: Any, host: str) -> dict[str, dict[str, Any]]:
     """The mocks' Airflow connections (``MockServices.airflow_env``) as a connections file, reached at ``host``."""
+    from osms.sources.connections import ALLOW_PLAIN_HTTP, is_loopback
+
     out = {}
     for name, value in services.airflow_env().items():
         conn = json.loads(value)
         conn["host"] = host
+        if not is_loopback(host):
+            # the demo mocks speak plain http on the compose network: allowed by name, and warned of on each read
+            conn["extra"] = {**conn.get("extra", {}), ALLOW_PLAIN_HTTP: True}
         out[name.removeprefix("AIRFLOW_CONN_").lower()] = conn
     return out
 

@@ -289,12 +289,12 @@ def run_day_dags(day: dt.date, data_dir: Path, env: dict[str, str], *, package: 
 
 
 def signing_env() -> dict[str, str]:
-    """The development signing key as the Airflow variable the package DAG reads."""
-    from osms.core.keys import ensure_dev_keypair
-    from osms.orchestration.package_dag import SIGNING_KEY_VARIABLE
+    """The development signing key for the package task: its file's path (0600), never the PEM in the environment
+    of every process."""
+    from osms.core.keys import KEY_FILE_ENV, ensure_dev_keypair
 
     private, _ = ensure_dev_keypair()
-    return {f"AIRFLOW_VAR_{SIGNING_KEY_VARIABLE.upper()}": private.read_text()}
+    return {KEY_FILE_ENV: str(private)}
 
 
 # --------------------------------------------------------------------------- the worker process

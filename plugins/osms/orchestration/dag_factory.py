@@ -96,7 +96,10 @@ def extract(body: str, system: str, category: str, **context: Any) -> dict[str, 
         # might, and this text travels into the status and the package's quality.json
         message = (str(cause) if isinstance(cause, FeedExtractError)
                    else f"feed {feed_id} for {day}: {type(cause).__name__} (see the task log)")
-        message = f"{message} (connection {conn_id})"
+        from osms.core.redact import quote
+
+        # one line, bounded, no IIN: what a source said travels into the status, quality.json and the UI
+        message = quote(f"{message} (connection {conn_id})", 1000)
         # Kept beside the landing file so the status can say why; the message names the feed,
         # the date, the connection and the cause, never a record's content.
         write_bytes_atomic(ExtractError(feed=feed_id, as_of=day, connection=conn_id,
@@ -305,7 +308,13 @@ def agency_run_failed(context: Any) -> None:
                    "data_interval_start": getattr(dag_run, "data_interval_start", None)})
     notify("agency_run_failed", dag_id=dag_id, run_id=run_id, day=day,
            message=f"{dag_id} failed for {day}: its status says which feeds (see the run in Airflow)",
-           details={"reason": str(context.get("reason") or "")[:200]})
+           details={"reason": _quoted(context.get("reason"), 200)})
+
+
+def _quoted(text: Any, limit: int) -> str:
+    from osms.core.redact import quote
+
+    return quote(text or "", limit)
 
 
 def build_agency_dag(body: str, registry: Registry | None = None) -> DAG:

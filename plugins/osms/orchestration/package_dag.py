@@ -193,6 +193,43 @@ class PreviousPackageSensor(BaseSensorOperator):
         return True
 
 
+def signing_key_pem(variable: str | None) -> bytes:
+    """The key the package is signed with: the variable's PEM, else the file ``OSMS_SIGNING_KEY_FILE`` names (0600).
+
+    The distributed shape (an executor other than the embedded LocalExecutor) refuses the
+    development key unless ``OSMS_DEMO`` is true (:func:`osms.core.keys.check_signing_key`).
+    """
+    from pathlib import Path
+
+    from osms.core.keys import KEY_FILE_ENV, check_signing_key, read_key_file
+    from osms.package.build import PackageError
+
+    if variable:
+        pem, where = variable.encode(), f"the variable {SIGNING_KEY_VARIABLE}"
+    elif os.environ.get(KEY_FILE_ENV):
+        path = Path(os.environ[KEY_FILE_ENV])
+        try:
+            pem = read_key_file(path)
+        except FileNotFoundError:
+            raise PackageError(f"the signing key file {path} ({KEY_FILE_ENV}) does not exist") from None
+        where = f"{KEY_FILE_ENV} ({path})"
+    else:
+        raise PackageError(f"no signing key: set the variable {SIGNING_KEY_VARIABLE} (osms deploy init does) or,"
+                           f" on one machine, {KEY_FILE_ENV} to the key file's path")
+    if distributed():
+        check_signing_key(pem, where=where)
+    return pem
+
+
+def distributed() -> bool:
+    """Whether this Airflow runs in the distributed shape: an executor other than the embedded LocalExecutor."""
+    from airflow.configuration import conf
+
+    # "CeleryExecutor", "airflow.providers.celery...CeleryExecutor" or "alias:module.Class", comma-separated
+    executors = [e.strip().split(":")[-1].rsplit(".", 1)[-1] for e in conf.get("core", "executor", fallback="").split(",")]
+    return any(e and e not in ("LocalExecutor", "SequentialExecutor") for e in executors)
+
+
 @task(task_id="build_package", trigger_rule=TriggerRule.ALL_DONE, execution_timeout=BUILD_TIMEOUT)
 def build(**context: Any) -> dict[str, Any]:
     """Consolidate the validated data of D (carrying forward what is missing), gate it, sign it."""
@@ -206,8 +243,8 @@ def build(**context: Any) -> dict[str, Any]:
     day = run_day(context)
     may_start, started_by = chain_starter(context)
     with task_errors():
-        key = Variable.get(SIGNING_KEY_VARIABLE)
-        result = build_package(day=day, data_dir=layout.data_dir(), signing_key_pem=key.encode(),
+        key = signing_key_pem(Variable.get(SIGNING_KEY_VARIABLE, default=None))
+        result = build_package(day=day, data_dir=layout.data_dir(), signing_key_pem=key,
                                producer_version=osms.__version__,
                                receiver=HttpReceiver.from_connection(RECEIVER_CONN_ID), may_start=may_start,
                                started_by=started_by)

@@ -69,7 +69,7 @@ from osms.package.consolidate import (
     changes_schema,
     records_schema,
 )
-from osms.core.files import fsync_dir, sha256_file, write_bytes_atomic
+from osms.core.files import fsync_dir, private_dir, sha256_file, write_bytes_atomic
 from osms.core.registry import default_registry
 from osms.core.status import StatusUnreadable, read_status
 
@@ -282,7 +282,7 @@ def _build(day: dt.date, data_dir: Path, key: Any, producer_version: str, memory
     spill = data_dir / "tmp" / f"package-{day.isoformat()}-{pid}"
     for d in (work, spill):
         shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
+        private_dir(d)  # 0700: the package folder is this one renamed, its files 0600
     try:
         earliest = min(e.effective_from for e in registry.editions)
         units = plan_units(data_dir, day, edition, earliest=earliest)
@@ -327,7 +327,7 @@ def _build_lock(data_dir: Path, day: dt.date) -> Iterator[None]:
     import fcntl
 
     path = Path(data_dir) / "locks" / f"package-{day.isoformat()}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     with path.open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
