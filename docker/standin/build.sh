@@ -5,6 +5,7 @@
 #   osms-standin/python:3.11-slim-bookworm   for the Dockerfile's BASE_IMAGE (python:3.11.x-slim-bookworm)
 #   osms-standin/postgres:15-bookworm        for OSMS_POSTGRES_IMAGE (postgres:15)
 #   osms-standin/redis:7-bookworm            for OSMS_REDIS_IMAGE (redis:7.2-bookworm)
+#   osms-standin/prometheus:2-bookworm       for OSMS_PROMETHEUS_IMAGE (prom/prometheus, the monitoring profile)
 #
 # Each is Debian 12 (bookworm, the release the official images are built on) from Debian's own packages:
 # debootstrap writes a minimal root file system, apt-get (in a chroot) adds PostgreSQL 15 or Redis, and
@@ -27,12 +28,13 @@ SUITE=bookworm
 PYTHON_IMAGE=osms-standin/python:3.11-slim-bookworm
 POSTGRES_IMAGE=osms-standin/postgres:15-bookworm
 REDIS_IMAGE=osms-standin/redis:7-bookworm
+PROMETHEUS_IMAGE=osms-standin/prometheus:2-bookworm
 HERE=$(cd "$(dirname "$0")" && pwd)
 FORCE=${1:-}
 
 have() { [ "$FORCE" != "--force" ] && docker image inspect "$1" >/dev/null 2>&1; }
-if have "$PYTHON_IMAGE" && have "$POSTGRES_IMAGE" && have "$REDIS_IMAGE"; then
-  echo "stand-in images present: $PYTHON_IMAGE $POSTGRES_IMAGE $REDIS_IMAGE"
+if have "$PYTHON_IMAGE" && have "$POSTGRES_IMAGE" && have "$REDIS_IMAGE" && have "$PROMETHEUS_IMAGE"; then
+  echo "stand-in images present: $PYTHON_IMAGE $POSTGRES_IMAGE $REDIS_IMAGE $PROMETHEUS_IMAGE"
   exit 0
 fi
 [ "$(id -u)" = 0 ] || { echo "docker/standin/build.sh: debootstrap and chroot need root" >&2; exit 1; }
@@ -87,6 +89,7 @@ ln -sf /usr/bin/python3.11 "$WORK/base/usr/local/bin/python3"
 
 cp -a "$WORK/base" "$WORK/postgres"
 cp -a "$WORK/base" "$WORK/redis"
+cp -a "$WORK/base" "$WORK/prometheus"
 
 if ! have "$PYTHON_IMAGE"; then
   import "$WORK/base" "$PYTHON_IMAGE" \
@@ -115,4 +118,15 @@ if ! have "$REDIS_IMAGE"; then
   install -d -m 0755 "$WORK/redis/data"
   import "$WORK/redis" "$REDIS_IMAGE" \
     --change 'ENV LANG=C.UTF-8' --change 'WORKDIR /data' --change 'CMD ["redis-server"]' --change 'EXPOSE 6379'
+fi
+
+if ! have "$PROMETHEUS_IMAGE"; then
+  chroot_install "$WORK/prometheus" prometheus wget  # wget: the health check, as busybox's in the official image
+  # as the official image: the binary as the entry point, its data in /prometheus (writable by any uid, so that
+  # compose can run it as the deployment's uid, which owns the scrape token)
+  install -d -m 1777 "$WORK/prometheus/prometheus"
+  import "$WORK/prometheus" "$PROMETHEUS_IMAGE" \
+    --change 'ENV LANG=C.UTF-8' --change 'WORKDIR /prometheus' --change 'ENTRYPOINT ["/usr/bin/prometheus"]' \
+    --change 'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]' \
+    --change 'EXPOSE 9090'
 fi

@@ -16,7 +16,8 @@ What a new engineer on a server would do, proven end to end:
    the other worker;
 5. both days' packages are byte for byte those ``osms run`` builds for the same days with the same
    key, and ``osms package verify`` accepts them;
-6. ``docker-compose down -v`` leaves no container, volume or network of the project behind.
+6. the monitoring profile's Prometheus scrapes the pipeline's metrics (both days delivered);
+7. ``docker-compose down -v`` leaves no container, volume or network of the project behind.
 
 A compose file of the test's own adds only test settings to the scheduler: no scheduled runs
 (the operator's backfills are the only runs); a running task without heartbeat given up after 30 s
@@ -147,17 +148,20 @@ def test_compose_up_delivers_two_days_as_osms_run_with_a_worker_killed(image: st
 
     agency_dags = sorted({b.dag_id for d in DAYS for b in default_registry().edition_on(d).bodies})
     (tmp_path / "override.yaml").write_text(OVERRIDE)
+    prometheus_port = free_port()
     stack = compose.ComposeStack(
         project=f"osmstest{os.getpid()}", directory=tmp_path / "deployment", extra_files=[tmp_path / "override.yaml"],
         variables={"OSMS_IMAGE": image, "OSMS_BASE_IMAGE": compose.STANDIN_BASE,
-                   "OSMS_POSTGRES_IMAGE": compose.STANDIN_POSTGRES, "OSMS_REDIS_IMAGE": compose.STANDIN_REDIS},
+                   "OSMS_POSTGRES_IMAGE": compose.STANDIN_POSTGRES, "OSMS_REDIS_IMAGE": compose.STANDIN_REDIS,
+                   "OSMS_PROMETHEUS_IMAGE": compose.STANDIN_PROMETHEUS,
+                   "OSMS_PROMETHEUS_PUBLISHED_PORT": str(prometheus_port)},
         api_port=free_port())
     stack.write_env()
     timings: dict[str, float] = {}
     started = time.monotonic()
     reference = OsmsRuns(tmp_path / "osms-run", DAYS, env=_reference_env(stack, tmp_path / "keys"))
     try:
-        stack.up(workers=2)
+        stack.up(workers=2, profiles=["monitoring"])
         health = stack.wait_healthy(timeout=600)
         timings["healthy"] = time.monotonic() - started
         assert len([n for n in health if "airflow-worker" in n]) == 2, health
@@ -214,11 +218,23 @@ def test_compose_up_delivers_two_days_as_osms_run_with_a_worker_killed(image: st
             assert now["state"] == "success" and now["try_number"] > t["try_number"], (t, now)
             assert now["hostname"] == survivor, f"{t['task_id']} was retried on {now['hostname']}, not {survivor}"
 
+        # the monitoring profile's Prometheus scrapes the pipeline's metrics: both days delivered, none owed
+        def scraped() -> list | None:
+            import httpx
+
+            answer = httpx.get(f"http://127.0.0.1:{prometheus_port}/api/v1/query", timeout=30,
+                               params={"query": 'osms_package_delivered{job="osms"} == 1'}).json()
+            found = answer.get("data", {}).get("result", [])
+            return found if len(found) >= len(DAYS) else None
+
+        delivered = _poll(scraped, timeout=120, interval=5, what="Prometheus to scrape both days' deliveries")
+        assert {r["metric"]["day"] for r in delivered} >= {d.isoformat() for d in DAYS}, delivered
+
         out = tmp_path / "compose-packages"
         stack.copy_out("airflow-scheduler", "/opt/airflow/data/packages", out)
     finally:
         try:
-            stack.down()
+            stack.down(profiles=["monitoring"])
         finally:
             timings["down"] = time.monotonic() - started
             print(f"\ncompose test timings (s from up): {timings}")

@@ -45,12 +45,16 @@ def test_the_compose_site_is_that_of_the_native_shape(compose: dict) -> None:
 def test_every_secret_is_a_file_and_each_service_gets_only_what_it_needs(compose: dict) -> None:
     declared = compose["secrets"]
     people = {deploy.password_file(u) for u in deploy.PEOPLE}
-    assert set(declared) == set(settings.SECRET_FILES) | people | {deploy.SIGNING_KEY_FILE}
+    assert set(declared) == set(settings.SECRET_FILES) | people | {deploy.SIGNING_KEY_FILE, deploy.METRICS_TOKEN_FILE}
     for name, spec in declared.items():
         assert set(spec) == {"file"} and spec["file"] == f"${{OSMS_SECRETS:-./secrets}}/{name}", name
     services = compose["services"]
     for name in AIRFLOW_SERVICES:
-        assert set(services[name]["secrets"]) == set(settings.SECRET_FILES), name
+        # the API server also checks the scrape token of the metrics
+        extra = {deploy.METRICS_TOKEN_FILE} if name == "airflow-apiserver" else set()
+        assert set(services[name]["secrets"]) == set(settings.SECRET_FILES) | extra, name
+    assert services["prometheus"]["secrets"] == [deploy.METRICS_TOKEN_FILE]
+    assert services["prometheus"]["profiles"] == ["monitoring"]
     init = services["airflow-init"]
     assert set(init["secrets"]) == set(settings.SECRET_FILES) | people | {deploy.SIGNING_KEY_FILE}
     assert "osms deploy init" in " ".join(init["command"])

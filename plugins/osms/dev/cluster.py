@@ -55,6 +55,7 @@ SERVICES = {
     "airflow-dag-processor": "dag-processor",
     "airflow-triggerer": "triggerer",
     "airflow-worker": CELERY_WORKER,
+    "prometheus": "prometheus",  # compose: the monitoring profile
 }
 DEFAULT_PORT = 8080
 PROMETHEUS_PORT = 9090  # Prometheus's own default port

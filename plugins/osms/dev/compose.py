@@ -35,6 +35,7 @@ IMAGE = "osms-airflow:latest"
 STANDIN_BASE = "osms-standin/python:3.11-slim-bookworm"
 STANDIN_POSTGRES = "osms-standin/postgres:15-bookworm"
 STANDIN_REDIS = "osms-standin/redis:7-bookworm"
+STANDIN_PROMETHEUS = "osms-standin/prometheus:2-bookworm"
 WHEELS = ROOT / "docker" / "wheels"
 DOCKERD = "/usr/sbin/dockerd"
 
@@ -128,7 +129,7 @@ def image_size(tag: str) -> int:
 
 def build_standins(*, say: Callable[[str], None] = print) -> None:
     """The stand-in base, PostgreSQL and Redis images (built once per engine; ``docker/standin/build.sh``)."""
-    if all(image_exists(t) for t in (STANDIN_BASE, STANDIN_POSTGRES, STANDIN_REDIS)):
+    if all(image_exists(t) for t in (STANDIN_BASE, STANDIN_POSTGRES, STANDIN_REDIS, STANDIN_PROMETHEUS)):
         return
     say("building the stand-in images from Debian's packages (docker/standin/build.sh) ...")
     out = subprocess.run(["bash", str(ROOT / "docker" / "standin" / "build.sh")], stdin=subprocess.DEVNULL,
@@ -233,8 +234,10 @@ class ComposeStack:
                                f"{out.stdout[-2000:]}{out.stderr[-3000:]}")
         return out
 
-    def up(self, *, workers: int = 2) -> None:
-        self.compose("up", "--detach", "--no-build", "--scale", f"airflow-worker={workers}", timeout=900)
+    def up(self, *, workers: int = 2, profiles: Sequence[str] = ()) -> None:
+        profile_args = [a for p in profiles for a in ("--profile", p)]
+        self.compose(*profile_args, "up", "--detach", "--no-build", "--scale", f"airflow-worker={workers}",
+                     timeout=900)
 
     def containers(self, service: str | None = None, *, all_states: bool = True) -> list[dict[str, Any]]:
         """The project's containers (``docker inspect``), optionally of one service, by service then number."""
@@ -330,9 +333,10 @@ class ComposeStack:
         docker("cp", f"{container}:{path}", str(dest), timeout=300)
         return dest
 
-    def down(self) -> None:
-        """Stop and remove the containers, the network and the volumes."""
-        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "30", timeout=600)
+    def down(self, *, profiles: Sequence[str] = ()) -> None:
+        """Stop and remove the containers, the network and the volumes (of the profiles' services too)."""
+        profile_args = [a for p in profiles for a in ("--profile", p)]
+        self.compose(*profile_args, "down", "--volumes", "--remove-orphans", "--timeout", "30", timeout=600)
 
     def leftovers(self) -> dict[str, list[str]]:
         """Containers, volumes and networks of the project that still exist."""

@@ -41,6 +41,8 @@ CONNECTIONS_FILE = "airflow-connections.json"  # beside the mocks' tokens.json, 
 # compose: the deployment's package signing key pair, in its secrets folder (the private key goes to the init only)
 SIGNING_KEY_FILE = "osms_signing_key"
 SIGNING_PUBLIC_KEY_FILE = "osms_signing_public_key.pem"
+# compose: the token Prometheus scrapes the pipeline's metrics with (the API server checks it)
+METRICS_TOKEN_FILE = "osms_metrics_token"
 # the uid the image's user has (Dockerfile); containers run as it when compose is started by root
 IMAGE_UID = 50000
 
@@ -87,6 +89,7 @@ def write_compose_env(directory: Path, *, signing_key: Path | None = None) -> tu
     uid = compose_uid()
     secrets_dir = directory / "secrets"
     write_secrets(secrets_dir, owner=uid)
+    settings.write_secrets_dir(secrets_dir, {METRICS_TOKEN_FILE: _secrets.token_urlsafe(32)}, owner=uid)
     private = secrets_dir / SIGNING_KEY_FILE
     if not private.exists():
         if signing_key is not None:
