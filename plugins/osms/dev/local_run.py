@@ -53,8 +53,7 @@ def airflow_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
     home = data_dir / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     site = settings.Site(airflow_home=home, data_dir=data_dir)
-    # dag.test() has no scheduler to watch a deadline (see osms.orchestration.package_dag.delivery_deadline)
-    return settings.airflow_env("embedded", site, extra={"OSMS_DEADLINE_ALERTS": "off", **extra})
+    return settings.airflow_env("embedded", site, extra=extra)
 
 
 def migrate(env: dict[str, str]) -> None:
