@@ -418,7 +418,7 @@ def cluster(data_dir: str, port: int, workers: int) -> None:
 
 @main.group("deploy")
 def deploy_group() -> None:
-    """What docker-compose.yaml's services run, and make cluster with them: secrets, init, mocks."""
+    """What docker-compose.yaml's services run, and make cluster with them: secrets, init, pools, mocks."""
 
 
 @deploy_group.command("env")
@@ -450,6 +450,15 @@ def deploy_init(signing_key: str | None, connections: str | None) -> None:
                  signing_key=Path(signing_key) if signing_key else None,
                  connections=Path(connections) if connections else None, say=click.echo)
     click.echo("init done")
+
+
+@deploy_group.command("pools")
+def deploy_pools() -> None:
+    """Create the source systems' pools that are missing (size OSMS_SOURCE_POOL_SLOTS, default 2); keep the others."""
+    from osms.orchestration.pools import ensure_source_pools, pool_slots
+
+    names = ensure_source_pools()
+    click.echo(f"{len(names)} source-system pools (new ones with {pool_slots()} slots): {', '.join(names)}")
 
 
 @deploy_group.command("mocks")

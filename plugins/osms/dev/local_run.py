@@ -337,9 +337,12 @@ def _worker(answer_fd: int) -> int:
     def prepare() -> bool:
         from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
 
+        from osms.orchestration.pools import ensure_source_pools
+
         b = bundle()
         bag = BundleDagBag(dag_folder=b.path, bundle_path=b.path, bundle_name=b.name)
         sync_bag_to_db(bag, b.name, b.version)
+        ensure_source_pools()  # the extracts' pools, as every shape's init creates them
         return not bag.import_errors
 
     @providers_configuration_loaded

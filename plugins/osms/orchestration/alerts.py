@@ -71,7 +71,7 @@ def package_due(moment: dt.datetime | None, run_type: str, triggered_by: str | N
 
     if moment is None or getattr(run_type, "value", run_type) == BACKFILL:
         return None
-    if getattr(triggered_by, "value", triggered_by) == TEST:
+    if str(getattr(triggered_by, "value", triggered_by)).lower() == TEST:  # the enum, or its stored name
         return None  # dag.test() / `airflow dags test`: the engineer running it watches it, no scheduler does
     day = run_day({"logical_date": _aware(moment)})
     due = dt.datetime.combine(day + dt.timedelta(days=DUE_DAYS_AFTER), DUE_TIME, tzinfo=almaty())
