@@ -7,7 +7,7 @@
 - **Init** (:func:`init_airflow`, ``osms deploy init``: the compose file's ``airflow-init``,
   and what ``make cluster`` runs before its components): migrate the metadata database;
   FAB's roles ``engineer`` (admin), ``operator`` and ``qa`` (each exactly the permissions
-  :data:`ROLE_PERMISSIONS` lists: least privilege) and one user each, created once; one
+  :func:`role_permissions` lists: least privilege) and one user each, created once; one
   pool per source system; the signing key into the masked variable the package DAG reads;
   connections from a file (the mocks publish theirs).
 - **The mock outside world for demos** (:func:`serve_mocks`, ``osms deploy mocks``: the
@@ -44,12 +44,13 @@ CONNECTIONS_FILE = "airflow-connections.json"  # beside the mocks' tokens.json, 
 READ, EDIT, CREATE, MENU = "can_read", "can_edit", "can_create", "menu_access"
 # What every OSMS person may read: the DAGs, their runs, tasks, logs and XComs (paths and counts only),
 # assets, backfills, pools and their use, and their own profile and password. Never connections,
-# variables, configuration, users, roles or audit logs.
+# variables, configuration, users, roles or audit logs. (read, Plugins): the UI finds the navigation's
+# "Data quality" entry, a plugin's external view, in /api/v2/plugins (plugin names and classes only).
 READS = (
     (READ, "DAGs"), (READ, "DAG Code"), (READ, "DAG Dependencies"), (READ, "DAG Runs"), (READ, "DAG Versions"),
     (READ, "DAG Warnings"), (READ, "Task Instances"), (READ, "Task Logs"), (READ, "XComs"), (READ, "HITL Detail"),
     (READ, "Assets"), (READ, "Asset Aliases"), (READ, "Backfills"), (READ, "Pools"), (READ, "Jobs"),
-    (READ, "ImportError"), (READ, "Cluster Activity"), (READ, "Website"),
+    (READ, "ImportError"), (READ, "Cluster Activity"), (READ, "Website"), (READ, "Plugins"),
     (READ, "My Profile"), (EDIT, "My Profile"), (READ, "My Password"), (EDIT, "My Password"),
     (MENU, "DAGs"), (MENU, "DAG Runs"), (MENU, "DAG Dependencies"), (MENU, "Task Instances"), (MENU, "Assets"),
     (MENU, "Jobs"), (MENU, "Pools"), (MENU, "XComs"), (MENU, "Cluster Activity"), (MENU, "Browse"),
