@@ -248,7 +248,7 @@ def test_reference_requires_the_run() -> None:
 
 
 def test_test_runs_get_no_deadline(dag) -> None:
-    """A run of dag.test() (`airflow dags test`, `osms run`) is watched by whoever runs it: no scheduler alerts later."""
+    """A run of dag.test() (`airflow dags test`, `osms run`) is watched by whoever runs it: no scheduler alerts."""
     logical = _scheduled_logical_date(dag, DAY)
     assert _deadline(dag, logical, "manual", triggered_by="test") is None
     assert _deadline(dag, logical, "manual", triggered_by="TEST") is None  # the enum's name, as the database keeps it
