@@ -189,10 +189,11 @@ class _Session:
         return Result()
 
 
-def _deadline(dag, logical: dt.datetime | None, run_type: str, interval_start: dt.datetime | None = None):
+def _deadline(dag, logical: dt.datetime | None, run_type: str, interval_start: dt.datetime | None = None,
+              triggered_by: str | None = "timetable"):
     """The deadline Airflow creates for a run (reference evaluated through the serialized DAG, plus interval)."""
     _, _, stored = _stored_alert(dag)
-    session = _Session((logical, interval_start or logical, run_type))
+    session = _Session((logical, interval_start or logical, run_type, triggered_by))
     deadline = stored.reference.evaluate_with(session=session, interval=stored.interval,
                                               dag_id=DAG_ID, run_id="r1")
     assert len(session.statements) == 1
@@ -246,13 +247,17 @@ def test_reference_requires_the_run() -> None:
             session=_Session(None), interval=dt.timedelta(0), dag_id=DAG_ID)
 
 
-def test_no_deadline_where_the_environment_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``osms run`` runs ``dag.test()``, where Airflow 3.3.2 fails a succeeded run with a deadline: its settings say off."""
-    from osms.dev.local_run import airflow_env
+def test_test_runs_get_no_deadline(dag) -> None:
+    """A run of dag.test() (`airflow dags test`, `osms run`) is watched by whoever runs it: no scheduler alerts."""
+    logical = _scheduled_logical_date(dag, DAY)
+    assert _deadline(dag, logical, "manual", triggered_by="test") is None
+    assert _deadline(dag, logical, "manual", triggered_by="TEST") is None  # the enum's name, as the database keeps it
+    assert _deadline(dag, logical, "manual", triggered_by="rest_api") == DEADLINE
+    assert _deadline(dag, logical, "manual", triggered_by="ui") == DEADLINE
 
-    monkeypatch.setenv("OSMS_DEADLINE_ALERTS", airflow_env(Path("/tmp/osms-test"), {})["OSMS_DEADLINE_ALERTS"])
-    assert not build_package_dag().deadline
-    monkeypatch.delenv("OSMS_DEADLINE_ALERTS")
+
+def test_deadline_alerts_are_always_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OSMS_DEADLINE_ALERTS", "off")  # the switch osms run used to need: gone
     assert len(build_package_dag().deadline) == 1
 
 

@@ -103,3 +103,93 @@ def test_package_dag_shape(dagbag) -> None:
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"  # time-scheduled: backfillable
     sensor = dag.get_task("wait_for_labour")
     assert sensor.deferrable is True
+
+
+# ----------------------------------------------------------------------------- Airflow's own means
+
+
+def test_a_manual_run_of_the_package_dag_sets_typed_bounded_described_params(dagbag) -> None:
+    from airflow.exceptions import ParamValidationError
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from osms.orchestration.package_dag import PREVIOUS_WAIT_CONF, STATUS_WAIT_CONF
+
+    dag = dagbag.dags["osms_daily_package"]
+    # the trigger form shows each with its title, description and bounds
+    for name, default, most in ((STATUS_WAIT_CONF, 300, 24 * 60), (PREVIOUS_WAIT_CONF, 2 * 24 * 60, 2 * 24 * 60)):
+        spec = dag.params.get_param(name)
+        assert spec.value == default
+        assert spec.schema["type"] == "integer" and spec.schema["minimum"] == 0 and spec.schema["maximum"] == most
+        assert spec.schema["title"] and len(spec.description or "") > 40
+    # Airflow checks a run's conf against them when it creates the run (the DAG as the scheduler and
+    # the API server read it): a bad value never starts one
+    stored = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    assert stored.params.deep_merge({STATUS_WAIT_CONF: 0, PREVIOUS_WAIT_CONF: 30}).validate() == {
+        STATUS_WAIT_CONF: 0, PREVIOUS_WAIT_CONF: 30}
+    for bad in ({STATUS_WAIT_CONF: -1}, {STATUS_WAIT_CONF: "soon"}, {STATUS_WAIT_CONF: 2.5},
+                {STATUS_WAIT_CONF: 24 * 60 + 1}, {PREVIOUS_WAIT_CONF: None}, {PREVIOUS_WAIT_CONF: 10**6}):
+        with pytest.raises(ParamValidationError):
+            stored.params.deep_merge(bad).validate()
+    # the agency DAGs read no conf: they offer nothing to set
+    assert all(not dagbag.dags[d].params for d in dagbag.dag_ids if d.startswith("agency_"))
+
+
+def test_the_waits_are_the_runs_params() -> None:
+    import datetime as dt
+
+    from osms.orchestration.package_dag import STATUS_WAIT, BodyStatusSensor, _minutes_param
+
+    sensor = BodyStatusSensor(task_id="wait_for_courts", body="courts", timeout=STATUS_WAIT)
+    assert sensor._wait({"params": {"status_wait_minutes": 30}}) == dt.timedelta(minutes=30)
+    assert sensor._wait({"params": {"status_wait_minutes": 0}}) == dt.timedelta(0)
+    assert sensor._wait({"params": {}}) == STATUS_WAIT  # a run created before the params: the sensor's own
+    assert _minutes_param({"params": {"previous_wait_minutes": 5}}, "previous_wait_minutes", 60) == dt.timedelta(
+        minutes=5)
+    assert _minutes_param({}, "previous_wait_minutes", 60.0) == dt.timedelta(minutes=1)
+
+
+def test_every_extract_runs_in_its_systems_pool(dagbag) -> None:
+    from osms.orchestration.pools import source_pools
+
+    reg = default_registry()
+    pools = source_pools()
+    for body in reg.all_bodies():
+        for t in dagbag.dags[body.dag_id].tasks:
+            if ".extract_" in t.task_id:
+                system = t.task_id.split(".extract_", 1)[1]
+                assert t.pool == f"osms_source_{system}" and t.pool in pools, t.task_id
+            else:
+                assert t.pool == "default_pool", t.task_id
+    assert len(pools) == len(reg.all_systems()) and all(p.startswith("osms_source_") for p in pools)
+
+
+def test_pool_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from osms.orchestration import pools
+
+    monkeypatch.delenv(pools.POOL_SLOTS_ENV, raising=False)
+    assert pools.pool_slots() == pools.DEFAULT_POOL_SLOTS == 2
+    monkeypatch.setenv(pools.POOL_SLOTS_ENV, " 4 ")
+    assert pools.pool_slots() == 4
+    for bad in ("0", "-1", "two", "1.5"):
+        monkeypatch.setenv(pools.POOL_SLOTS_ENV, bad)
+        with pytest.raises(ValueError, match=pools.POOL_SLOTS_ENV):
+            pools.pool_slots()
+
+
+def test_assets_link_the_bodies_statuses_to_the_package_while_the_schedule_stays_time(dagbag) -> None:
+    from osms.orchestration.assets import package_asset, status_asset
+
+    bodies = [b.code for b in default_registry().all_bodies()]
+    for body in bodies:
+        assert dagbag.dags[f"agency_{body}"].get_task("publish_status").outlets == [status_asset(body)]
+    package = dagbag.dags["osms_daily_package"]
+    for body in bodies:
+        assert package.get_task(f"wait_for_{body}").inlets == [status_asset(body)]
+    deliver = package.get_task("deliver")
+    build = package.get_task("build_package")
+    assert {a.name for a in build.inlets} == {status_asset(b).name for b in bodies}
+    assert build.outlets == [package_asset()]
+    assert deliver.inlets == [package_asset()]
+    assert deliver.outlets == [package_asset()]
+    assert type(package.timetable).__name__ == "CronDataIntervalTimetable"  # the assets never schedule it
+    assert len({status_asset(b).uri for b in bodies} | {package_asset().uri}) == len(bodies) + 1

@@ -60,9 +60,67 @@ def test_compose_env_takes_a_given_signing_key(tmp_path: Path) -> None:
 def test_the_same_three_people_as_the_simple_auth_manager() -> None:
     from osms.dev.ui_stack import USERS
 
-    assert list(deploy.PEOPLE) == list(USERS)
-    levels = {"admin": "Admin", "op": "Op", "viewer": "Viewer"}
-    assert {u: levels[r] for u, r in USERS.items()} == deploy.PEOPLE
+    assert list(deploy.PEOPLE) == list(USERS) == list(deploy.role_permissions())
+    assert USERS == {"engineer": "admin", "operator": "user", "qa": "viewer"}
+
+
+def test_the_embedded_operator_is_the_highest_rank_that_cannot_touch_connections_variables_or_pools() -> None:
+    """The simple auth manager's op may edit connections, variables and pools: the operator is a user there."""
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    from osms.dev.ui_stack import USERS
+
+    manager = SimpleAuthManager()
+
+    def can(role: str) -> dict[str, bool]:
+        who = SimpleAuthManagerUser(username="x", role=role)
+        return {
+            "connections": manager.is_authorized_connection(method="PUT", user=who),
+            "variables": manager.is_authorized_variable(method="POST", user=who),
+            "pools": manager.is_authorized_pool(method="DELETE", user=who),
+            "trigger": manager.is_authorized_dag(method="POST", access_entity=DagAccessEntity.RUN, user=who),
+        }
+
+    assert can("op") == {"connections": True, "variables": True, "pools": True, "trigger": True}
+    assert can(USERS["operator"]) == {"connections": False, "variables": False, "pools": False, "trigger": True}
+    assert can(USERS["qa"]) == dict.fromkeys(("connections", "variables", "pools", "trigger"), False)
+
+
+def test_roles_by_least_privilege() -> None:
+    from osms.ui.app import DECISIONS_VIEW, VIEW_NAME
+
+    roles = deploy.role_permissions()
+    forbidden = {"Connections", "Variables", "Configurations", "Users", "Roles", "Passwords", "Permissions",
+                 "Permission Views", "View Menus", "Providers", "Audit Logs", "Triggers"}
+    for name in ("operator", "qa"):
+        assert not [p for p in roles[name] if p[1] in forbidden], name
+        assert not [p for p in roles[name] if p[1] == "Pools" and p[0] not in ("can_read", "menu_access")], name
+        assert not [p for p in roles[name] if p[0] == "can_delete"], name
+        assert not [p for p in roles[name] if p[1] == "Plugins" and p[0] != "can_read"], name
+        assert ("can_read", VIEW_NAME) in roles[name]
+    # operators run the DAGs, QA decides; neither does the other's part
+    operating = {("can_create", "DAG Runs"), ("can_edit", "DAG Runs"), ("can_edit", "Task Instances"),
+                 ("can_edit", "DAGs"), ("can_create", "Backfills")}
+    assert operating <= roles["operator"] and not operating & roles["qa"]
+    assert ("can_create", DECISIONS_VIEW) in roles["qa"] and ("can_create", DECISIONS_VIEW) in roles["engineer"]
+    assert not [p for p in roles["operator"] if p[1] == DECISIONS_VIEW]
+    assert roles["qa"] - {("can_create", DECISIONS_VIEW)} < roles["operator"]
+
+
+def test_every_permission_is_one_fab_knows() -> None:
+    """A misspelt name would create a permission nothing checks: every resource and action is FAB's own."""
+    from airflow.providers.fab.www.security import permissions
+
+    from osms.ui.app import DECISIONS_VIEW, VIEW_NAME
+
+    names = {k: v for k, v in vars(permissions).items() if isinstance(v, str)}
+    resources = {v for k, v in names.items() if k.startswith("RESOURCE_")} | {VIEW_NAME, DECISIONS_VIEW}
+    actions = {v for k, v in names.items() if k.startswith("ACTION_")}
+    for name, pairs in deploy.role_permissions().items():
+        assert {a for a, _ in pairs} <= actions, name
+        assert {r for _, r in pairs} <= resources, (name, {r for _, r in pairs} - resources)
 
 
 def test_init_refuses_a_missing_secret_or_password_naming_its_file(tmp_path: Path) -> None:

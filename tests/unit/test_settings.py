@@ -139,7 +139,8 @@ def test_osms_run_reads_the_embedded_shape(tmp_path: Path) -> None:
     from osms.dev.local_run import airflow_env as run_env
 
     env = run_env(tmp_path, {"AIRFLOW_CONN_Y": "http://y"})
-    assert env["OSMS_DEADLINE_ALERTS"] == "off" and env["AIRFLOW_CONN_Y"] == "http://y"
+    assert env["AIRFLOW_CONN_Y"] == "http://y"
+    assert "OSMS_DEADLINE_ALERTS" not in env  # deadlines stay on: a test run gets none (alerts.PackageDue)
     assert expand(env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") == f"sqlite:///{tmp_path / 'airflow'}/airflow.db"
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] == "osms.dev.settings.SQLITE_CONNECT_ARGS"
     assert env["AIRFLOW__CORE__UNIT_TEST_MODE"] == "False"

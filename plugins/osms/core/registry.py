@@ -231,6 +231,11 @@ class System:
         """The Airflow connection holding this system's URL and token."""
         return f"osms_source_{self.code}"
 
+    @property
+    def pool(self) -> str:
+        """The Airflow pool capping how many extracts query this system at once."""
+        return f"osms_source_{self.code}"
+
     def to_dict(self) -> dict[str, Any]:
         """The system in the stable JSON form."""
         return {
@@ -430,6 +435,14 @@ class Registry:
         for edition in self.editions:
             for body in edition.bodies:
                 seen.setdefault(body.code, body)
+        return tuple(seen.values())
+
+    def all_systems(self) -> tuple[System, ...]:
+        """Every system of every edition, once each, in seed order."""
+        seen: dict[str, System] = {}
+        for edition in self.editions:
+            for system in edition.systems:
+                seen.setdefault(system.code, system)
         return tuple(seen.values())
 
     def describe(self, day: dt.date) -> dict[str, Any]:

@@ -176,11 +176,17 @@ class LocalAirflow:
     # ------------------------------------------------------------------ lifecycle
 
     def migrate(self, timeout: float = 180) -> None:
-        """Create or upgrade the embedded database."""
+        """Create or upgrade the embedded database, and the source systems' pools (the extracts run in them)."""
         self.home.mkdir(parents=True, exist_ok=True)
         out = self.cli("db", "migrate", timeout=timeout, check=False)
         if out.returncode != 0:
             raise AirflowLocalError(f"airflow db migrate failed ({out.returncode}):\n{out.stdout[-3000:]}")
+        # a task in a pool that does not exist is never scheduled: the pools come with the database
+        out = subprocess.run([sys.executable, "-m", "osms.dev.cli", "deploy", "pools"], env=self.env, cwd=self.home,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             timeout=timeout)
+        if out.returncode != 0:
+            raise AirflowLocalError(f"osms deploy pools failed ({out.returncode}):\n{out.stdout[-3000:]}")
 
     def start(self, components: Sequence[str] = COMPONENTS, *, migrate: bool = True,
               timeout: float = 120) -> LocalAirflow:

@@ -451,7 +451,7 @@ def cluster(data_dir: str, port: int, workers: int, prometheus_port: int, lineag
 
 @main.group("deploy")
 def deploy_group() -> None:
-    """What docker-compose.yaml's services run, and make cluster with them: secrets, init, mocks."""
+    """What docker-compose.yaml's services run, and make cluster with them: secrets, init, pools, mocks."""
 
 
 @deploy_group.command("env")
@@ -488,6 +488,15 @@ def deploy_init(secrets_dir: str, signing_key: str | None, connections: str | No
     init_airflow(secrets_dir=Path(secrets_dir), signing_key=Path(signing_key) if signing_key else None,
                  connections=Path(connections) if connections else None, chain_start=chain_start, say=click.echo)
     click.echo("init done")
+
+
+@deploy_group.command("pools")
+def deploy_pools() -> None:
+    """Create the source systems' pools that are missing (size OSMS_SOURCE_POOL_SLOTS, default 2); keep the others."""
+    from osms.orchestration.pools import ensure_source_pools, pool_slots
+
+    names = ensure_source_pools()
+    click.echo(f"{len(names)} source-system pools (new ones with {pool_slots()} slots): {', '.join(names)}")
 
 
 @deploy_group.command("mocks")

@@ -8,8 +8,8 @@ them; a test keeps the two in step):
   password, both on 127.0.0.1 and a free port;
 - the mock source systems and receiver (as in ``make airflow``), their connections
   written to a file that the init imports, as the compose file's init does;
-- the init (``osms deploy init``): migrate, FAB roles and users, the signing key
-  variable, the connections;
+- the init (``osms deploy init``): migrate, FAB roles and users, the source systems'
+  pools, the signing key variable, the connections;
 - Airflow's API server, scheduler, DAG processor, triggerer and Celery workers, with no
   log server (task logs are read from the shared local folder) and the scheduler's
   health server on 127.0.0.1;
@@ -449,7 +449,7 @@ def serve(data_dir: Path, *, port: int = DEFAULT_PORT, workers: int = WORKERS,
         say("")
         say(f"Airflow (CeleryExecutor, PostgreSQL, Redis) is up: {cluster.url}")
         say(f"  Data quality: {cluster.url}/plugin/{URL_ROUTE}")
-        say("  users: " + ", ".join(f"{u} (role {u}, like FAB's {r})" for u, r in deploy.PEOPLE.items()))
+        say("  users: " + ", ".join(f"{u} ({what})" for u, what in deploy.PEOPLE.items()))
         say(f"  passwords: {cluster.secrets_dir}/osms_<user>_password   (generated once, keep them private)")
         say(f"  workers: {', '.join(cluster.worker_names)}; component logs: {af.log_dir}")
         assert cluster.prometheus is not None

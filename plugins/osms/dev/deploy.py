@@ -8,10 +8,10 @@
   ``<data>/cluster/secrets`` for ``make cluster``). Generated once, kept.
 - **Init** (:func:`init_airflow`, ``osms deploy init``: the compose file's ``airflow-init``,
   and what ``make cluster`` runs before its components): refuse missing or unusable secrets;
-  migrate the metadata database; FAB's roles ``engineer``, ``operator`` and ``qa`` (Admin-,
-  Op- and Viewer-like, each allowed the Data quality view) and one user each; the signing
-  key into the masked variable the package DAG reads; connections from a file (the mocks
-  publish theirs).
+  migrate the metadata database; FAB's roles ``engineer`` (admin), ``operator`` and ``qa``
+  (each exactly the permissions :func:`role_permissions` lists: least privilege) and one user
+  each, created once; one pool per source system; the signing key into the masked variable
+  the package DAG reads; connections from a file (the mocks publish theirs).
 - **The mock outside world for demos** (:func:`serve_mocks`, ``osms deploy mocks``: the
   compose file's ``mocks`` service): the source systems and the receiver served on an
   interface of the compose network, their connections written for the init.
@@ -30,13 +30,17 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from osms.dev import settings
 
-# The three people of the Data quality pages and the FAB role each one's role is modelled on;
-# the simple auth manager gives them admin, op and viewer (osms.dev.ui_stack.USERS).
-PEOPLE = {"engineer": "Admin", "operator": "Op", "qa": "Viewer"}
+# The three people of OSMS, each with a FAB role of the same name (the simple auth manager gives
+# them its closest roles: osms.dev.ui_stack.USERS); README's role table says what each may do.
+PEOPLE = {
+    "engineer": "everything (admin)",
+    "operator": "triggers, backfills, clears and marks the DAGs' runs",
+    "qa": "reads runs, logs and Data quality; decides on held-back data",
+}
 CONNECTIONS_FILE = "airflow-connections.json"  # beside the mocks' tokens.json, in their state dir
 # compose: the deployment's package signing key pair, in its secrets folder (the private key goes to the init only)
 SIGNING_KEY_FILE = "osms_signing_key"
@@ -45,6 +49,44 @@ SIGNING_PUBLIC_KEY_FILE = "osms_signing_public_key.pem"
 METRICS_TOKEN_FILE = "osms_metrics_token"
 # the uid the image's user has (Dockerfile); containers run as it when compose is started by root
 IMAGE_UID = 50000
+
+# FAB permissions are (action, resource) pairs; the names are FAB's own (airflow.providers.fab.www.security).
+READ, EDIT, CREATE, MENU = "can_read", "can_edit", "can_create", "menu_access"
+# What every OSMS person may read: the DAGs, their runs, tasks, logs and XComs (paths and counts only),
+# assets, backfills, pools and their use, and their own profile and password. Never connections,
+# variables, configuration, users, roles or audit logs. (read, Plugins): the UI finds the navigation's
+# "Data quality" entry, a plugin's external view, in /api/v2/plugins (plugin names and classes only).
+READS = (
+    (READ, "DAGs"), (READ, "DAG Code"), (READ, "DAG Dependencies"), (READ, "DAG Runs"), (READ, "DAG Versions"),
+    (READ, "DAG Warnings"), (READ, "Task Instances"), (READ, "Task Logs"), (READ, "XComs"), (READ, "HITL Detail"),
+    (READ, "Assets"), (READ, "Asset Aliases"), (READ, "Backfills"), (READ, "Pools"), (READ, "Jobs"),
+    (READ, "ImportError"), (READ, "Cluster Activity"), (READ, "Website"), (READ, "Plugins"),
+    (READ, "My Profile"), (EDIT, "My Profile"), (READ, "My Password"), (EDIT, "My Password"),
+    (MENU, "DAGs"), (MENU, "DAG Runs"), (MENU, "DAG Dependencies"), (MENU, "Task Instances"), (MENU, "Assets"),
+    (MENU, "Jobs"), (MENU, "Pools"), (MENU, "XComs"), (MENU, "Cluster Activity"), (MENU, "Browse"),
+    (MENU, "Docs"), (MENU, "Documentation"),
+)
+# What operating the DAGs takes in FAB's auth manager: triggering a run is (create, DAG Runs), clearing
+# and marking are edits of runs and task instances, a backfill is (create, DAG Runs) too; each also
+# needs (edit, DAGs), which pauses and unpauses. No delete: runs and DAGs stay as the history.
+OPERATES = (
+    (EDIT, "DAGs"), (CREATE, "DAG Runs"), (EDIT, "DAG Runs"), (EDIT, "Task Instances"),
+    (CREATE, "Backfills"), (EDIT, "Backfills"),
+)
+
+
+def role_permissions() -> dict[str, frozenset[tuple[str, str]]]:
+    """The permissions of the roles ``operator`` and ``qa``, exactly (``engineer`` has Admin's and these)."""
+    from osms.ui.app import DECISIONS_VIEW, VIEW_NAME
+
+    # the plugin asks is_authorized_custom_view(method="GET", resource_name="Data quality") for its pages,
+    # and (method="POST", resource_name="QA decisions") for a QA decision: FAB reads POST as can_create
+    quality, decide = (READ, VIEW_NAME), (CREATE, DECISIONS_VIEW)
+    return {
+        "engineer": frozenset({quality, decide}),
+        "operator": frozenset({*READS, *OPERATES, quality}),
+        "qa": frozenset({*READS, quality, decide}),
+    }
 
 
 def password_file(user: str) -> str:
@@ -119,8 +161,8 @@ def write_compose_env(directory: Path, *, signing_key: Path | None = None) -> tu
 
 def init_airflow(*, secrets_dir: Path, signing_key: Path | None = None, connections: Path | None = None,
                  chain_start: Any = None, say: Callable[[str], None] = print) -> None:
-    """Check the secrets, migrate, roles and users, the signing key variable, connections, the chain's start (once):
-    idempotent."""
+    """Check the secrets, migrate, roles and users, the signing key variable, connections, the chain's start (once),
+    pools: idempotent."""
     try:
         settings.check_secrets(settings.read_secrets_dir(secrets_dir))
         passwords = read_passwords(secrets_dir)
@@ -132,7 +174,11 @@ def init_airflow(*, secrets_dir: Path, signing_key: Path | None = None, connecti
 
     layout.lineage(layout.data_dir()).mkdir(parents=True, exist_ok=True)  # the lineage file transport writes there
     say("roles engineer, operator, qa and their users ...")
-    ensure_roles_and_users(passwords)
+    people = ensure_roles_and_users(passwords)
+    say(f"  permissions {people.permissions}; users created: {', '.join(people.created) or 'none (kept as they are)'}")
+    from osms.orchestration.pools import ensure_source_pools
+
+    say(f"  pools: {', '.join(ensure_source_pools())}")
     if signing_key is not None:
         say(f"the signing key into the variable {signing_key_variable()} ...")
         set_signing_key(signing_key)
@@ -160,41 +206,53 @@ def migrate() -> None:
         raise SystemExit(f"airflow db migrate failed ({out.returncode}):\n{out.stdout[-3000:]}")
 
 
-def ensure_roles_and_users(passwords: Mapping[str, str]) -> dict[str, int]:
-    """FAB roles engineer/operator/qa (their model role's permissions and Data quality) and a user each.
+class People(NamedTuple):
+    """What :func:`ensure_roles_and_users` did: each role's number of permissions, the users it created."""
 
-    Missing permissions are added, none taken away (what an engineer added in the UI
-    stays); a user's password is set to the given one when it differs. Returns each
-    role's number of permissions.
+    permissions: dict[str, int]
+    created: tuple[str, ...]
+
+
+def ensure_roles_and_users(passwords: Mapping[str, str]) -> People:
+    """FAB roles engineer/operator/qa (:func:`role_permissions`) and a user each, created once.
+
+    ``operator`` and ``qa`` get exactly their permissions: whatever else they hold (a copy
+    of FAB's Op role from an earlier release, a permission added in the UI) is taken away,
+    so they can never edit connections, variables, pools, users or roles. ``engineer`` gets
+    Admin's permissions and the OSMS views, and keeps what was added to it. A user is created
+    with the given password when it does not exist, and is never changed after: a password
+    changed later (in the UI, or ``airflow users reset-password``) stays.
     """
     from airflow.providers.fab.auth_manager.cli_commands.utils import get_application_builder
-    from airflow.providers.fab.www.security import permissions
-    from werkzeug.security import check_password_hash
 
-    from osms.ui.app import VIEW_NAME
-
-    counts = {}
+    counts, created = {}, []
     with get_application_builder() as appbuilder:
         sm = appbuilder.sm
         sm.sync_roles()  # FAB's own roles and permissions, as the API server makes them
-        # what the plugin asks: is_authorized_custom_view(method="GET", resource_name="Data quality")
-        view = sm.create_permission(permissions.ACTION_CAN_READ, VIEW_NAME)
-        for name, model in PEOPLE.items():
+        for name, pairs in role_permissions().items():
+            wanted = {sm.create_permission(action, resource) for action, resource in sorted(pairs)}
             role = sm.find_role(name) or sm.add_role(name)
-            wanted = {*sm.find_role(model).permissions, view}
-            role.permissions = [*role.permissions, *(wanted - set(role.permissions))]
+            if name == "engineer":
+                wanted |= set(sm.find_role("Admin").permissions)
+                role.permissions = [*role.permissions, *sorted(wanted - set(role.permissions), key=_key)]
+            else:
+                role.permissions = sorted(wanted, key=_key)
             sm.session.commit()
             counts[name] = len(role.permissions)
             user = sm.find_user(username=name)
             if user is None:
-                sm.add_user(name, name.capitalize(), "OSMS", f"{name}@osms.invalid", role, password=passwords[name])
-                continue
-            if role not in user.roles:
+                if sm.add_user(name, name.capitalize(), "OSMS", f"{name}@osms.invalid", role,
+                               password=passwords[name]) is None:
+                    raise SystemExit(f"FAB could not create the user {name} (see the log above)")
+                created.append(name)
+            elif role not in user.roles:
                 user.roles = [*user.roles, role]
                 sm.update_user(user)
-            if not check_password_hash(user.password or "", passwords[name]):
-                sm.reset_password(user.id, passwords[name])
-    return counts
+    return People(permissions=counts, created=tuple(created))
+
+
+def _key(permission: Any) -> tuple[str, str]:
+    return (permission.resource.name, permission.action.name)
 
 
 def signing_key_variable() -> str:

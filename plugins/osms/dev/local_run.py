@@ -56,8 +56,7 @@ def airflow_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
     layout.lineage(data_dir).mkdir(parents=True, exist_ok=True)  # the lineage file transport writes there
     site = settings.Site(airflow_home=home, data_dir=data_dir)
-    # dag.test() has no scheduler to watch a deadline (see osms.orchestration.package_dag.delivery_deadline)
-    return settings.airflow_env("embedded", site, extra={"OSMS_DEADLINE_ALERTS": "off", **extra})
+    return settings.airflow_env("embedded", site, extra=extra)
 
 
 def migrate(env: dict[str, str]) -> None:
@@ -343,9 +342,12 @@ def _worker(answer_fd: int) -> int:
     def prepare() -> bool:
         from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
 
+        from osms.orchestration.pools import ensure_source_pools
+
         b = bundle()
         bag = BundleDagBag(dag_folder=b.path, bundle_path=b.path, bundle_name=b.name)
         sync_bag_to_db(bag, b.name, b.version)
+        ensure_source_pools()  # the extracts' pools, as every shape's init creates them
         return not bag.import_errors
 
     @providers_configuration_loaded

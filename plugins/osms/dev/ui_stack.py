@@ -8,10 +8,12 @@ The mock source systems and receiver run in this process and are reached through
 ``AIRFLOW_CONN_*`` connections; the signing key is the development key.
 
 Users of Airflow's simple auth manager, with passwords generated once into
-``<data>/airflow/simple_auth_manager_passwords.json`` (0600) and kept:
+``<data>/airflow/simple_auth_manager_passwords.json`` (0600) and kept, on the manager's
+closest roles to the distributed shape's (README's role table says what each may do):
 
 - ``engineer`` (admin): everything, connections and variables included;
-- ``operator`` (op): triggers runs and backfills, clears tasks;
+- ``operator`` (user): triggers, backfills, clears and marks runs; never connections,
+  variables or pools (the manager's ``op`` may edit those);
 - ``qa`` (viewer): reads DAGs, runs, logs and the Data quality pages; cannot trigger.
 """
 
@@ -25,7 +27,9 @@ from typing import Any
 
 from osms.dev.airflow_local import ALL_COMPONENTS, LocalAirflow
 
-USERS = {"engineer": "admin", "operator": "op", "qa": "viewer"}
+# The simple auth manager's roles are ranks (viewer < user < op < admin); `op` may create, edit and delete
+# connections, variables and pools, so the operator is a `user`: DAGs and their runs, nothing more.
+USERS = {"engineer": "admin", "operator": "user", "qa": "viewer"}
 DEFAULT_PORT = 8080
 # Two cores: two task slots. Extracts wait on HTTP, validation is CPU-bound, and the
 # embedded SQLite has one writer; the status sensors defer, so they hold no slot.
@@ -60,6 +64,28 @@ def dag_ids() -> list[str]:
     return [*bodies, DAG_ID]
 
 
+def stack_airflow(data_dir: Path, mocks: Any, *, port: int = 0, use_job_schedule: bool = True) -> LocalAirflow:
+    """``make airflow``'s Airflow, not started: the embedded shape, the mocks' connections, the development key."""
+    from osms.dev.local_run import signing_env
+
+    return LocalAirflow(
+        Path(data_dir) / "airflow",
+        extra_env={
+            **mocks.airflow_env(),
+            **signing_env(),
+            "OSMS_DATA_DIR": str(data_dir),
+            "OSMS_SIGNING_PUBLIC_KEY": str(mocks.public_key_path),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(PARALLELISM),
+        },
+        parallelism=PARALLELISM,
+        port=port,
+        use_job_schedule=use_job_schedule,
+        users=dict(USERS),
+        api_user="engineer",
+    )
+
+
 @contextlib.contextmanager
 def airflow_stack(data_dir: Path, *, port: int = DEFAULT_PORT, use_job_schedule: bool = True,
                   mock_config: Any = None, say: Callable[[str], None] = print,
@@ -71,7 +97,6 @@ def airflow_stack(data_dir: Path, *, port: int = DEFAULT_PORT, use_job_schedule:
     """
     from mocks.config import MockConfig
     from mocks.service import start_mocks
-    from osms.dev.local_run import signing_env
 
     from osms.core import layout
 
@@ -81,23 +106,8 @@ def airflow_stack(data_dir: Path, *, port: int = DEFAULT_PORT, use_job_schedule:
     say("starting the mock source systems and State Corporation on 127.0.0.1 ...")
     with start_mocks(config, progress=True) as mocks:
         say(f"  sources {mocks.sources_url}, receiver {mocks.state_corp_url}")
-        af = LocalAirflow(
-            data_dir / "airflow",
-            extra_env={
-                **mocks.airflow_env(),
-                **signing_env(),
-                "OSMS_DATA_DIR": str(data_dir),
-                "OSMS_SIGNING_PUBLIC_KEY": str(mocks.public_key_path),
-                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-                "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(PARALLELISM),
-            },
-            parallelism=PARALLELISM,
-            port=port,
-            use_job_schedule=use_job_schedule,
-            users=dict(USERS),
-            api_user="engineer",
-        )
-        say("starting Airflow (db migrate, API server, scheduler, DAG processor, triggerer) ...")
+        af = stack_airflow(data_dir, mocks, port=port, use_job_schedule=use_job_schedule)
+        say("starting Airflow (db migrate, pools, API server, scheduler, DAG processor, triggerer) ...")
         try:
             af.start(ALL_COMPONENTS, timeout=start_timeout)
             for dag_id in dag_ids():

@@ -26,9 +26,11 @@ D is the run's date as every task reads it (``osms.orchestration.dag_factory.run
 is due when the scheduled one is. Airflow drops the deadline when the run succeeds before it, and
 otherwise hands the callback below to the triggerer once it has passed; the callback checks the
 run type too (runs created before this reference had interval deadlines, backfills included). The
-connection id is read when the alert fires, so changing the variable needs no redeploy. Runs under
-``airflow dags test`` (``osms run``) carry no deadline: no scheduler watches it there (see
-``osms.orchestration.package_dag.delivery_deadline``).
+connection id is read when the alert fires, so changing the variable needs no redeploy. Runs of
+``airflow dags test`` (``osms run``) carry no deadline (the reference answers none for them): the
+engineer running one watches it, and a scheduler sharing the database must not alert on it later.
+``dag.test()`` of Airflow 3.3 cannot finish a DAG that has a deadline at all; the plugin mends that
+(``osms.orchestration.compat``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ DEFAULT_CONN_ID = "osms_alert_webhook"
 CONN_ID_VARIABLE = "osms_alert_webhook_conn"
 # Airflow's DagRunType.BACKFILL_JOB, as the run appears in the callback's context
 BACKFILL = "backfill"
+# Airflow's DagRunTriggeredByType.TEST: a run of dag.test(), which `airflow dags test` and `osms run` use
+TEST = "test"
 # D's package is due at the State Corporation on D+1 at this Almaty wall-clock time
 DUE_DAYS_AFTER = 1
 DUE_TIME = dt.time(7, 0)
@@ -61,12 +65,14 @@ POST_BACKOFF_MAX = 30.0
 POST_TIMEOUT = 10.0
 
 
-def package_due(moment: dt.datetime | None, run_type: str) -> dt.datetime | None:
-    """When the package of the run whose logical date is ``moment`` is due (UTC); None for a backfill run."""
+def package_due(moment: dt.datetime | None, run_type: str, triggered_by: str | None = None) -> dt.datetime | None:
+    """When the package of the run whose logical date is ``moment`` is due (UTC); None for a backfill or test run."""
     from osms.core.dates import run_day
 
     if moment is None or getattr(run_type, "value", run_type) == BACKFILL:
         return None
+    if str(getattr(triggered_by, "value", triggered_by)).lower() == TEST:  # the enum, or its stored name
+        return None  # dag.test() / `airflow dags test`: the engineer running it watches it, no scheduler does
     day = run_day({"logical_date": _aware(moment)})
     due = dt.datetime.combine(day + dt.timedelta(days=DUE_DAYS_AFTER), DUE_TIME, tzinfo=almaty())
     return due.astimezone(dt.UTC)
@@ -76,7 +82,9 @@ class PackageDue(BaseDeadlineReference):
     """Deadline reference of the package DAG: D+1 07:00 Almaty for the run's D; none for a backfill run.
 
     Airflow evaluates it (``_evaluate_with``) in the scheduler or the API server when it creates a
-    run, and adds the DeadlineAlert's interval (zero here) to the answer; None means no deadline.
+    run, and adds the DeadlineAlert's interval (zero here) to the answer; None means no deadline:
+    for a backfill run, and for a run of ``dag.test()`` (``airflow dags test``, ``osms run``), which
+    the engineer running it watches and no scheduler may alert on later.
     Registered through the plugin's ``deadline_references`` so Airflow can read it back from the
     serialized DAG.
     """
@@ -88,13 +96,13 @@ class PackageDue(BaseDeadlineReference):
         from sqlalchemy import select
 
         row = session.execute(
-            select(DagRun.logical_date, DagRun.data_interval_start, DagRun.run_type)
+            select(DagRun.logical_date, DagRun.data_interval_start, DagRun.run_type, DagRun.triggered_by)
             .where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
         ).one_or_none()
         if row is None:
             return None
-        logical_date, interval_start, run_type = row
-        return package_due(logical_date or interval_start, run_type)
+        logical_date, interval_start, run_type, triggered_by = row
+        return package_due(logical_date or interval_start, run_type, triggered_by)
 
 
 class AlertNotPosted(RuntimeError):

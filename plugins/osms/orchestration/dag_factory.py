@@ -5,6 +5,8 @@ feeds in any edition, one extract task per (system, category) feed and one
 validate task per category, and a final ``publish_status`` that always runs.
 For a run's date D the edition in force on D decides what runs: a feed or
 category not in force on D is skipped, visibly, with the reason in its log.
+Each extract runs in its source system's pool (``osms.orchestration.pools``), and
+``publish_status`` updates the body's status asset, which the package DAG reads.
 
 Parse time does no I/O beyond reading the registry (small YAML) and imports
 neither pandas nor Great Expectations: those load inside the tasks.
@@ -174,6 +176,8 @@ def publish_status(body: str, **context: Any) -> dict[str, Any]:
         log.warning("feedback file for %s on %s not written: %s", body, day, type(exc).__name__)
     verdicts = {s.category: s.status for s in statuses}
     log.info("status of %s for %s: %s -> %s", body, day, verdicts, path)
+    # the asset event names the day and the verdicts (no record): the Assets view lists each body's reports
+    context["outlet_events"][status_asset(body)].extra = {"day": day.isoformat(), "categories": verdicts}
     not_published = {
         f"{s.category}.{system}": s.feed_status(system) for s in statuses for system in sorted(s.feeds)
         if s.feed_status(system) != "published"
@@ -323,6 +327,7 @@ def build_agency_dag(body: str, registry: Registry | None = None) -> DAG:
     if body not in {b.code for b in registry.all_bodies()}:
         raise KeyError(f"no body {body!r} in the registry")
     plan = _plan(registry, body)
+    pools = {s.code: s.pool for s in registry.all_systems()}
     with DAG(
         dag_id=f"agency_{body}",
         description=f"Decree No. 660 feeds of {next(b.name_en for b in registry.all_bodies() if b.code == body)}",
@@ -341,7 +346,9 @@ def build_agency_dag(body: str, registry: Registry | None = None) -> DAG:
         for category, systems in plan:
             with TaskGroup(group_id=category, tooltip=f"row {category}"):
                 extracts = [
-                    extract.override(task_id=f"extract_{system}")(body=body, system=system, category=category)
+                    # the system's pool: scaled workers never query one system more often at once than it allows
+                    extract.override(task_id=f"extract_{system}", pool=pools[system])(
+                        body=body, system=system, category=category)
                     for system in systems
                 ]
                 checked = validate(body=body, category=category)

@@ -3,7 +3,9 @@
 Time-scheduled (not asset-triggered) like the agency DAGs, so operators can
 backfill any range of dates and get the same packages as the scheduled runs.
 A body whose status does not arrive by the cutoff counts as failed: its
-categories are carried forward, never read as removals.
+categories are carried forward, never read as removals. The statuses it reads
+and the package it delivers are Airflow assets, so the Assets view traces the
+package back to the bodies' DAGs; they never schedule it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from airflow.sdk import (
     BaseSensorOperator,
     CronDataIntervalTimetable,
     DeadlineAlert,
+    Param,
     task,
 )
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -36,7 +39,7 @@ SCHEDULE = "45 0 * * *"
 # Bodies report within minutes normally; wait up to 5 hours, so that the package
 # is still delivered before the 07:00 deadline when one body is late.
 STATUS_WAIT = timedelta(hours=5)
-# A run's conf may shorten the wait (minutes; 0: a body without a status has failed, now).
+# A run's params may change the wait (minutes; 0: a body without a status has failed, now).
 STATUS_WAIT_CONF = "status_wait_minutes"
 # ... and the wait for D-1's delivery (0: if D-1 is not delivered, the run fails now, saying so).
 PREVIOUS_WAIT_CONF = "previous_wait_minutes"
@@ -46,6 +49,23 @@ PREVIOUS_WAIT = timedelta(days=2)
 # passes. Scheduled and backfill runs may: they come in date order, so their first day is the chain's first.
 START_CHAIN_CONF = "start_chain"
 STARTING_RUN_TYPES = ("scheduled", "backfill")
+# What a manual run may set, in the trigger form: typed and bounded, so a bad value is refused
+# before the run starts (Airflow validates a run's conf against these when it is created).
+PARAMS = {
+    STATUS_WAIT_CONF: Param(
+        int(STATUS_WAIT.total_seconds() // 60), type="integer", minimum=0, maximum=24 * 60,
+        title="Wait for the bodies' statuses (minutes)",
+        description="How long each wait_for_<body> waits for the body's status of D; a body without one by"
+                    " then counts as failed and is carried forward. 0: do not wait (every agency DAG has"
+                    " ended). At most a day.",
+    ),
+    PREVIOUS_WAIT_CONF: Param(
+        int(PREVIOUS_WAIT.total_seconds() // 60), type="integer", minimum=0, maximum=2 * 24 * 60,
+        title="Wait for D-1's package to be delivered (minutes)",
+        description="How long previous_package_delivered waits for the package of D-1 to have a receipt (D is"
+                    " chained on it). 0: look once and fail at once, saying which day to deliver. At most 2 days.",
+    ),
+}
 RECEIVER_CONN_ID = "osms_state_corp"
 BUILD_TIMEOUT = timedelta(hours=2)  # the national package builds in about a minute
 # retries of the sensors for a worker lost under them (never for their own timeout: see the DAG)
@@ -54,7 +74,6 @@ SENSOR_RETRY_DELAY = timedelta(seconds=30)
 DELIVER_TIMEOUT = timedelta(hours=1)
 # a name Airflow's secrets masker hides ("private_key"): the key never shows in the UI or a log
 SIGNING_KEY_VARIABLE = "osms_signing_private_key"
-DEADLINE_ALERTS_ENV = "OSMS_DEADLINE_ALERTS"
 
 
 class BodyStatusSensor(BaseSensorOperator):
@@ -104,33 +123,29 @@ class BodyStatusSensor(BaseSensorOperator):
         )
 
     def _wait(self, context: Any) -> timedelta:
-        """How long to wait: the run's ``status_wait_minutes`` if its conf gives one, else the sensor's timeout."""
-        conf = getattr(context.get("dag_run"), "conf", None) or {}
-        if conf.get(STATUS_WAIT_CONF) is not None:
-            try:
-                return timedelta(minutes=float(conf[STATUS_WAIT_CONF]))
-            except (TypeError, ValueError):
-                raise AirflowFailException(f"{STATUS_WAIT_CONF} must be a number of minutes,"
-                                           f" not {conf[STATUS_WAIT_CONF]!r}") from None
-        return self.timeout if isinstance(self.timeout, timedelta) else timedelta(seconds=float(self.timeout))
+        """How long to wait: the run's ``status_wait_minutes`` param (validated when the run was created)."""
+        return _minutes_param(context, STATUS_WAIT_CONF, self.timeout)
 
     def execute_complete(self, context: Any, event: Any = None) -> None:
         """The status file appeared."""
         return None
 
 
-def delivery_deadline() -> DeadlineAlert | None:
-    """Not delivered by D+1 07:00 Almaty: alert (``osms.orchestration.alerts``; never for backfill runs).
+def _minutes_param(context: Any, name: str, default: Any) -> timedelta:
+    """A wait in minutes from the run's params; ``default`` (a timedelta or seconds) when the run has none."""
+    value = (context.get("params") or {}).get(name)
+    if value is None:
+        return default if isinstance(default, timedelta) else timedelta(seconds=float(default))
+    try:
+        return timedelta(minutes=int(value))
+    except (TypeError, ValueError):  # only a run created around the params' validation gets here
+        raise AirflowFailException(f"{name} must be a whole number of minutes, not {value!r}") from None
 
-    None where the environment turns deadlines off (``OSMS_DEADLINE_ALERTS=off``): ``osms run``
-    runs DAGs with ``dag.test()``, where no scheduler watches deadlines and Airflow 3.3.2 fails
-    the succeeded run of a DAG that has one (apache/airflow#73428, 'dict' object has no
-    attribute 'hex'); drop that setting once that is fixed.
-    """
-    if os.environ.get(DEADLINE_ALERTS_ENV, "on").strip().lower() in ("off", "false", "0", "no"):
-        return None
+
+def delivery_deadline() -> DeadlineAlert:
+    """Not delivered by D+1 07:00 Almaty: alert (``osms.orchestration.alerts``; never for backfill or test runs)."""
     return DeadlineAlert(
-        reference=PackageDue(),  # D+1 07:00 Almaty by the calendar; none for backfill runs
+        reference=PackageDue(),  # D+1 07:00 Almaty by the calendar; none for backfill and `dags test` runs
         interval=timedelta(0),
         callback=AsyncCallback(package_deadline_missed),
         name="package delivered by D+1 07:00 Asia/Almaty",
@@ -161,11 +176,12 @@ class PreviousPackageSensor(BaseSensorOperator):
         super().__init__(mode="reschedule", **kwargs)
 
     def execute(self, context: Any) -> Any:
-        conf = getattr(context.get("dag_run"), "conf", None) or {}
-        if conf.get(PREVIOUS_WAIT_CONF) is not None and float(conf[PREVIOUS_WAIT_CONF]) <= 0:
+        wait = _minutes_param(context, PREVIOUS_WAIT_CONF, self.timeout)
+        if wait <= timedelta(0):
             if not self.poke(context):  # the run was started not to wait: one look, then fail with the cause
                 raise AirflowFailException(f"{self._waiting} (and this run does not wait: {PREVIOUS_WAIT_CONF} = 0)")
             return None
+        self.timeout = wait.total_seconds()  # reschedule mode: measured from the first try's start
         return super().execute(context)
 
     def poke(self, context: Any) -> bool:
@@ -272,7 +288,7 @@ def data_docs(**context: Any) -> dict[str, Any]:
 
 
 @task(task_id="deliver", retries=6, retry_delay=timedelta(minutes=5), retry_exponential_backoff=0,
-      execution_timeout=DELIVER_TIMEOUT)
+      execution_timeout=DELIVER_TIMEOUT, outlets=[package_asset()])
 def deliver(built: dict[str, Any], **context: Any) -> dict[str, Any]:
     """Upload and commit the package to the State Corporation; keep the receipt beside it.
 
@@ -289,6 +305,9 @@ def deliver(built: dict[str, Any], **context: Any) -> dict[str, Any]:
     with task_errors(), package_lock(layout.data_dir(), run_day(context)):
         receipt, new = deliver_package(Path(built["path"]), endpoint_from_connection(RECEIVER_CONN_ID),
                                        data_dir=layout.data_dir())
+    # the asset event names the day and the receipt (never a record): the Assets view lists the deliveries
+    context["outlet_events"][package_asset()].extra = {"day": run_day(context).isoformat(),
+                                                       "package_id": receipt.package_id}
     return {"receipt_id": receipt.receipt_id, "package_id": receipt.package_id, "newly_delivered": new}
 
 
@@ -318,6 +337,7 @@ def build_package_dag() -> DAG:
         max_active_runs=1,  # packages form a chain: one date at a time, in order
         default_args={"owner": OWNER, "retries": 2, "retry_delay": timedelta(minutes=2)},
         tags=["osms", "package"],
+        params=PARAMS,
         deadline=delivery_deadline(),
         doc_md=__doc__ + "\n\nSigning key: Airflow variable `osms_signing_private_key` (PEM, masked). Receiver: connection"
         " `osms_state_corp`. Deadline alert (package not delivered by D+1 07:00 Almaty): webhook connection"

@@ -56,6 +56,7 @@ from osms.ui.report import (
 
 URL_PREFIX = "/osms"
 VIEW_NAME = "Data quality"
+DECISIONS_VIEW = "QA decisions"
 URL_ROUTE = "data-quality"
 TEMPLATES = Path(__file__).with_name("templates")
 ICON = (
