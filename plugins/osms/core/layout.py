@@ -53,3 +53,13 @@ def status(root: Path, day: dt.date, body: str) -> Path:
 def package_dir(root: Path, day: dt.date) -> Path:
     """The consolidated package of a day."""
     return root / "packages" / day.isoformat()
+
+
+def decisions(root: Path, day: dt.date, body: str) -> Path:
+    """QA's decisions about a body's feeds held back on a day (who, when, why: the owner's only)."""
+    return root / "decisions" / day.isoformat() / f"{body}.json"
+
+
+def package_lock(root: Path, day: dt.date) -> Path:
+    """The lock one build or delivery of a day's package holds (and a QA decision that may shape it)."""
+    return root / "locks" / f"package-{day.isoformat()}.lock"
