@@ -53,18 +53,24 @@ _MAX_AHEAD = 400
 
 
 class DecisionRefused(ValueError):
-    """A decision that cannot be recorded; the message says why, for the person who tried."""
+    """A decision that cannot be recorded; the message says why, ``code`` which rule (the pages translate it)."""
+
+    def __init__(self, message: str, code: str = "refused", **fields: object) -> None:
+        super().__init__(message)
+        self.code, self.fields = code, fields
 
 
 def check_reason(text: str) -> str:
     """The reason folded to one line; :class:`DecisionRefused` when empty, too long or holding an IIN-like number."""
     folded = " ".join(str(text or "").split())
     if not folded:
-        raise DecisionRefused("a decision needs a reason")
+        raise DecisionRefused("a decision needs a reason", "reason_empty")
     if len(folded) > REASON_MAX:
-        raise DecisionRefused(f"the reason is {len(folded)} characters; at most {REASON_MAX}")
+        raise DecisionRefused(f"the reason is {len(folded)} characters; at most {REASON_MAX}", "reason_long",
+                              limit=REASON_MAX)
     if _IIN_LIKE.search(folded):
-        raise DecisionRefused("the reason holds a 12-digit number (an IIN?): personal data never goes in a reason")
+        raise DecisionRefused("the reason holds a 12-digit number (an IIN?): personal data never goes in a reason",
+                              "reason_iin")
     return folded
 
 
@@ -141,11 +147,11 @@ def record(root: Path, *, day: dt.date, body: str, system: str, category: str, a
     from osms.core.status import StatusUnreadable, read_status
 
     if action not in ACTIONS:
-        raise DecisionRefused(f"a decision is {' or '.join(ACTIONS)}, not {action!r}")
+        raise DecisionRefused(f"a decision is {' or '.join(ACTIONS)}, not {action!r}", "action")
     reason = check_reason(reason)
     who = " ".join(str(by or "").split())
     if not who:
-        raise DecisionRefused("a decision names who made it")
+        raise DecisionRefused("a decision names who made it", "who")
     feed = f"{body}.{system}.{category}"
     root = Path(root)
     try:
@@ -153,20 +159,22 @@ def record(root: Path, *, day: dt.date, body: str, system: str, category: str, a
     except StatusUnreadable as exc:
         raise DecisionRefused(f"the status of {body} on {day} is unreadable ({exc.problem})") from None
     if status is None:
-        raise DecisionRefused(f"{body} has not reported for {day}: nothing is held back")
+        raise DecisionRefused(f"{body} has not reported for {day}: nothing is held back", "not_held_back",
+                              feed=feed, day=day)
     try:
         reported = status.category(category)
     except KeyError:
-        raise DecisionRefused(f"{body} reported no category {category} for {day}") from None
+        raise DecisionRefused(f"{body} reported no category {category} for {day}", "not_held_back", feed=feed,
+                              day=day) from None
     verdict = reported.feed_status(system) if system in reported.feeds else None
     if verdict != "held_back":
         raise DecisionRefused(f"{feed} is not held back on {day} (its verdict: {verdict or 'none'}):"
-                              " only a held-back feed is QA's to decide")
+                              " only a held-back feed is QA's to decide", "not_held_back", feed=feed, day=day)
     validated = (reported.feeds[system].get("kind") != "schema_change"
                  and layout.validated(root, day, body, category).is_file())
     if action == "release" and not validated:
         raise DecisionRefused(f"{feed} on {day}: no validated rows to release (the feed's data did not reach"
-                              " validation; its body must send it again)")
+                              " validation; its body must send it again)", "not_releasable", feed=feed, day=day)
     with _exclusive(root / "locks" / f"decisions-{day.isoformat()}-{body}.lock"):
         existing = read_log(root, day, body) or DecisionLog(body=body, day=day)
         with _first_unbuilt_package(root, day) as applies_from:
