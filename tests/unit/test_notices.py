@@ -206,3 +206,20 @@ def test_the_dags_fail_loudly_through_the_notifier_and_smtp_beside_it(monkeypatc
 def test_unknown_kinds_are_refused():
     with pytest.raises(ValueError, match="unknown notice kind"):
         Notice(kind="something", dag_id="d", run_id="r", day=DAY)
+
+
+def test_a_failed_package_run_says_whether_its_package_was_delivered(monkeypatch, isolated):
+    _connection(monkeypatch)
+    hook = Webhook(200)
+    monkeypatch.setattr(notices, "_post_one", _with_session(notices._post_one, hook.session))
+    run = SimpleNamespace(dag_id="osms_daily_package", run_id=RUN,
+                          logical_date=dt.datetime(2025, 5, 31, 19, 45, tzinfo=dt.UTC), data_interval_start=None)
+    (isolated / "packages" / "2025-06-01").mkdir(parents=True)
+    (isolated / "packages" / "2025-06-01" / "receipt.json").write_text("{}")
+
+    OsmsNotifier("package_run_failed").notify({"dag_run": run})
+
+    body = json.loads(hook.requests[0].content)
+    assert body["message"] == ("The run of osms_daily_package for 2025-06-01 failed: the package of 2025-06-01 was"
+                               " delivered, but a task of the run failed (see the run in Airflow).")
+    assert "пакет за 2025-06-01 доставлен" in body["messages"]["ru"]

@@ -74,8 +74,7 @@ OUTBOX_BATCH = 20  # notices retried per send, oldest first: a send stays bounde
 KINDS: dict[str, str] = {
     "agency_run_failed": N_("The run of {dag_id} for {day} failed: the data of {body} that it could not publish is"
                             " carried forward (see the run in Airflow)."),
-    "package_run_failed": N_("The run of {dag_id} for {day} failed: the package of {day} is not delivered (see the"
-                             " run in Airflow)."),
+    "package_run_failed": N_("The run of {dag_id} for {day} failed: {outcome} (see the run in Airflow)."),
     "chain_refused": N_("The delivery chain refuses the package of {day}: deliver the days the task log names"
                         " first."),
     "delivery_waiting": N_("The package of {day} waits until the package of {previous} is delivered."),
@@ -84,6 +83,11 @@ KINDS: dict[str, str] = {
                               " decided on: {count} ({feeds}). Release them or confirm the hold on the Data"
                               " quality page."),
 }
+
+
+# what a failed package run left, by whether D's package has a receipt
+OUTCOMES = {False: N_("the package of {day} is not delivered"),
+            True: N_("the package of {day} was delivered, but a task of the run failed")}
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ class Notice:
         if "body" in self.fields:
             values["body"] = _body_name(str(self.fields["body"]), language)
         values["feeds"] = ", ".join(f"{feed} {_(STATUS_LABELS.get(v, v))}" for feed, v in sorted(self.feeds.items()))
+        values["outcome"] = _(OUTCOMES[bool(self.fields.get("delivered"))]).format(day=values["day"])
         return _(KINDS[self.kind]).format(**values)
 
     def messages(self) -> dict[str, str]:
@@ -146,10 +151,15 @@ class OsmsNotifier(BaseNotifier):
 
     def notify(self, context: Any) -> None:
         """Post the notice of a failed run (names only), once per run; never raises."""
+        from osms.core import layout
+
         dag_id, run_id, day = run_of(context)
-        body = dag_id.removeprefix("agency_") if dag_id.startswith("agency_") else None
-        send_notice(Notice(kind=self.kind, dag_id=dag_id, run_id=run_id, day=day,
-                           fields={"body": body} if body else {},
+        fields: dict[str, Any] = {}
+        if dag_id.startswith("agency_"):
+            fields["body"] = dag_id.removeprefix("agency_")
+        if self.kind == "package_run_failed":  # a sensor may fail a run whose package was delivered
+            fields["delivered"] = (layout.package_dir(layout.data_dir(), day) / "receipt.json").is_file()
+        send_notice(Notice(kind=self.kind, dag_id=dag_id, run_id=run_id, day=day, fields=fields,
                            details={"reason": str(context.get("reason") or "")[:200]}))
 
 
