@@ -162,7 +162,8 @@ def test_the_notice_language_variable_chooses_the_message(monkeypatch, isolated)
 @pytest.mark.parametrize("language", ["en", "kk", "ru"])
 def test_every_kind_reads_in_every_language(kind, language):
     notice = Notice(kind=kind, dag_id="agency_labour", run_id=RUN, day=DAY,
-                    fields={"body": "labour", "previous": "2025-05-31"}, feeds={"labour.payments.pensioners": "held_back"})
+                    fields={"body": "labour", "previous": "2025-05-31"},
+                    feeds={"labour.payments.pensioners": "held_back"})
     text = notice.message(language)
     assert "2025-06-01" in text and "{" not in text
 

@@ -31,8 +31,8 @@ def _held(root: Path, body: str, category: str, systems: dict[str, str]) -> None
     """A status of D where each of ``systems`` has its verdict (validated files hold their rows)."""
     feeds = {}
     for system, verdict in systems.items():
-        feeds[system] = {"status": verdict, "rows_in": 4, "rows_published": 4, "rows_quarantined": 0,
-                         "reason": None if verdict == "published" else "volume 40 % of trailing median 10 (minimum 80 %)"}
+        reason = None if verdict == "published" else "volume 40 % of trailing median 10 (minimum 80 %)"
+        feeds[system] = {"status": verdict, "rows_in": 4, "rows_published": 4, "rows_quarantined": 0, "reason": reason}
     verdicts = list(systems.values())
     status = "held_back" if all(v == "held_back" for v in verdicts) else (
         "partial" if "held_back" in verdicts else "published")

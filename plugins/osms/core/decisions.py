@@ -113,7 +113,7 @@ class Decisions:
         return [d for d in found.decisions if d.feed == feed] if found else []
 
     def effective(self, day: dt.date, feed: str, package_day: dt.date) -> Decision | None:
-        """The decision about the feed's verdict of D that the package of ``package_day`` follows (None: no decision)."""
+        """The decision about the feed's verdict of D that the package of ``package_day`` follows (None: none)."""
         shaping = [d for d in self.of_feed(day, feed) if d.applies_from <= package_day]
         return shaping[-1] if shaping else None
 
