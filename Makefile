@@ -7,15 +7,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATE ?=
 
-.PHONY: setup run airflow cluster compose-env compose-config test unit e2e browser servers bench bench-mocks bench-national clean
+.PHONY: setup run airflow cluster compose-env compose-config compose-test image wheels standins docker test unit e2e \
+	browser servers bench bench-mocks bench-national clean
 SCALE ?= 1.0
 
 setup: $(STAMP)
 
 # Re-installs only when a file that decides the environment changes.
-$(STAMP): requirements.txt constraints.txt pyproject.toml
+# requirements-dev.txt is the runtime (requirements.txt, what the image holds) and the test tools.
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	@$(BIN)/python -c "from osms.core.keys import ensure_dev_keypair; p, q = ensure_dev_keypair(); print('development signing key:', p)"
 	@touch $(STAMP)
@@ -34,15 +36,49 @@ airflow: setup
 cluster: setup servers
 	$(BIN)/osms cluster --port $(PORT)
 
-# docker-compose.yaml: a .env with fresh secrets (an existing one is kept), and the file checked as CI checks it.
+# docker-compose.yaml: .env and secrets/ beside it (fresh secrets, passwords and a signing key pair for this
+# deployment; existing ones are kept), and the file checked as CI checks it.
 compose-env: setup
-	$(BIN)/osms deploy env .env
+	$(BIN)/osms deploy env .
 compose-config: servers
 	$(DOCKER_COMPOSE) config --quiet && echo "docker-compose.yaml: valid"
 
-# Every test: unit, integration (make cluster's among them) and browser; installs Debian's Chromium, PostgreSQL,
-# Redis and docker-compose first when missing.
-test: setup browser servers
+# The image (Dockerfile): the wheelhouse built on the host, then `docker build` offline. Where no image
+# registry is reached (this project's CI machines), `make standins image BASE_IMAGE=$(STANDIN_BASE)`.
+IMAGE ?= osms-airflow:latest
+BASE_IMAGE ?=
+STANDIN_BASE := osms-standin/python:3.11-slim-bookworm
+wheels: setup
+	$(BIN)/pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir docker/wheels \
+	  -r constraints.txt -r docker/build-requirements.txt
+image: wheels docker
+	DOCKER_BUILDKIT=0 docker build --tag $(IMAGE) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) .
+	@docker image inspect --format '{{.Size}}' $(IMAGE) | awk '{printf "$(IMAGE): %.0f MB\n", $$1/1e6}'
+# Stand-ins for the public images compose starts from, from Debian's packages (docker/standin/build.sh).
+standins: docker
+	bash docker/standin/build.sh
+
+# The deployment people will run, proven: the image built, docker-compose up, two days delivered through the
+# REST API with a worker killed, the packages equal to osms run's, down -v (tests/container). It starts
+# dockerd when no engine runs and stops what it started.
+compose-test: setup docker
+	$(BIN)/pytest -m container
+
+# Debian's Docker engine (docker.io: dockerd runs as root), docker-compose and debootstrap, when missing.
+DOCKERD ?= /usr/sbin/dockerd
+docker:
+	@missing=""; \
+	[ -x "$(DOCKERD)" ] || missing="$$missing docker.io"; \
+	[ -x "$(DOCKER_COMPOSE)" ] || missing="$$missing docker-compose"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	if [ -n "$$missing" ]; then echo "installing Debian's$$missing ..."; \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq $$missing >/dev/null; fi; \
+	echo "docker: $$($(DOCKERD) --version)"
+
+# Every test: unit, integration (make cluster's among them), browser and container; installs Debian's Chromium,
+# PostgreSQL, Redis, docker.io and docker-compose first when missing.
+test: setup browser servers docker
 	$(BIN)/pytest
 
 unit: setup

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from osms.dev.airflow_local import LocalAirflow
-from osms.dev.settings import Site, expand, new_secrets
+from osms.dev import settings
+from osms.dev.settings import Site, expand, new_secrets, value
 
 pytestmark = pytest.mark.unit
 
@@ -53,15 +54,17 @@ def test_the_embedded_shape_by_default_and_nothing_inherited(tmp_path: Path, mon
 
 
 def test_the_distributed_shape_with_a_site_and_its_secrets(tmp_path: Path) -> None:
+    secrets = settings.write_secrets_dir(tmp_path / "secrets", new_secrets())
     site = Site(airflow_home=tmp_path, data_dir=tmp_path / "data", api_port=8124, postgres_port=5544,
-                redis_port=6655)
-    secrets = new_secrets()
-    af = LocalAirflow(tmp_path, shape="distributed", site=site, secrets=secrets)
+                redis_port=6655, secrets_dir=tmp_path / "secrets")
+    af = LocalAirflow(tmp_path, shape="distributed", site=site)
     env = af.env
     assert af.port == 8124
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-    assert expand(env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") == (
-        f"postgresql+psycopg2://airflow:{secrets['OSMS_POSTGRES_PASSWORD']}@127.0.0.1:5544/airflow")
-    assert expand(env, "AIRFLOW__CELERY__BROKER_URL") == f"redis://:{secrets['OSMS_REDIS_PASSWORD']}@127.0.0.1:6655/0"
-    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == secrets["AIRFLOW__API_AUTH__JWT_SECRET"]
+    assert value(env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") == (
+        f"postgresql+psycopg2://airflow:{secrets['osms_postgres_password']}@127.0.0.1:5544/airflow")
+    assert value(env, "AIRFLOW__CELERY__BROKER_URL") == f"redis://:{secrets['osms_redis_password']}@127.0.0.1:6655/0"
+    assert value(env, "AIRFLOW__API_AUTH__JWT_SECRET") == secrets["osms_jwt_secret"]
+    assert "AIRFLOW__API_AUTH__JWT_SECRET" not in env and "AIRFLOW__API__SECRET_KEY" not in env
+    assert not [k for k, v in env.items() if any(s in v for s in secrets.values())], "a secret in the environment"
     assert env["OSMS_DATA_DIR"] == str(tmp_path / "data")

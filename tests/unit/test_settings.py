@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import pytest
@@ -44,21 +46,58 @@ def test_a_key_set_twice_in_one_file_is_refused(tmp_path: Path) -> None:
         parse_env_file(_write(tmp_path, "A=1\nA=2\n"))
 
 
-def test_written_secrets_read_back(tmp_path: Path) -> None:
-    values = settings.new_secrets()
-    settings.write_env_file(tmp_path / "s.env", values, header="secrets")
+def test_written_values_read_back(tmp_path: Path) -> None:
+    values = {"OSMS_UID": "1000", "OSMS_SECRETS": "/srv/osms secrets", "OSMS_API_URL": "http://$OSMS_API_HOST:80"}
+    settings.write_env_file(tmp_path / "s.env", values, header="values")
     assert parse_env_file(tmp_path / "s.env") == values
     assert (tmp_path / "s.env").stat().st_mode & 0o777 == 0o600
 
 
-def test_the_project_settings_files_parse_and_name_only_site_and_secret_variables() -> None:
-    site_names = set(Site(airflow_home=Path("/h"), data_dir=Path("/d")).variables())
+def test_the_project_settings_files_parse_and_name_only_site_variables() -> None:
+    site_names = set(Site(airflow_home=Path("/h"), data_dir=Path("/d"), secrets_dir=Path("/s")).variables())
     for shape in settings.SHAPES:
         values = read_settings(shape, ROOT / "config")
         assert values["AIRFLOW__CORE__DEFAULT_TIMEZONE"] == "Asia/Almaty"
-        unknown = settings.referenced_variables(values) - site_names - set(settings.SECRET_NAMES)
+        unknown = settings.referenced_variables(values) - site_names
         assert not unknown, f"{shape} names variables nothing sets: {unknown}"
-        assert not any(k in values for k in settings.SECRET_NAMES), "a secret in a committed settings file"
+
+
+def test_the_distributed_shape_reads_every_secret_from_its_file_never_from_the_environment() -> None:
+    values = read_settings("distributed", ROOT / "config")
+    secret_settings = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__RESULT_BACKEND",
+                       "AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY",
+                       "AIRFLOW__API_AUTH__JWT_SECRET")
+    for key in secret_settings:
+        assert key not in values, f"{key} is set in plain: it must be {key}_CMD"
+        assert "$OSMS_SECRETS_DIR/osms_" in values[f"{key}_CMD"], key
+    read = {m for v in values.values() for m in re.findall(r"\$OSMS_SECRETS_DIR/(\w+)", v)}
+    assert read == set(settings.SECRET_FILES), "a secret file nothing reads, or one read that is not listed"
+
+
+def test_a_cmd_setting_gives_what_airflow_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow._shared.configuration.parser import run_command
+
+    secrets = settings.write_secrets_dir(tmp_path / "secrets", settings.new_secrets())
+    site = Site(airflow_home=tmp_path, data_dir=tmp_path, postgres_port=5999, redis_port=6999,
+                secrets_dir=tmp_path / "secrets")
+    env = airflow_env("distributed", site, base={"PATH": "/usr/bin:/bin"})
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CORE__FERNET_KEY"):
+        assert settings.value(env, key) == run_command(env[f"{key}_CMD"]), key
+    assert settings.value(env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") == (
+        f"postgresql+psycopg2://airflow:{secrets['osms_postgres_password']}@127.0.0.1:5999/airflow")
+    assert settings.value(env, "AIRFLOW__CELERY__BROKER_URL") == (
+        f"redis://:{secrets['osms_redis_password']}@127.0.0.1:6999/0")
+    assert settings.value(env, "AIRFLOW__CORE__FERNET_KEY") == secrets["osms_fernet_key"]
+    assert not [k for k, v in env.items() if any(s in v for s in secrets.values())], "a secret in the environment"
+
+
+def test_a_missing_secret_fails_its_setting_naming_the_file(tmp_path: Path) -> None:
+    site = Site(airflow_home=tmp_path, data_dir=tmp_path, secrets_dir=tmp_path / "none")
+    env = airflow_env("distributed", site, base={"PATH": "/usr/bin:/bin"})
+    with pytest.raises(settings.SecretsError, match="osms_postgres_password"):
+        settings.value(env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
 
 
 def test_the_shapes_differ_in_configuration_only() -> None:
@@ -87,12 +126,12 @@ def test_layers_inherited_then_settings_site_secrets_extra(tmp_path: Path) -> No
 def test_expand_is_what_airflow_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow._shared.configuration.parser import expand_env_var
 
-    site = Site(airflow_home=tmp_path, data_dir=tmp_path, postgres_port=5999)
-    env = airflow_env("distributed", site, secrets=settings.new_secrets(), base={})
+    site = Site(airflow_home=tmp_path, data_dir=tmp_path, postgres_port=5999, secrets_dir=tmp_path)
+    env = airflow_env("distributed", site, base={})
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__API__BASE_URL",
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "AIRFLOW__API__HOST"):
+    for key in ("AIRFLOW__API__BASE_URL", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "AIRFLOW__API__HOST",
+                "AIRFLOW__API__WORKERS", "AIRFLOW__CELERY__WORKER_CONCURRENCY"):
         assert expand(env, key) == expand_env_var(env[key]) and "$" not in expand(env, key), key
 
 

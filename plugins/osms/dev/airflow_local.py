@@ -167,8 +167,10 @@ class LocalAirflow:
             **({"AIRFLOW__CORE__EXECUTOR": self.executor} if self.executor else {}),
             **({"AIRFLOW__CORE__DEFAULT_TIMEZONE": self.timezone} if self.timezone else {}),
         }
-        secrets = {"AIRFLOW__API__SECRET_KEY": self._api_secret, "AIRFLOW__API_AUTH__JWT_SECRET": self._jwt_secret,
-                   **self.secrets}
+        # the distributed shape reads its secrets from files ($OSMS_SECRETS_DIR); the embedded one gets its own
+        in_files = self.site.secrets_dir is not None
+        secrets = {} if in_files else {"AIRFLOW__API__SECRET_KEY": self._api_secret,
+                                       "AIRFLOW__API_AUTH__JWT_SECRET": self._jwt_secret, **self.secrets}
         return airflow_env(self.shape, self.site, secrets=secrets, extra={**knobs, **self.extra_env}, hermetic=True)
 
     # ------------------------------------------------------------------ lifecycle
@@ -420,9 +422,9 @@ class LocalAirflow:
         """The Celery workers that answer a ping through the broker now, by component name."""
         from celery import Celery
 
-        from osms.dev.settings import expand
+        from osms.dev.settings import value
 
-        app = Celery(broker=expand(self.env, "AIRFLOW__CELERY__BROKER_URL"))
+        app = Celery(broker=value(self.env, "AIRFLOW__CELERY__BROKER_URL"))
         try:
             answers = app.control.ping(timeout=timeout) or []
         except Exception:  # noqa: BLE001: a broker not up yet is "no worker answers"

@@ -422,32 +422,34 @@ def deploy_group() -> None:
 
 
 @deploy_group.command("env")
-@click.argument("path", type=click.Path(dir_okay=False), default=".env")
-def deploy_env(path: str) -> None:
-    """Write PATH (default .env) with fresh secrets and passwords, unless it exists (it is kept)."""
+@click.argument("directory", type=click.Path(file_okay=False), default=".")
+@click.option("--signing-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The PEM private key packages are signed with (default: a fresh key pair for this deployment).")
+def deploy_env(directory: str, signing_key: str | None) -> None:
+    """DIRECTORY/.env and DIRECTORY/secrets/ for docker-compose.yaml: fresh secrets, passwords, signing key; kept."""
     from pathlib import Path
 
-    from osms.dev.deploy import write_secrets
+    from osms.dev.deploy import write_compose_env
 
-    existed = Path(path).exists()
-    values = write_secrets(Path(path))
-    click.echo(f"{path}: {'kept' if existed else 'written'} ({len(values)} secrets; keep it private, never commit it)")
+    env, secrets_dir = write_compose_env(Path(directory), signing_key=Path(signing_key) if signing_key else None)
+    click.echo(f"{env}: the deployment's variables; {secrets_dir}/: its secrets, the users' passwords and the"
+               " signing key pair (keep them private, never commit them)")
 
 
 @deploy_group.command("init")
+@click.option("--secrets-dir", type=click.Path(exists=True, file_okay=False), envvar="OSMS_SECRETS_DIR",
+              required=True, help="The deployment's secrets folder (one file per secret, the users' passwords).")
 @click.option("--signing-key", type=click.Path(exists=True, dir_okay=False), envvar="OSMS_SIGNING_KEY_FILE",
               default=None, help="PEM private key for the package DAG's variable.")
 @click.option("--connections", type=click.Path(exists=True, dir_okay=False), envvar="OSMS_CONNECTIONS_FILE",
               default=None, help="Connections to create or replace (JSON: {conn_id: {conn_type, host, ...}}).")
-def deploy_init(signing_key: str | None, connections: str | None) -> None:
-    """Migrate, FAB roles engineer/operator/qa and their users (passwords from OSMS_<USER>_PASSWORD), key, connections."""
-    import os
+def deploy_init(secrets_dir: str, signing_key: str | None, connections: str | None) -> None:
+    """Check the secrets; migrate, FAB roles engineer/operator/qa and their users, the signing key, connections."""
     from pathlib import Path
 
-    from osms.dev.deploy import PEOPLE, init_airflow, password_variable
+    from osms.dev.deploy import init_airflow
 
-    init_airflow(passwords={u: os.environ.get(password_variable(u), "") for u in PEOPLE},
-                 signing_key=Path(signing_key) if signing_key else None,
+    init_airflow(secrets_dir=Path(secrets_dir), signing_key=Path(signing_key) if signing_key else None,
                  connections=Path(connections) if connections else None, say=click.echo)
     click.echo("init done")
 

@@ -15,8 +15,9 @@ them; a test keeps the two in step):
   health server on 127.0.0.1.
 
 Settings come from ``config/airflow.env`` and ``config/distributed.env``, the files the
-compose file reads, with this machine's site (``osms.dev.settings``); the secrets from
-``<data>/cluster/secrets.env`` (generated once, 0600; the users' passwords are there).
+compose file reads, with this machine's site (``osms.dev.settings``); the secrets are files in
+``<data>/cluster/secrets/`` (generated once, 0600, the names of the compose file's secrets; the
+users' passwords are there), which the settings read through Airflow's ``*_CMD`` settings.
 """
 
 from __future__ import annotations
@@ -224,12 +225,11 @@ def _stop_process(proc: subprocess.Popen | None, sig: signal.Signals, timeout: f
 
 @dataclass
 class _FabAirflow(LocalAirflow):
-    """LocalAirflow whose users are FAB's, made by the init from the secrets file's passwords."""
-
-    fab_passwords: dict[str, str] = field(default_factory=dict, repr=False)
+    """LocalAirflow whose users are FAB's, made by the init from the secrets folder's passwords."""
 
     def passwords(self) -> dict[str, str]:
-        return dict(self.fab_passwords)
+        assert self.site is not None and self.site.secrets_dir is not None
+        return deploy.read_passwords(self.site.secrets_dir)
 
     def _write_passwords(self) -> None:
         """Nothing to write: ``osms deploy init`` gives the users their passwords."""
@@ -242,6 +242,7 @@ class Cluster:
     data_dir: Path
     port: int = DEFAULT_PORT
     workers: int = WORKERS
+    worker_concurrency: int = settings.Site.worker_concurrency
     use_job_schedule: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     mock_config: Any = None  # mocks.config.MockConfig; default: the default scale under <data>/mocks
@@ -260,8 +261,8 @@ class Cluster:
         return self.data_dir / "cluster"
 
     @property
-    def secrets_file(self) -> Path:
-        return self.state_dir / "secrets.env"
+    def secrets_dir(self) -> Path:
+        return self.state_dir / "secrets"
 
     @property
     def log_dir(self) -> Path:
@@ -278,8 +279,7 @@ class Cluster:
 
     def slots(self) -> int:
         """Task slots of all workers: the scheduler queues no more than they can run (one machine, one queue)."""
-        concurrency = settings.read_settings("distributed").get("AIRFLOW__CELERY__WORKER_CONCURRENCY", "16")
-        return self.workers * int(concurrency)
+        return self.workers * self.worker_concurrency
 
     def start(self, timeout: float = 240) -> Cluster:
         """Servers, mocks, init, Airflow's components and workers; wait until healthy; unpause every DAG."""
@@ -296,13 +296,13 @@ class Cluster:
         from osms.core.keys import ensure_dev_keypair
         from osms.dev.ui_stack import USERS, dag_ids
 
-        secrets = deploy.write_secrets(self.secrets_file)
+        secrets = deploy.write_secrets(self.secrets_dir)
         ports = {"postgres": free_port(), "redis": free_port(), "health": free_port()}
         self.say(f"starting PostgreSQL and Redis on {HOST} (state in {self.state_dir}) ...")
-        self.postgres = PostgresServer(self.state_dir / "postgres", ports["postgres"], secrets["OSMS_POSTGRES_PASSWORD"],
+        self.postgres = PostgresServer(self.state_dir / "postgres", ports["postgres"], secrets["osms_postgres_password"],
                                        self.log_dir / "postgres.log")
         self.postgres.start()
-        self.redis = RedisServer(self.state_dir / "redis", ports["redis"], secrets["OSMS_REDIS_PASSWORD"],
+        self.redis = RedisServer(self.state_dir / "redis", ports["redis"], secrets["osms_redis_password"],
                                  self.log_dir / "redis.log")
         self.redis.start()
 
@@ -315,13 +315,12 @@ class Cluster:
 
         site = settings.Site(airflow_home=self.state_dir / "airflow", data_dir=self.data_dir, api_port=self.port,
                              postgres_port=ports["postgres"], redis_port=ports["redis"],
-                             scheduler_health_port=ports["health"])
+                             scheduler_health_port=ports["health"], secrets_dir=self.secrets_dir,
+                             worker_concurrency=self.worker_concurrency)
         af = _FabAirflow(
             site.airflow_home, shape="distributed", site=site,
-            secrets={k: secrets[k] for k in settings.SECRET_NAMES},
             extra_env={"OSMS_SIGNING_PUBLIC_KEY": str(self.mocks.public_key_path), **self.extra_env},
             use_job_schedule=self.use_job_schedule, parallelism=self.slots(), users=dict(USERS), api_user="engineer",
-            passwords_path=self.secrets_file, fab_passwords=deploy.passwords_of(secrets),
         )
         self.airflow = af
 
@@ -331,8 +330,7 @@ class Cluster:
         init_log = af.log_dir / "init.log"
         with init_log.open("wb") as fh:
             out = subprocess.run([sys.executable, "-m", "osms.dev.cli", "deploy", "init", "--signing-key", str(private_key),
-                                  "--connections", str(connections)],
-                                 env={**af.env, **{deploy.password_variable(u): p for u, p in af.passwords().items()}},
+                                  "--connections", str(connections)], env=af.env,
                                  cwd=af.home, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
         if out.returncode != 0:
             raise ClusterError(f"the init failed ({out.returncode}); log {init_log}:\n{tail(init_log, 40)}")
@@ -408,7 +406,7 @@ def serve(data_dir: Path, *, port: int = DEFAULT_PORT, workers: int = WORKERS,
         say(f"Airflow (CeleryExecutor, PostgreSQL, Redis) is up: {cluster.url}")
         say(f"  Data quality: {cluster.url}/plugin/{URL_ROUTE}")
         say("  users: " + ", ".join(f"{u} (role {u}, like FAB's {r})" for u, r in deploy.PEOPLE.items()))
-        say(f"  passwords: {cluster.secrets_file}   (OSMS_<USER>_PASSWORD; generated once, keep it private)")
+        say(f"  passwords: {cluster.secrets_dir}/osms_<user>_password   (generated once, keep them private)")
         say(f"  workers: {', '.join(cluster.worker_names)}; component logs: {af.log_dir}")
         say("Press Ctrl-C to stop.")
         while not stop.wait(5):

@@ -1,14 +1,17 @@
 """What a distributed deployment needs besides its servers: the same for docker-compose.yaml and ``make cluster``.
 
 - **Secrets** (:func:`write_secrets`): the database and broker passwords, Fernet key, JWT
-  and API secrets (``osms.dev.settings.SECRET_NAMES``) and the three users' passwords, in one
-  file that is never committed: ``.env`` beside docker-compose.yaml (``make compose-env``),
-  ``<data>/cluster/secrets.env`` for ``make cluster``. Generated once, kept.
+  and API secrets (``osms.dev.settings.SECRET_FILES``), the three users' passwords and, for
+  compose, the deployment's own package signing key pair: one file each in a secrets folder
+  that is never committed (``secrets/`` beside docker-compose.yaml, written by
+  ``make compose-env`` with the ``.env`` of the deployment's other variables;
+  ``<data>/cluster/secrets`` for ``make cluster``). Generated once, kept.
 - **Init** (:func:`init_airflow`, ``osms deploy init``: the compose file's ``airflow-init``,
-  and what ``make cluster`` runs before its components): migrate the metadata database;
-  FAB's roles ``engineer``, ``operator`` and ``qa`` (Admin-, Op- and Viewer-like, each
-  allowed the Data quality view) and one user each; the signing key into the masked
-  variable the package DAG reads; connections from a file (the mocks publish theirs).
+  and what ``make cluster`` runs before its components): refuse missing or unusable secrets;
+  migrate the metadata database; FAB's roles ``engineer``, ``operator`` and ``qa`` (Admin-,
+  Op- and Viewer-like, each allowed the Data quality view) and one user each; the signing
+  key into the masked variable the package DAG reads; connections from a file (the mocks
+  publish theirs).
 - **The mock outside world for demos** (:func:`serve_mocks`, ``osms deploy mocks``: the
   compose file's ``mocks`` service): the source systems and the receiver served on an
   interface of the compose network, their connections written for the init.
@@ -20,6 +23,7 @@ Every function here that touches Airflow runs in a process configured for the de
 from __future__ import annotations
 
 import json
+import os
 import secrets as _secrets
 import subprocess
 import threading
@@ -34,45 +38,90 @@ from osms.dev import settings
 # the simple auth manager gives them admin, op and viewer (osms.dev.ui_stack.USERS).
 PEOPLE = {"engineer": "Admin", "operator": "Op", "qa": "Viewer"}
 CONNECTIONS_FILE = "airflow-connections.json"  # beside the mocks' tokens.json, in their state dir
+# compose: the deployment's package signing key pair, in its secrets folder (the private key goes to the init only)
+SIGNING_KEY_FILE = "osms_signing_key"
+SIGNING_PUBLIC_KEY_FILE = "osms_signing_public_key.pem"
+# the uid the image's user has (Dockerfile); containers run as it when compose is started by root
+IMAGE_UID = 50000
 
 
-def password_variable(user: str) -> str:
-    """The secrets-file name of a user's password: ``OSMS_ENGINEER_PASSWORD``."""
-    return f"OSMS_{user.upper()}_PASSWORD"
+def password_file(user: str) -> str:
+    """The secrets-folder file of a user's password: ``osms_engineer_password``."""
+    return f"osms_{user}_password"
 
 
 def new_passwords() -> dict[str, str]:
-    """A fresh password per person, by secrets-file name."""
-    return {password_variable(u): _secrets.token_urlsafe(18) for u in PEOPLE}
+    """A fresh password per person, by secrets-folder file name."""
+    return {password_file(u): _secrets.token_urlsafe(18) for u in PEOPLE}
 
 
-def write_secrets(path: Path) -> dict[str, str]:
-    """Write a new secrets file (0600) unless one exists; return the secrets it holds."""
-    if path.exists():
-        return settings.parse_env_file(path)
-    values = {**settings.new_secrets(), **new_passwords()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    settings.write_env_file(path, values, header=(
-        "Secrets of one OSMS distributed deployment: generated once, never committed, keep it private.\n"
-        "Database, broker, Fernet, JWT and API secrets; the passwords of engineer, operator and qa."))
-    return values
+def write_secrets(directory: Path, *, owner: int | None = None) -> dict[str, str]:
+    """Write each secret and password not yet in ``directory`` (0700; files 0600); return all of them."""
+    return settings.write_secrets_dir(directory, {**settings.new_secrets(), **new_passwords()}, owner=owner)
 
 
-def passwords_of(values: Mapping[str, str]) -> dict[str, str]:
-    """The users' passwords in a secrets mapping, by user name."""
-    return {u: values[password_variable(u)] for u in PEOPLE if values.get(password_variable(u))}
+def read_passwords(directory: Path) -> dict[str, str]:
+    """The users' passwords in a secrets folder, by user name (SecretsError names a missing one)."""
+    values = settings.read_secrets_dir(directory, [password_file(u) for u in PEOPLE])
+    return {u: values[password_file(u)] for u in PEOPLE}
+
+
+def compose_uid() -> int:
+    """The uid compose runs the services as: the caller's, or the image's user when the caller is root."""
+    return os.getuid() or IMAGE_UID
+
+
+def write_compose_env(directory: Path, *, signing_key: Path | None = None) -> tuple[Path, Path]:
+    """``make compose-env``: ``directory/.env`` and ``directory/secrets/``, each written once and then kept.
+
+    ``.env`` holds what compose interpolates and nothing secret (the uid the services run as);
+    ``secrets/`` every secret, the users' passwords and the package signing key pair: the
+    given private key, else a fresh pair for this deployment (register its public key with
+    the State Corporation). Files belong to the uid the containers run as.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from osms.core.files import write_bytes_atomic
+
+    uid = compose_uid()
+    secrets_dir = directory / "secrets"
+    write_secrets(secrets_dir, owner=uid)
+    private = secrets_dir / SIGNING_KEY_FILE
+    if not private.exists():
+        if signing_key is not None:
+            pem = signing_key.read_bytes()
+            key = serialization.load_pem_private_key(pem, password=None)
+        else:
+            key = Ed25519PrivateKey.generate()
+            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        write_bytes_atomic(pem, private, mode=settings.SECRET_FILE_MODE)
+        public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+        write_bytes_atomic(public, secrets_dir / SIGNING_PUBLIC_KEY_FILE, mode=0o644)
+        if os.geteuid() == 0:
+            for path in (private, secrets_dir / SIGNING_PUBLIC_KEY_FILE):
+                os.chown(path, uid, 0)
+    env = directory / ".env"
+    if not env.exists():
+        settings.write_env_file(env, {"OSMS_UID": str(uid)}, header=(
+            "docker-compose.yaml's variables for this deployment (make compose-env; .env.example lists them all).\n"
+            "Nothing secret: the secrets are files in secrets/ beside it (0600, never committed)."))
+    return env, secrets_dir
 
 
 # --------------------------------------------------------------------------- init
 
 
-def init_airflow(*, passwords: Mapping[str, str], signing_key: Path | None = None,
-                 connections: Path | None = None, say: Callable[[str], None] = print) -> None:
-    """Migrate, roles and users, the signing key variable, connections: idempotent, safe on every start."""
-    missing = [u for u in PEOPLE if not passwords.get(u)]
-    if missing:
-        raise SystemExit(f"no password for {', '.join(missing)}: set {', '.join(map(password_variable, missing))}"
-                         " (make compose-env writes a .env with all secrets)")
+def init_airflow(*, secrets_dir: Path, signing_key: Path | None = None, connections: Path | None = None,
+                 say: Callable[[str], None] = print) -> None:
+    """Check the secrets, migrate, roles and users, the signing key variable, connections: idempotent."""
+    try:
+        settings.check_secrets(settings.read_secrets_dir(secrets_dir))
+        passwords = read_passwords(secrets_dir)
+    except settings.SecretsError as exc:
+        raise SystemExit(f"osms deploy init: {exc}") from None
     say("migrating the metadata database ...")
     migrate()
     say("roles engineer, operator, qa and their users ...")

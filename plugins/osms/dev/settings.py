@@ -11,9 +11,11 @@ An environment is a *shape* plus a *site*:
   code's folders, the data root, host names and ports. The native launchers fill it in
   for 127.0.0.1; the compose file sets the same variables to its service names.
 
-Secrets (database and broker passwords, Fernet key, JWT and API secrets) are neither:
-they come from a file that is never committed (``.env`` for compose, the cluster's
-``secrets.env`` natively; :func:`new_secrets` writes either).
+Secrets (database and broker passwords, Fernet key, JWT and API secrets) are neither, and
+never an environment variable: one file each in the deployment's secrets folder, which the
+processes know as ``$OSMS_SECRETS_DIR`` (``/run/secrets``, the compose file's secrets, in a
+container; ``<data>/cluster/secrets`` natively; :func:`write_secrets_dir` writes either, once).
+``config/distributed.env`` reads them through Airflow's ``*_CMD`` settings (:data:`SECRET_FILES`).
 
 A settings file is a strict subset of the dotenv format that docker-compose v1 and v2
 and this module all read alike: ``KEY=VALUE`` lines and ``#`` comments; a value that
@@ -26,7 +28,9 @@ from __future__ import annotations
 import os
 import re
 import secrets as _secrets
-from collections.abc import Mapping
+import shlex
+import subprocess
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,17 +43,28 @@ SQLITE_CONNECT_ARGS = {"timeout": 120}
 COMMON_FILE = "airflow.env"
 SHAPES = {"embedded": "embedded.env", "distributed": "distributed.env"}
 
-# The secrets of the distributed shape, by the names .env and the cluster's secrets file use:
-# Airflow's own settings where Airflow reads them directly, else a variable the settings name.
-SECRET_NAMES = (
-    "OSMS_POSTGRES_PASSWORD",
-    "OSMS_REDIS_PASSWORD",
-    "AIRFLOW__CORE__FERNET_KEY",
-    "AIRFLOW__API__SECRET_KEY",
-    "AIRFLOW__API_AUTH__JWT_SECRET",
-)
+# The secrets of the distributed shape: one file each in $OSMS_SECRETS_DIR, named as docker-compose.yaml's
+# secrets, with what reads it. No secret is ever an environment variable: config/distributed.env reads each
+# through a *_CMD setting (a command Airflow runs for the value), so `docker inspect`, /proc/<pid>/environ and
+# a task's environment hold the folder's path, never a secret.
+SECRET_FILES = {
+    "osms_postgres_password": "PostgreSQL's password for the user airflow (the metadata database)",
+    "osms_redis_password": "Redis's password (the Celery broker)",
+    "osms_fernet_key": "Airflow's Fernet key: connections and variables are encrypted with it",
+    "osms_api_secret_key": "the API server's secret key (sessions)",
+    "osms_jwt_secret": "the secret the API server signs and checks tokens with",
+}
+SECRETS_DIR_VARIABLE = "OSMS_SECRETS_DIR"
+SECRET_FILE_MODE = 0o600
+
+
+class SecretsError(ValueError):
+    """A secret is missing, empty or unusable; the message names the file, never the value."""
+
 
 _KEY = re.compile(r"[A-Z][A-Z0-9_]*")
+# a deployment variable: upper case ($OSMS_API_PORT); a lower-case name is a shell's own (a *_CMD's `$p`)
+_VARIABLE = re.compile(r"\$(?:\{([A-Z][A-Z0-9_]*)\}|([A-Z][A-Z0-9_]*))")
 _PLAIN = re.compile(r"[^\s'\"$#\\]*")
 _QUOTED = re.compile(r"'([^'\\]*)'")
 
@@ -117,7 +132,7 @@ def read_settings(shape: str, directory: Path | None = None) -> dict[str, str]:
 def referenced_variables(settings: Mapping[str, str]) -> set[str]:
     """The deployment variables (``$NAME``) the settings name: what a site and its secrets must give."""
     return {m.group(1) or m.group(2) for v in settings.values()
-            for m in re.finditer(r"\$(?:\{(\w+)\}|(\w+))", v)}
+            for m in re.finditer(_VARIABLE, v)}
 
 
 @dataclass(frozen=True)
@@ -145,6 +160,10 @@ class Site:
     redis_host: str = HOST
     redis_port: int = 6379
     scheduler_health_port: int = 8974
+    secrets_dir: Path | None = None  # the distributed shape's secrets folder (SECRET_FILES)
+    # the distributed shape's sizes (README, Run distributed: sizing); the embedded shape has its own
+    api_workers: int = 2
+    worker_concurrency: int = 2
 
     def variables(self) -> dict[str, str]:
         """The site as environment variables: the names docker-compose.yaml sets for its services."""
@@ -164,6 +183,9 @@ class Site:
             "OSMS_REDIS_HOST": self.redis_host,
             "OSMS_REDIS_PORT": str(self.redis_port),
             "OSMS_SCHEDULER_HEALTH_PORT": str(self.scheduler_health_port),
+            **({SECRETS_DIR_VARIABLE: str(self.secrets_dir)} if self.secrets_dir is not None else {}),
+            "OSMS_API_WORKERS": str(self.api_workers),
+            "OSMS_WORKER_CONCURRENCY": str(self.worker_concurrency),
         }
 
 
@@ -185,24 +207,95 @@ def expand(env: Mapping[str, str], key: str) -> str:
     """A setting's value as Airflow reads it: ``$NAME`` references replaced from ``env`` (as os.path.expandvars)."""
     value = env[key]
     for _ in range(10):  # nested references, as Airflow resolves them, until nothing changes
-        expanded = re.sub(r"\$(?:\{(\w+)\}|(\w+))",
-                          lambda m: env.get(m.group(1) or m.group(2), m.group(0)), value)
+        expanded = _VARIABLE.sub(lambda m: env.get(m.group(1) or m.group(2), m.group(0)), value)
         if expanded == value:
             break
         value = expanded
     return value
 
 
+def value(env: Mapping[str, str], key: str, *, timeout: float = 10) -> str:
+    """A setting's value as Airflow reads it from ``env``: ``KEY`` expanded, else the output of ``KEY_CMD``."""
+    if key in env:
+        return expand(env, key)
+    command = env.get(f"{key}_CMD")
+    if command is None:
+        raise KeyError(key)
+    out = subprocess.run(shlex.split(command), env=dict(env), capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise SecretsError(f"{key}_CMD failed ({out.returncode}): {out.stderr.strip()[:300]}")
+    return out.stdout
+
+
 def new_secrets() -> dict[str, str]:
-    """Fresh secrets for a distributed deployment (every name of :data:`SECRET_NAMES`)."""
+    """Fresh secrets for a distributed deployment, by file name (every name of :data:`SECRET_FILES`)."""
     from cryptography.fernet import Fernet
 
     values = {
-        "OSMS_POSTGRES_PASSWORD": _secrets.token_hex(24),  # hex: safe inside a URL
-        "OSMS_REDIS_PASSWORD": _secrets.token_hex(24),
-        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-        "AIRFLOW__API__SECRET_KEY": _secrets.token_hex(32),
-        "AIRFLOW__API_AUTH__JWT_SECRET": _secrets.token_hex(32),
+        "osms_postgres_password": _secrets.token_hex(24),  # hex: safe inside a URL and a shell word
+        "osms_redis_password": _secrets.token_hex(24),
+        "osms_fernet_key": Fernet.generate_key().decode(),
+        "osms_api_secret_key": _secrets.token_hex(32),
+        "osms_jwt_secret": _secrets.token_hex(32),
     }
-    assert tuple(values) == SECRET_NAMES
+    assert set(values) == set(SECRET_FILES)
     return values
+
+
+def write_secrets_dir(directory: Path, values: Mapping[str, str], *, owner: int | None = None) -> dict[str, str]:
+    """Write each secret not yet in ``directory`` (folder 0700, files 0600, no newline); return all it holds.
+
+    Existing files are kept: secrets are generated once. ``owner`` (a uid) is given the folder and
+    files when this runs as root, so that containers running as that uid can read them.
+    """
+    from osms.core.files import write_bytes_atomic
+
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    for name, secret in values.items():
+        path = directory / name
+        if not path.exists():
+            if not secret or any(c.isspace() for c in secret):
+                raise SecretsError(f"{path}: a secret must be a non-empty word")
+            write_bytes_atomic(secret.encode(), path, mode=SECRET_FILE_MODE)
+    if owner is not None and os.geteuid() == 0:
+        for path in (directory, *directory.iterdir()):
+            os.chown(path, owner, 0)
+    return read_secrets_dir(directory, list(values))
+
+
+def read_secrets_dir(directory: Path, names: Iterable[str] = SECRET_FILES) -> dict[str, str]:
+    """The named secrets of ``directory``; SecretsError names each one missing or empty."""
+    found, problems = {}, []
+    for name in names:
+        path = directory / name
+        try:
+            secret = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            problems.append(f"{path} is missing")
+            continue
+        if not secret:
+            problems.append(f"{path} is empty")
+            continue
+        found[name] = secret
+    if problems:
+        raise SecretsError("secrets: " + "; ".join(problems) + " (osms deploy env writes them)")
+    return found
+
+
+def check_secrets(values: Mapping[str, str]) -> None:
+    """Refuse secrets Airflow would accept but must not run with: an empty or malformed Fernet key above all.
+
+    Airflow runs without a Fernet key (connections and variables then stored in clear), and a
+    malformed one fails only when the first connection is read: the init refuses both at once.
+    """
+    from cryptography.fernet import Fernet
+
+    try:
+        Fernet(values.get("osms_fernet_key", "").encode())
+    except ValueError:
+        raise SecretsError("osms_fernet_key is not a Fernet key (32 url-safe base64-encoded bytes): connections and"
+                           " variables would not be encrypted; `osms deploy env` writes a fresh one") from None
+    short = [n for n in SECRET_FILES if n != "osms_fernet_key" and len(values.get(n, "")) < 16]
+    if short:
+        raise SecretsError(f"secrets shorter than 16 characters: {', '.join(short)}")
