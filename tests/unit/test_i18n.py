@@ -92,7 +92,7 @@ def test_the_compiled_catalogue_is_the_po_file(language):
     with (LOCALE_DIR / language / "LC_MESSAGES" / "osms.mo").open("rb") as fh:
         compiled = gettext.GNUTranslations(fh)
     po = {m.id: m.string for m in catalogue(language) if m.id}
-    assert {k: compiled.gettext(k) for k in po} == po, "run: python -m osms.core.i18n compile"
+    assert {k: compiled.gettext(k) for k in po} == po, "run: .venv/bin/python -m tests.support.catalogues"
 
 
 def test_kazakh_is_kazakh_and_differs_from_russian():

@@ -4,12 +4,13 @@ The Data quality and package pages and the notices say everything through the ``
 gettext domain: English is the source language (and the default), Kazakh and Russian
 are catalogues in ``plugins/osms/locale/<lang>/LC_MESSAGES/osms.po``, compiled to the
 ``.mo`` files beside them (committed, so every shape and image has them; rebuild with
-``python -m osms.core.i18n compile`` after editing a ``.po``). A test extracts every
-message of the code and templates and fails when a catalogue lacks one.
+``.venv/bin/python -m tests.support.catalogues`` after editing a ``.po``: Babel, a development
+tool). A test extracts every message of the code and templates and fails when a catalogue
+lacks one.
 
 Names of bodies, systems and categories are not messages: the registry holds each in
 the three languages (``name_kk``, ``name_ru``, ``name_en``), and :func:`local_name`
-picks one. Only the standard library is needed at run time; Babel compiles and extracts.
+picks one. Only the standard library is needed at run time.
 """
 
 from __future__ import annotations
@@ -93,31 +94,3 @@ def choose(asked: str | None = None, remembered: str | None = None, accept_langu
         if candidate and candidate in LANGUAGES:
             return candidate
     return next(iter(parse_accept_language(accept_language)), DEFAULT)
-
-
-# --------------------------------------------------------------------------- catalogues (development)
-
-
-def compile_catalogues(locale_dir: Path = LOCALE_DIR) -> list[Path]:
-    """Compile every ``.po`` under ``locale_dir`` to its ``.mo`` (Babel); return the ``.mo`` files written."""
-    from babel.messages.mofile import write_mo
-    from babel.messages.pofile import read_po
-
-    written = []
-    for po in sorted(locale_dir.glob(f"*/LC_MESSAGES/{DOMAIN}.po")):
-        with po.open("rb") as fh:
-            catalog = read_po(fh, locale=po.parent.parent.name)
-        mo = po.with_suffix(".mo")
-        with mo.open("wb") as fh:
-            write_mo(fh, catalog, use_fuzzy=False)
-        written.append(mo)
-    return written
-
-
-if __name__ == "__main__":  # python -m osms.core.i18n compile
-    import sys
-
-    if sys.argv[1:] != ["compile"]:
-        raise SystemExit("usage: python -m osms.core.i18n compile")
-    for path in compile_catalogues():
-        print(path)
