@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DATE ?=
 
 .PHONY: setup run airflow cluster compose-env compose-config compose-test image wheels standins docker test unit e2e \
-	browser servers bench bench-mocks bench-national clean
+	browser servers bench bench-mocks bench-national bench-hostile clean
 SCALE ?= 1.0
 
 setup: $(STAMP)
@@ -32,9 +32,11 @@ airflow: setup
 
 # The distributed shape natively (make cluster): PostgreSQL, Redis, the mocks, Airflow's API server, scheduler,
 # DAG processor, triggerer and two Celery workers on 127.0.0.1, configured from the files docker-compose.yaml
-# reads (config/); Ctrl-C stops it.
+# reads (config/), and Prometheus on 127.0.0.1:$(PROMETHEUS_PORT) with the rules of config/prometheus; Ctrl-C
+# stops it.
+PROMETHEUS_PORT ?= 9090
 cluster: setup servers
-	$(BIN)/osms cluster --port $(PORT)
+	$(BIN)/osms cluster --port $(PORT) --prometheus-port $(PROMETHEUS_PORT)
 
 # docker-compose.yaml: .env and secrets/ beside it (fresh secrets, passwords and a signing key pair for this
 # deployment; existing ones are kept), and the file checked as CI checks it.
@@ -97,21 +99,25 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium >/dev/null && \
 	  $(CHROMIUM) --version; fi
 
-# The servers of the distributed shape (make cluster and its test) and the checker of docker-compose.yaml:
-# Debian's postgresql-15, redis-server and docker-compose, installed when missing, as chromium is above.
+# The servers of the distributed shape (make cluster and its test), the checker of docker-compose.yaml and the
+# monitoring of make cluster: Debian's postgresql-15, redis-server, docker-compose and prometheus (with promtool),
+# installed when missing, as chromium is above.
 PG_BINDIR ?= /usr/lib/postgresql/15/bin
 REDIS_SERVER ?= /usr/bin/redis-server
 DOCKER_COMPOSE ?= /usr/bin/docker-compose
+PROMETHEUS ?= /usr/bin/prometheus
 servers:
 	@missing=""; \
 	[ -x "$(PG_BINDIR)/postgres" ] || missing="$$missing postgresql-15"; \
 	[ -x "$(REDIS_SERVER)" ] || missing="$$missing redis-server"; \
 	[ -x "$(DOCKER_COMPOSE)" ] || missing="$$missing docker-compose"; \
+	[ -x "$(PROMETHEUS)" ] || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then echo "installing Debian's$$missing ..."; \
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq $$missing >/dev/null; fi; \
 	echo "postgres: $$($(PG_BINDIR)/postgres --version)"; echo "redis: $$($(REDIS_SERVER) --version)"; \
-	echo "docker-compose: $$($(DOCKER_COMPOSE) version --short)"
+	echo "docker-compose: $$($(DOCKER_COMPOSE) version --short)"; \
+	echo "prometheus: $$($(PROMETHEUS) --version 2>&1 | head -1)"
 
 # Figures for every stage at a size that finishes in minutes on 2 cores; the
 # national-scale runs are `make bench-mocks SCALE=1.0` and BENCH_ROWS=13000000.
@@ -130,6 +136,11 @@ bench-mocks: setup
 NATIONAL_SCALES ?= 0.1,1.0
 bench-national: setup
 	$(BIN)/python benchmarks/bench_national.py --scales $(NATIONAL_SCALES)
+
+# A hostile source's page of 600 MB: the extract refuses it at its byte bound, naming the limit, its peak memory
+# within the task budget (about a minute).
+bench-hostile: setup
+	$(BIN)/python benchmarks/bench_hostile.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

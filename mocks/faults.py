@@ -6,6 +6,13 @@ malformed line on a page, a renamed or missing column, a volume drop, a
 rejected token, a system that is down, a cursor that repeats itself, HTML pages
 answered 200) hold for every request until the configuration changes, as they
 would in a real system.
+
+Hostile behaviours, persistent too: a page of ``huge_page_bytes`` (one record whose
+name is that long, streamed: the mock never holds it), a page dripped at
+``drip_bytes_per_second``, every request redirected (``redirect_to``, a 302), a line
+nested ``deep_json_depth`` arrays deep, the IIN as every record's id
+(``iin_record_ids``), and ``long_strings`` records whose name is ``long_string_bytes``
+long (a megabyte by default).
 """
 
 from __future__ import annotations
@@ -38,6 +45,13 @@ class SystemFaults:
     volume_drop: float = 0.0  # share of the feed's records withheld
     repeat_cursor: bool = False  # every page names the same next cursor: a client following it loops for ever
     html_pages: bool = False  # pages answered 200 with an HTML error page (a proxy in front of the system)
+    huge_page_bytes: int = 0  # the first page's first record has a last_name this many bytes long (streamed)
+    drip_bytes_per_second: float = 0.0  # every page is sent a few bytes at a time, at this rate
+    redirect_to: str = ""  # every request answered 302 to this URL (the request's path and query appended)
+    deep_json_depth: int = 0  # the first page's first line has a last_name nested this many arrays deep
+    iin_record_ids: bool = False  # record_id is the person's IIN (a source using it as its id)
+    long_strings: int = 0  # the feed's first records get a last_name of long_string_bytes
+    long_string_bytes: int = 1 << 20
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> SystemFaults:
@@ -55,6 +69,10 @@ class SystemFaults:
                 raise ValueError(f"{name} must be between 0 and 1")
         if faults.error_rate + faults.rate_limit_rate + faults.slow_rate + faults.truncate_rate > 1:
             raise ValueError("error, rate-limit, slow and truncate rates add up to more than 1")
+        for name in ("huge_page_bytes", "drip_bytes_per_second", "deep_json_depth", "long_strings",
+                     "long_string_bytes"):
+            if getattr(faults, name) < 0:
+                raise ValueError(f"{name} must not be negative")
         return faults
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from mocks import ndjson
 from mocks.config import FIRST_DAY, LAST_DAY, MockConfig
@@ -143,9 +143,13 @@ class SourceService:
             raise ApiError(403, "forbidden", f"this token is not valid for system {system!r}")
         raise ApiError(401, "unauthorized", "the token is not valid", {"WWW-Authenticate": "Bearer"})
 
-    def page(self, system: str, params: dict[str, str]) -> Response:
+    def page(self, system: str, params: dict[str, str], path: str = "") -> Response:
         """One page of a feed, after the system's faults have had their say."""
         faults = self.faults[system]
+        if faults.redirect_to:
+            self.stats[system]["redirected"] += 1
+            query = "&".join(f"{k}={v}" for k, v in params.items())
+            return Response(status_code=302, headers={"Location": f"{faults.redirect_to.rstrip('/')}{path}?{query}"})
         verdict, detail = self.dice.roll(system, faults)
         self.stats[system][verdict] += 1
         if verdict == "down":
@@ -168,6 +172,7 @@ class SourceService:
         if offset > total:
             raise ApiError(422, "bad_cursor", "the cursor points past the end of the feed")
         page = table.slice(offset, limit)
+        page = _hostile_values(page, faults, offset)
         for col in faults.drop_columns:
             if col in page.column_names:
                 page = page.drop_columns([col])
@@ -178,11 +183,20 @@ class SourceService:
             body = _break_one_line(body, offset)
         if verdict == "truncate" and len(body) > 2:
             body = _cut_mid_line(body, detail)
+        if offset == 0 and page.num_rows and faults.deep_json_depth:
+            body = _deep_first_line(body, faults.deep_json_depth)
         headers = {"X-Total-Count": str(total), "X-Page-Records": str(page.num_rows)}
         if faults.repeat_cursor and total:
             headers["X-Next-Cursor"] = encode_cursor(min(limit, total - 1), system, category, as_of)  # always the same
         elif offset + limit < total:
             headers["X-Next-Cursor"] = encode_cursor(offset + limit, system, category, as_of)
+        pieces: Any = None
+        if offset == 0 and page.num_rows and faults.huge_page_bytes:
+            pieces = _huge_first_record(body, faults.huge_page_bytes)
+        if faults.drip_bytes_per_second:
+            pieces = _drip(pieces if pieces is not None else iter([body]), faults.drip_bytes_per_second)
+        if pieces is not None:
+            return StreamingResponse(pieces, media_type=NDJSON, headers=headers)
         return Response(content=body, media_type=NDJSON, headers=headers)
 
     def _parse(self, system: str, params: dict[str, str]) -> tuple[str, dt.date, int, int]:
@@ -218,6 +232,58 @@ class SourceService:
 
 _HTML_ERROR_PAGE = (b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
                     b"<body><h1>Bad Gateway</h1><p>The upstream system did not answer.</p></body></html>\n")
+
+
+def _hostile_values(page: pa.Table, faults: SystemFaults, offset: int) -> pa.Table:
+    """The page with the record ids and names a hostile fault asks for (IINs as ids, megabyte names)."""
+    if faults.iin_record_ids and "iin" in page.column_names and "record_id" in page.column_names:
+        page = page.set_column(page.schema.get_field_index("record_id"), "record_id", page.column("iin"))
+    long = max(0, min(faults.long_strings - offset, page.num_rows))
+    if long and "last_name" in page.column_names:
+        names = page.column("last_name").to_pylist()
+        names[:long] = ["A" * faults.long_string_bytes] * long
+        page = page.set_column(page.schema.get_field_index("last_name"), "last_name", pa.array(names, pa.string()))
+    return page
+
+
+def _first_line(body: bytes) -> tuple[dict[str, Any], bytes]:
+    line, _, rest = body.partition(b"\n")
+    return json.loads(line), rest
+
+
+def _deep_first_line(body: bytes, depth: int) -> bytes:
+    """The page with its first record's last_name nested ``depth`` arrays deep."""
+    record, rest = _first_line(body)
+    record["last_name"] = "\0"
+    head, tail = json.dumps(record, ensure_ascii=False).encode().split(b'"\\u0000"', 1)
+    return head + b"[" * depth + b"]" * depth + tail + b"\n" + rest
+
+
+def _huge_first_record(body: bytes, size: int, piece: int = 1 << 20) -> Any:
+    """The page as pieces, its first record's last_name ``size`` bytes long: never held whole."""
+    record, rest = _first_line(body)
+    record["last_name"] = "\0"
+    head, tail = json.dumps(record, ensure_ascii=False).encode().split(b'"\\u0000"', 1)
+
+    def pieces() -> Any:
+        yield head + b'"'
+        block = b"A" * piece
+        left = size
+        while left > 0:
+            yield block[: min(piece, left)]
+            left -= piece
+        yield b'"' + tail + b"\n" + rest
+
+    return pieces()
+
+
+def _drip(pieces: Any, rate: float, tick: float = 0.1) -> Any:
+    """The pieces sent a few bytes every ``tick`` seconds, ``rate`` bytes a second."""
+    step = max(1, int(rate * tick))
+    for piece in pieces:
+        for at in range(0, len(piece), step):
+            time.sleep(tick)
+            yield piece[at : at + step]
 
 
 def secrets_equal(a: str, b: str) -> bool:
@@ -281,7 +347,7 @@ def create_app(service: SourceService) -> FastAPI:
     @app.get("/v1/systems/{system}/records")
     def records(system: str, request: Request) -> Response:
         service.authorise(system, request.headers.get("authorization"))
-        return service.page(system, dict(request.query_params))
+        return service.page(system, dict(request.query_params), path=request.url.path)
 
     def admin(request: Request) -> None:
         header = request.headers.get("authorization") or ""

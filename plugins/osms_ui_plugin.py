@@ -1,5 +1,5 @@
-"""Airflow plugin: the OSMS "Data quality" pages in Airflow's navigation (see ``osms.ui.app``), and the
-package DAG's deadline reference (see ``osms.orchestration.alerts``)."""
+"""Airflow plugin: the OSMS "Data quality" pages in Airflow's navigation (see ``osms.ui.app``), the pipeline's
+Prometheus metrics (``osms.ui.metrics``), and the package DAG's deadline reference (``osms.orchestration.alerts``)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,12 @@ class OsmsDataQualityPlugin(AirflowPlugin):
 
     @cached_property
     def fastapi_apps(self) -> list[dict]:  # type: ignore[override]
+        from osms.ui import metrics
         from osms.ui.app import URL_PREFIX, create_app
 
-        return [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "OSMS data quality"}]
+        # the metrics have a guard of their own (a scrape token, not a person's login): an app of their own
+        return [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "OSMS data quality"},
+                {"app": metrics.create_metrics_app(), "url_prefix": metrics.URL_PREFIX, "name": "OSMS metrics"}]
 
     @cached_property
     def external_views(self) -> list[dict]:  # type: ignore[override]

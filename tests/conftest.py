@@ -22,7 +22,7 @@ for key, value in {
 }.items():
     os.environ.setdefault(key, value)
 
-KINDS = ("unit", "integration", "e2e")
+KINDS = ("unit", "integration", "e2e", "container")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

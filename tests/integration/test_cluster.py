@@ -25,9 +25,7 @@ import datetime as dt
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +36,7 @@ import pytest
 from osms.dev.airflow_local import AirflowLocalError, free_port
 from osms.dev.cluster import PG_BINDIR, Cluster
 from osms.core.dates import ALMATY
+from tests.support.reference import PACKAGE_FILES, OsmsRuns
 
 _MISSING = [name for name, found in (("PostgreSQL 15", (PG_BINDIR / "postgres").exists()),
                                      ("Redis", shutil.which("redis-server"))) if not found]
@@ -48,7 +47,6 @@ pytestmark = [
 ]
 
 DAYS = [dt.date(2025, 6, 1), dt.date(2025, 6, 2)]
-PACKAGE_FILES = ("records.parquet", "changes.parquet", "quality.json", "manifest.json", "manifest.sig")
 RUNS_TIMEOUT = 900  # seconds for both days' runs, the retry of the killed task included (a ceiling against a hang)
 TIMEOUTS = {"AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20", "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "60"}
 
@@ -64,35 +62,6 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("OSMS_KEY_DIR", None)
     else:
         os.environ["OSMS_KEY_DIR"] = previous
-
-
-class OsmsRuns:
-    """``osms run`` for each day, as ``make run`` runs it, into a data dir of its own, in the background."""
-
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        self.failures: list[str] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        osms = str(Path(sys.executable).with_name("osms"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}  # not the test runner's Airflow
-        for day in DAYS:
-            out = subprocess.run([osms, "run", "--date", day.isoformat(), "--data-dir", str(self.data)], env=env,
-                                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=900)
-            if out.returncode != 0:
-                self.failures.append(f"osms run {day} exited {out.returncode}:\n{out.stdout[-3000:]}{out.stderr[-2000:]}")
-                return
-
-    def start(self) -> OsmsRuns:
-        self._thread.start()
-        return self
-
-    def wait(self) -> Path:
-        self._thread.join(timeout=1200)
-        assert not self._thread.is_alive(), "osms run did not end"
-        assert not self.failures, self.failures[0]
-        return self.data
 
 
 @pytest.fixture
@@ -177,8 +146,8 @@ def test_backfills_on_celery_equal_osms_run_with_a_worker_killed(cluster_data: P
     timings: dict[str, float] = {}
     started = time.monotonic()
     cluster = Cluster(cluster_data, port=free_port(), use_job_schedule=False, say=lambda _: None,
-                      extra_env=TIMEOUTS)
-    reference = OsmsRuns(tmp_path / "osms-run")
+                      extra_env=TIMEOUTS, scrape_interval="2s")
+    reference = OsmsRuns(tmp_path / "osms-run", DAYS)
     try:
         cluster.start()
         timings["start"] = time.monotonic() - started
@@ -190,7 +159,7 @@ def test_backfills_on_celery_equal_osms_run_with_a_worker_killed(cluster_data: P
                                                                "dag_processor")), health
         assert af.celery_workers() == cluster.worker_names
         listening = cluster.listening()
-        assert {what for what, *_ in listening} >= {"api-server", "postgres", "redis", "mocks"}, listening
+        assert {what for what, *_ in listening} >= {"api-server", "postgres", "redis", "mocks", "prometheus"}, listening
         foreign = [x for x in listening if x[2] != "127.0.0.1"]
         assert not foreign, f"the cluster listens beyond 127.0.0.1: {foreign}"
 
@@ -229,6 +198,18 @@ def test_backfills_on_celery_equal_osms_run_with_a_worker_killed(cluster_data: P
             assert retried in (af.log_dir / f"{survivor}.log").read_text(errors="replace"), (
                 f"{survivor} did not run {retried}")
         af.wait_tasks_finished()
+
+        # Prometheus scraped the pipeline's figures from the API server: both days delivered, nothing owed since
+        prometheus = cluster.prometheus
+        assert prometheus is not None
+
+        def delivered() -> bool:
+            up = prometheus.query('up{job="osms"}')
+            found = {r["metric"].get("day"): r["value"][1] for r in prometheus.query("osms_package_delivered")}
+            return bool(up) and up[0]["value"][1] == "1" and all(found.get(str(d)) == "1" for d in DAYS)
+
+        af.poll(delivered, timeout=60, interval=2, what="Prometheus to scrape both days' packages as delivered")
+        assert prometheus.query("osms_chain_start_timestamp_seconds"), "the chain's start is not in Prometheus"
     finally:
         killed = cluster.stop()
         timings["stopped"] = time.monotonic() - started

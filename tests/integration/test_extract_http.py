@@ -255,7 +255,7 @@ def test_more_pages_than_the_declared_size_needs_are_refused(tmp_path: Path) -> 
         def __init__(self) -> None:
             self.n = 0
 
-        def get(self, url: str, params: dict, timeout: float, stream: bool = False):
+        def get(self, url: str, params: dict, timeout: float, stream: bool = False, **kwargs):
             import requests
 
             self.n += 1

@@ -16,8 +16,10 @@ import datetime as dt
 import errno
 import json
 import os
+import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -489,3 +491,233 @@ def test_15_osms_run_for_a_day_whose_predecessor_is_not_delivered_waits_and_exit
 def _ledger_of(state: Path) -> list[str]:
     path = state / "ledger.jsonl"
     return [json.loads(line)["receipt"]["package_id"] for line in path.read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------- hostile sources, data at rest
+
+
+class _Trap(BaseHTTPRequestHandler):
+    """Where a redirect points: it must never be asked anything."""
+
+    hits: list[str] = []
+
+    def _hit(self) -> None:
+        _Trap.hits.append(f"{self.command} {self.path}")
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = do_PUT = _hit  # noqa: N815: http.server's names
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _Redirector(BaseHTTPRequestHandler):
+    """A receiver or webhook answering every request with a redirect to the trap."""
+
+    to = ""
+
+    def _redirect(self) -> None:
+        self.send_response(307)
+        self.send_header("Location", f"{_Redirector.to}{self.path}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = do_PUT = _redirect  # noqa: N815: http.server's names
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+PERSONAL_TREES = ("landing", "validated", "quarantine", "packages", "feedback", "tmp", "status")
+
+
+def _modes(data: Path) -> dict[str, str]:
+    """Every file and folder of the personal-data trees whose mode is not 0600 (files) or 0700 (folders)."""
+    wrong = {}
+    for tree in PERSONAL_TREES:
+        for path in [data / tree, *(data / tree).rglob("*")] if (data / tree).exists() else []:
+            want = 0o700 if path.is_dir() else 0o600
+            if stat.S_IMODE(path.lstat().st_mode) != want:
+                wrong[str(path.relative_to(data))] = oct(stat.S_IMODE(path.lstat().st_mode))
+    return wrong
+
+
+def test_16_hostile_sources_end_in_their_limits_with_the_cause_and_nothing_personal_leaks(world: World,
+                                                                                          tmp_path: Path) -> None:
+    """osms run for D3 under umask 022 with a hostile source in front of five feeds, a notice webhook listening.
+
+    pregnancy_register answers a page of 200 MiB, legal_statistics redirects, labour_market nests a line
+    100 000 arrays deep, penal_db uses the IIN as record id, disability_db sends three megabyte names.
+    """
+    data = _copy(world.data, tmp_path)
+    with receiver(data, world.public_key) as endpoint:
+        for day in (D1, D2):
+            _build_and_deliver(data, day, world.private_key, endpoint)
+    shutil.rmtree(data / "mocks" / "state", ignore_errors=True)
+    shutil.copytree(data / "receiver", data / "mocks" / "state" / "state_corp")
+    _Trap.hits, _Webhook.received = [], []
+    with _server(_Trap) as trap, _server(_Webhook) as hook:
+        config = tmp_path / "faults.yaml"
+        config.write_text(textwrap.dedent(f"""
+            faults:
+              pregnancy_register: {{huge_page_bytes: {200 << 20}}}
+              legal_statistics: {{redirect_to: "{trap}"}}
+              labour_market: {{deep_json_depth: 100000}}
+              penal_db: {{iin_record_ids: true}}
+              disability_db: {{long_strings: 3}}
+        """))
+        port = int(hook.rsplit(":", 1)[1])
+        env = {**os.environ, "OSMS_KEY_DIR": str(world.private_key.parent),
+               "AIRFLOW_CONN_OSMS_ALERT_WEBHOOK": json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": port,
+                                                              "schema": "http", "password": "hook-token"})}
+        started = time.monotonic()
+        out = subprocess.run([OSMS, "run", "--date", D3.isoformat(), "--data-dir", str(data), "--mocks-config",
+                              str(config)], capture_output=True, text=True, env=env, timeout=900,
+                             preexec_fn=lambda: os.umask(0o022))
+        seconds = time.monotonic() - started
+    assert out.returncode == 3, out.stdout[-3000:] + out.stderr[-3000:]  # delivered; the bodies' runs failed
+    assert seconds < 600  # each hostile feed ended at once, none waited out a timeout
+
+    def feed(body: str, category: str, system: str) -> dict:
+        return json.loads(layout.status(data, D3, body).read_text())["categories"][category]["feeds"][system]
+
+    huge = feed("health", "pregnant", "pregnancy_register")
+    assert huge["status"] == "failed" and "page 1: the answer is larger than the limit of 181 MiB" in huge["reason"]
+    assert "max_page_bytes" in huge["reason"]
+    redirected = feed("prosecutor", "detainees", "legal_statistics")
+    assert redirected["status"] == "failed" and "HTTP 302" in redirected["reason"]
+    assert f"redirect to {trap}" in redirected["reason"] and "not followed" in redirected["reason"]
+    assert _Trap.hits == []  # the redirect target received nothing, no token, no request
+    deep = feed("labour", "unemployed", "labour_market")
+    assert deep["status"] == "failed" and "page 1, line 1: nested deeper than 32" in deep["reason"]
+    iin_ids = feed("interior", "inmates", "penal_db")
+    assert iin_ids["status"] == "held_back" and "record_id_not_iin" in iin_ids["reason"]
+    long = feed("labour", "disabled", "disability_db")
+    assert long["status"] == "published" and long["quarantined_by_rule"]["last_name_length"] == 3
+    for reason in (huge["reason"], redirected["reason"], deep["reason"]):
+        assert "\n" not in reason and len(reason) <= 1000
+    # the failed extracts failed at once (permanent: one try, no retries), the huge page within the task's budget
+    log_dir = data / "airflow" / "logs" / f"run-{D3.isoformat()}"
+    tries = {(m["dag_id"], m["task_id"]): m for dag in ("agency_health", "agency_prosecutor", "agency_labour")
+             for m in _metrics(data, D3, dag)}
+    for task in (("agency_health", "pregnant.extract_pregnancy_register"),
+                 ("agency_prosecutor", "detainees.extract_legal_statistics"),
+                 ("agency_labour", "unemployed.extract_labour_market")):
+        assert tries[task]["state"] == "failed" and tries[task]["try_number"] == 1, tries[task]
+    assert tries[("agency_health", "pregnant.extract_pregnancy_register")]["peak_rss_bytes"] < 2 * 2**30
+
+    # nothing personal in statuses, feedback, reports, logs or notices
+    landed = data / "landing" / D3.isoformat() / "interior" / "penal_db" / "inmates.parquet"
+    import pyarrow.parquet as pq
+
+    iins = set(pq.read_table(landed, columns=["iin"]).column(0).drop_null().to_pylist())
+    ids = pq.read_table(landed, columns=["record_id"]).column(0).to_pylist()
+    withheld = sum(1 for r in ids if r and r.startswith("withheld-iin-p"))
+    assert iins and not (iins & set(ids)) and withheld > 0.95 * iin_ids["rows_in"]  # only the defects' bad IINs stay
+    assert iin_ids["quarantined_by_rule"]["record_id_not_iin"] == withheld
+    texts = [p.read_text(errors="replace") for tree in ("status", "feedback", "reports") for p in
+             (data / tree).rglob("*") if D3.isoformat() in str(p) and p.is_file()
+             and p.suffix in (".json", ".csv", ".html")]
+    texts += [p.read_text(errors="replace") for p in log_dir.glob("*.log")]
+    texts += [json.dumps(_Webhook.received, ensure_ascii=False), out.stdout, out.stderr]
+    assert len(texts) > 20
+    for text in texts:
+        assert not (iins & set(re.findall(r"(?<!\d)\d{12}(?!\d)", text)))
+        assert "A" * 1000 not in text  # no megabyte name quoted anywhere
+    assert _Webhook.received and all(n["auth"] == "Bearer hook-token" for n in _Webhook.received)
+
+    # data at rest: every file of personal data 0600, every folder 0700, under the usual umask
+    assert _modes(data) == {}
+    package = layout.package_dir(data, D3)
+    assert stat.S_IMODE(package.stat().st_mode) == 0o700
+    assert {stat.S_IMODE((package / n).stat().st_mode) for n in PACKAGE_FILES} == {0o600}
+
+
+def _metrics(data: Path, day: dt.date, dag_id: str) -> list[dict]:
+    from osms.orchestration.task_metrics import read_metrics
+
+    return [m for m in read_metrics(data, day.isoformat()) if m["dag_id"] == dag_id]
+
+
+def test_17_a_dripped_page_fails_at_its_deadline_at_once(tmp_path: Path, start) -> None:
+    from mocks.faults import SystemFaults
+    from osms.sources.extract import FeedExtractError, SourceEndpoint, extract_feed
+
+    m = start()
+    m.source_service.faults["payments"] = SystemFaults(drip_bytes_per_second=2000)
+    landing = layout.landing(tmp_path, D1, "labour", "payments", "pensioners")
+    started = time.monotonic()
+    with pytest.raises(FeedExtractError) as err:
+        extract_feed(SourceEndpoint(m.sources_url, m.tokens["payments"], page_deadline=2.0, timeout=30),
+                     body="labour", system="payments", category="pensioners", as_of=D1, landing_path=landing)
+    assert time.monotonic() - started < 10  # not the socket timeout (30 s), not the task's hour
+    assert "page 1: the answer was still arriving after 2 s" in str(err.value) and "page_deadline" in str(err.value)
+    assert is_permanent(err.value) and not landing.exists()
+    assert m.source_service.stats["payments"]["ok"] == 1  # asked once: not retried
+
+
+def test_18_a_redirect_from_the_receiver_or_the_webhook_reaches_nobody(world: World, tmp_path: Path) -> None:
+    from osms.orchestration.alerts import AlertNotPosted, Webhook, send_alert
+
+    data = _copy(world.data, tmp_path)
+    result = _build(data, D1, world.private_key)
+    _Trap.hits = []
+    with _server(_Trap) as trap, _server(_Redirector) as redirector:
+        _Redirector.to = trap
+        with pytest.raises(DeliveryError) as err:
+            deliver_package(result.path, ReceiverEndpoint(redirector, RECEIVER_TOKEN, timeout=5, max_retries=2,
+                                                          backoff_base=0.01), data_dir=data)
+        with pytest.raises(AlertNotPosted, match="HTTP 307"):
+            send_alert(Webhook(conn_id="osms_alert_webhook", url=f"{redirector}/hooks/osms", token="hook-token"),
+                       {"message": "x"}, attempts=2, backoff=0.01)
+    assert err.value.status == 307 and "not followed" in str(err.value) and is_permanent(err.value)
+    assert _Trap.hits == []  # no package file, no manifest, no token, no alert went to the Location host
+    assert read_receipt(result.path) is None
+
+
+def test_19_an_iin_a_task_logs_comes_out_masked_in_its_log(tmp_path: Path) -> None:
+    """A task of a real DAG run (``airflow dags test``, as ``osms run`` runs them) logs an IIN on purpose."""
+    iin = "791028302728"
+    dag_file = tmp_path / "dags" / "osms_log_probe.py"
+    dag_file.parent.mkdir()
+    dag_file.write_text(textwrap.dedent(f"""
+        import logging
+        import pendulum
+        from airflow.sdk import DAG, task
+
+        @task
+        def probe():
+            log = logging.getLogger("osms.probe")
+            log.warning("deliberately logged IIN %s", "{iin}")
+            try:
+                raise ValueError("a library quoting {iin}")
+            except ValueError:
+                log.exception("a caught error")
+            print("printed IIN {iin}")
+
+        with DAG("osms_log_probe", schedule=None, start_date=pendulum.datetime(2025, 1, 1)):
+            probe()
+    """))
+    env = airflow_env(tmp_path / "data", {"AIRFLOW__CORE__DAGS_FOLDER": str(dag_file.parent)})
+    migrate(env)
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    out = subprocess.run([airflow, "dags", "test", "-f", str(dag_file), "osms_log_probe", "2025-06-01"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0 and "deliberately logged IIN" in text and "a caught error" in text, text[-3000:]
+    lines = [line for line in text.splitlines() if "IIN" in line or "quoting" in line or "caught" in line]
+    assert not [line for line in lines if iin in line and "printed IIN" not in line], lines
+    assert "deliberately logged IIN ************" in text and "a library quoting ************" in text

@@ -205,3 +205,49 @@ def test_tampered_file_is_named_and_refused(three_days, tmp_path: Path) -> None:
                   content=(copy / "records.parquet").read_bytes(),
                   headers={"Authorization": f"Bearer {m.config.receiver_token}", "X-Content-SHA256": sha})
     assert r.status_code == 422 and r.json()["error"] == "checksum_mismatch"
+
+
+def _lineage_events(data: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((data / "lineage").glob("event-*.json"))]
+
+
+def test_lineage_events_of_every_task_lead_from_each_body_to_the_package(three_days) -> None:
+    """OpenLineage (Airflow's provider, the file transport of the embedded shape): body -> status -> package."""
+    data, m, _ = three_days
+    events = _lineage_events(data)
+    runs = [e for e in events if e.get("job", {}).get("namespace") == "osms" and "." in e["job"]["name"]]
+    assert runs, f"no OpenLineage task events in {data / 'lineage'}"
+
+    # every task of every DAG that ran has its start and its end
+    by_job: dict[str, set[str]] = {}
+    for e in runs:
+        by_job.setdefault(e["job"]["name"], set()).add(e["eventType"])
+    edition = default_registry().edition_on(D1)
+    expected_jobs = {f"{b.dag_id}.publish_status" for b in edition.bodies} | {
+        f"osms_daily_package.{t}" for t in ("build_package", "deliver", "report", "previous_package_delivered")}
+    assert expected_jobs <= set(by_job), sorted(expected_jobs - set(by_job))
+    ended = {"COMPLETE", "FAIL"}
+    assert all("START" in kinds and kinds & ended for job, kinds in by_job.items()
+               if job.split(".")[0] in {b.dag_id for b in edition.bodies} | {"osms_daily_package"}), by_job
+
+    # body -> package: each body's publish_status outputs its status, which build_package takes in, and outputs
+    # the package that deliver takes in
+    def datasets(job: str, side: str) -> set[str]:
+        return {d["name"] for e in runs if e["job"]["name"] == job for d in e.get(side, [])}
+
+    package = str(data / "packages")
+    built_from = datasets("osms_daily_package.build_package", "inputs")
+    assert package in datasets("osms_daily_package.build_package", "outputs")
+    assert package in datasets("osms_daily_package.deliver", "inputs")
+    for body in edition.bodies:
+        status = str(data / "status" / body.code)
+        assert datasets(f"{body.dag_id}.publish_status", "outputs") == {status}, body.code
+        assert status in built_from, body.code
+
+    # nothing personal in any event, and no transport but the files
+    text = "\n".join(p.read_text() for p in (data / "lineage").glob("*.json"))
+    system, category = sorted((f.system, f.category) for f in edition.feeds)[0]
+    people = m.source_service.population.records(system, category, D1).to_pylist()
+    assert people
+    for r in people[:200]:
+        assert r["iin"] not in text and f'"{r["last_name"]}"' not in text

@@ -299,7 +299,7 @@ def test_whole_url_in_host_and_no_token(monkeypatch: pytest.MonkeyPatch) -> None
 def test_variable_names_another_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     _connection(monkeypatch)  # the default one exists, but the variable points elsewhere
     _connection(monkeypatch, conn_id="ops_pager", host="pager.test", schema="http", port=8080,
-                extra={"endpoint": "alerts"})
+                extra={"endpoint": "alerts", "allow_plain_http": True})  # plain http to another host: said so
     monkeypatch.setenv("AIRFLOW_VAR_OSMS_ALERT_WEBHOOK_CONN", "ops_pager")
     webhook = Webhook(202)
     assert _run(_context(), webhook) == "alert posted to connection ops_pager (HTTP 202)"

@@ -90,7 +90,8 @@ def test_the_mocks_connections_as_a_connections_file(tmp_path: Path) -> None:
     conns = deploy.mock_connections(services, "mocks")
     assert set(conns) == {"osms_source_nedb", "osms_state_corp"}
     assert {c["host"] for c in conns.values()} == {"mocks"}
-    assert conns["osms_source_nedb"]["extra"] == {"page_size": 50000}
+    # plain http on the compose network: allowed by name, since "mocks" is not this machine
+    assert conns["osms_source_nedb"]["extra"] == {"page_size": 50000, "allow_plain_http": True}
     path = deploy.write_connections(tmp_path / "c.json", conns)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
@@ -98,4 +99,4 @@ def test_the_mocks_connections_as_a_connections_file(tmp_path: Path) -> None:
 
     loaded = load_connections_dict(str(path))  # what the init imports
     assert loaded["osms_source_nedb"].host == "mocks" and loaded["osms_source_nedb"].password == "t1"
-    assert loaded["osms_source_nedb"].extra_dejson == {"page_size": 50000}
+    assert loaded["osms_source_nedb"].extra_dejson == {"page_size": 50000, "allow_plain_http": True}

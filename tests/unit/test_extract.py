@@ -211,7 +211,8 @@ def test_result_as_dict_is_json_and_counts_only(tmp_path: Path) -> None:
     d = result.as_dict()
     assert json.loads(json.dumps(d)) == d
     assert d["path"] == str(tmp_path / "x.parquet") and d["rows"] == 10 and d["retries"] == 1
-    assert set(d) == {"path", "rows", "pages", "bytes_received", "seconds", "retries", "retry_causes", "resorted"}
+    assert set(d) == {"path", "rows", "pages", "bytes_received", "seconds", "retries", "retry_causes", "resorted",
+                      "iin_record_ids"}
 
 
 def test_endpoint_repr_hides_the_token() -> None:
@@ -246,7 +247,8 @@ class _ScriptedSession:
         self.headers: dict[str, str] = {}
         self.calls: list[dict] = []
 
-    def get(self, url: str, params: dict, timeout: float, stream: bool = False) -> requests.Response:
+    def get(self, url: str, params: dict, timeout: float, stream: bool = False, **kwargs) -> requests.Response:
+        assert kwargs.get("allow_redirects") is False  # a redirect is never followed
         self.calls.append(dict(params))
         item = self.responses.pop(0)
         if isinstance(item, Exception):

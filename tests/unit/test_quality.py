@@ -80,6 +80,7 @@ CLEAN_VARIANTS = [  # records near a rule's edge that the category admits
     ("pensioners", {"pension_type": "survivor", "birth_date": dt.date(1990, 1, 1)}),
     ("disabled", {"disability_group": "child", "birth_date": dt.date(2012, 1, 1)}),
     ("carer_child_under3", {"child_birth_date": dt.date(2023, 3, 2)}),  # 3 tomorrow
+    ("children", {"last_name": "Ж" * 100, "first_name": "Ә" * 100, "patronymic": "ұлы" * 33, "record_id": "R" * 128}),
 ]
 
 
@@ -183,6 +184,13 @@ COMMON = [
     ({"birth_date": None}, "required:birth_date"),
     ({"period_start": DAY + dt.timedelta(days=1)}, "period_start_not_future"),
     ({"period_end": dt.date(2024, 12, 31)}, "period_end_after_start"),
+    # bounds no real name comes near: a megabyte string from a source is quarantined, never delivered
+    ({"last_name": "Ж" * 101}, "last_name_length"),
+    ({"first_name": "A" * (1 << 20)}, "first_name_length"),
+    ({"patronymic": "x" * 101}, "patronymic_length"),
+    ({"record_id": "R" * 129}, "record_id_length"),
+    # what the extract makes of a record id in the form of an IIN (osms.sources.extract.withhold_iin_record_ids)
+    ({"record_id": "withheld-iin-p1-r8"}, "record_id_not_iin"),
 ]
 
 

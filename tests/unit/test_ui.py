@@ -246,6 +246,22 @@ def test_package_page_shows_checks_chain_and_receipt(world):
     assert html.count('<span class="ok">matches</span>') == 3
 
 
+def test_package_page_and_api_show_the_chains_start(world):
+    from osms.core import layout
+    from osms.package.chain import chain_start, set_chain_start
+
+    assert chain_start(world["root"]).start == D1  # the fixture's build wrote it: the first package built
+    layout.chain_start(world["root"]).unlink()
+    client = _client(world)
+    before = client.get(f"/osms/package?day={D1}", headers={USER_HEADER: "qa"}).text
+    assert "The delivery chain has no start yet" in before
+    set_chain_start(world["root"], D1, set_by="the init")
+    after = client.get(f"/osms/package?day={D1}", headers={USER_HEADER: "qa"}).text
+    assert f"The delivery chain starts at <strong>{D1}</strong>" in after and "set by the init" in after
+    api = client.get(f"/osms/api/package/{D1}", headers={USER_HEADER: "qa"}).json()
+    assert api["chain_start"]["start"] == D1.isoformat()
+
+
 def test_data_docs_are_served_with_local_assets_only(world):
     client = _client(world)
     r = client.get(f"/osms/docs/{D1}/", headers={USER_HEADER: "qa"})

@@ -83,6 +83,15 @@ class Budget:
         return f"{max(256, self.working // 4 // 2**20)}MiB"
 
     @property
+    def max_page_bytes(self) -> int:
+        """The largest page of a source an extract reads (181 MiB at 2 GiB; a national page is about 15 MiB).
+
+        An eighth of the working share: a page is held while it is read, another waits to be
+        parsed and Arrow's table of it is about as large again, besides the row group buffered.
+        """
+        return self.working // 8
+
+    @property
     def gate_chunk_rows(self) -> int:
         """Rows of records.parquet handed to one GX run of the package suite."""
         return self.validation_chunk_rows

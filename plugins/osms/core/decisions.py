@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import logging
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,7 +36,7 @@ from pathlib import Path
 
 from osms.core import layout
 from osms.core.documents import MANIFEST, Decision, DecisionAction, DecisionLog, DocumentError
-from osms.core.files import write_bytes_atomic
+from osms.core.files import private_dir, write_bytes_atomic
 
 __all__ = ["ACTIONS", "Decision", "DecisionRefused", "Decisions", "baseline_start", "check_reason", "read_log",
            "record"]
@@ -182,9 +181,7 @@ def record(root: Path, *, day: dt.date, body: str, system: str, category: str, a
                                 applies_from=applies_from)
             updated = DecisionLog(body=body, day=day, decisions=(*existing.decisions, decision))
             path = layout.decisions(root, day, body)
-            for folder in (path.parent.parent, path.parent):
-                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.chmod(folder, 0o700)
+            private_dir(path.parent)
             write_bytes_atomic(updated.to_bytes(), path, mode=0o600)
     log.info("QA decision recorded: %s on %s: %s, shapes packages from %s", feed, day, action, applies_from)
     return decision
@@ -196,7 +193,7 @@ def _first_unbuilt_package(root: Path, day: dt.date) -> Iterator[dt.date]:
     for k in range(_MAX_AHEAD):
         candidate = day + dt.timedelta(days=k)
         lock = layout.package_lock(root, candidate)
-        lock.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(lock.parent)
         with lock.open("a") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -214,7 +211,7 @@ def _first_unbuilt_package(root: Path, day: dt.date) -> Iterator[dt.date]:
 
 @contextmanager
 def _exclusive(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     with path.open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

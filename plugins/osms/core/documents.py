@@ -15,6 +15,7 @@ the package's quality     :class:`QualityDocument`            ``packages/D/quali
 the package's manifest    :class:`Manifest`                   ``packages/D/manifest.json``
 the receiver's receipt    :class:`Receipt`                    ``packages/D/receipt.json``
 a verification problem    :class:`Problem`                    (``osms package verify``)
+the chain's start         :class:`ChainStart`                 ``chain/start.json``
 ========================  ==================================  ==========================
 
 The package's files are named here, once (:data:`RECORDS` ... :data:`RECEIPT`).
@@ -31,8 +32,9 @@ from typing_extensions import TypedDict
 
 __all__ = [
     "CHANGES", "MANIFEST", "PACKAGE_FILES", "QUALITY", "RECEIPT", "RECORDS", "SIGNATURE",
-    "BodyStatus", "CategoryStatus", "Decision", "DecisionLog", "DocumentError", "ExtractError", "FeedReport",
-    "Manifest", "ManifestFile", "Problem", "QualityDocument", "Receipt", "canonical_json", "first_error",
+    "BodyStatus", "CategoryStatus", "ChainStart", "Decision", "DecisionLog", "DocumentError", "ExtractError",
+    "FeedReport", "Manifest", "ManifestFile", "Problem", "QualityDocument", "Receipt", "canonical_json",
+    "first_error",
 ]
 
 RECORDS, CHANGES, QUALITY, MANIFEST, SIGNATURE, RECEIPT = (
@@ -44,6 +46,7 @@ STATUS_SCHEMA = "osms.core.status/1"
 PACKAGE_SCHEMA = "osms.package.build/1"
 QUALITY_SCHEMA = "osms.package.build.quality/1"
 DECISIONS_SCHEMA = "osms.core.decisions/1"
+CHAIN_START_SCHEMA = "osms.package.chain.start/1"
 
 FeedVerdict = Literal["published", "held_back", "failed"]
 Verdict = Literal["published", "partial", "held_back", "failed"]
@@ -484,6 +487,24 @@ class Receipt(_Document):
     def to_bytes(self) -> bytes:
         """The file's bytes: indented, sorted JSON and a newline."""
         return (json.dumps(self.as_dict(), ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode()
+
+
+# --------------------------------------------------------------------------- the chain's start
+
+
+class ChainStart(_Document):
+    """``chain/start.json``: the first day of the delivery chain, written once; no package is built before it."""
+
+    schema_: Literal["osms.package.chain.start/1"] = Field(default=CHAIN_START_SCHEMA, alias="schema")
+    start: dt.date
+    set_by: StrictStr  # who wrote it: the init, the first scheduled or backfill run, osms run, osms chain start
+    set_at: StrictStr  # when (UTC, ISO 8601): for people; no package depends on it
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    def to_bytes(self) -> bytes:
+        """The file's bytes: indented, sorted JSON and a newline."""
+        return (json.dumps(self.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True) + "\n").encode()
 
 
 # --------------------------------------------------------------------------- verification problems

@@ -1,4 +1,8 @@
-"""Atomic file writes: write aside, then rename, so no reader sees a partial file."""
+"""Atomic file writes: write aside, then rename, so no reader sees a partial file.
+
+Every file written here is its owner's only (0600) and every folder made here 0700, whatever
+the process's umask: the data root holds the name and IIN of every covered person.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,63 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pyarrow as pa
 
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+
+
+def private_dir(path: Path) -> Path:
+    """Make ``path`` and any missing parent folders, each 0700 whatever the umask; return ``path``.
+
+    Folders that already exist are left as they are (the data root may be a mount point, a
+    test's temporary folder or ``/tmp``): only what this call creates is set.
+    """
+    path = Path(path)
+    missing = []
+    probe = path
+    while not probe.is_dir():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            continue  # made by another process meanwhile: its maker set it
+        os.chmod(folder, PRIVATE_DIR)  # mkdir's mode passes through the umask
+    return path
+
+
+def create_private(path: Path) -> Path:
+    """Create (or truncate) ``path`` as an empty file of its owner's only (0600), whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+    finally:
+        os.close(fd)
+    return Path(path)
+
+
+@contextmanager
+def private_umask() -> Iterator[None]:
+    """Run a block with umask 077: files that a library creates itself (DuckDB's spill files) are 0600.
+
+    The umask is the process's: the block is a stage of a task, which is one per process.
+    """
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
 
 def write_parquet_atomic(table: pa.Table, path: Path, *, compression: str = "zstd") -> Path:
     """Write ``table`` to ``path`` through a temporary file in the same directory."""
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -36,7 +91,7 @@ def write_bytes_atomic(data: bytes, path: Path, *, mode: int | None = None) -> P
 
     The file is the owner's only (0600, as ``mkstemp`` makes it) unless ``mode`` says otherwise.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         if mode is not None:
@@ -58,10 +113,15 @@ def remove_temporaries(path: Path) -> list[Path]:
     Only the one writer of ``path`` calls this, before it writes: a temporary file of
     that name is then an earlier try's, which nothing will ever rename into place.
     """
+    import shutil
+
     path = Path(path)
     removed = []
     for tmp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)  # a sort's spill folder
+        else:
+            tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
 
@@ -113,6 +173,7 @@ class RowGroupWriter:
         import pyarrow.parquet as pq
 
         self.path, self.schema, self.row_group_rows = Path(path), schema, row_group_rows
+        create_private(self.path)  # Arrow would create it 0666 less the umask; it keeps an existing file's mode
         self._writer = pq.ParquetWriter(self.path, schema, compression=compression,
                                         compression_level=compression_level)
         self._pending: list[pa.Table] = []
@@ -160,7 +221,7 @@ def parquet_writer_atomic(path: Path, schema: pa.Schema, *, row_group_rows: int,
     If the block raises, the temporary file is removed and ``path`` stays as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     writer = RowGroupWriter(Path(tmp), schema, row_group_rows=row_group_rows, compression_level=compression_level)

@@ -63,3 +63,13 @@ def decisions(root: Path, day: dt.date, body: str) -> Path:
 def package_lock(root: Path, day: dt.date) -> Path:
     """The lock one build or delivery of a day's package holds (and a QA decision that may shape it)."""
     return root / "locks" / f"package-{day.isoformat()}.lock"
+
+
+def chain_start(root: Path) -> Path:
+    """The delivery chain's start: written once, read by every package run."""
+    return root / "chain" / "start.json"
+
+
+def lineage(root: Path) -> Path:
+    """Where the OpenLineage file transport writes its events (one JSON file each; see config/airflow.env)."""
+    return root / "lineage"

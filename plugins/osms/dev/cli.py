@@ -248,6 +248,32 @@ def package_verify(package_dir: str, public_key: str | None, previous: str | Non
     click.echo(f"OK {package_dir}: checksums, signature and chain link verified")
 
 
+@main.group()
+def chain() -> None:
+    """The delivery chain: where it starts."""
+
+
+@chain.command("start")
+@click.option("--date", "day", type=DATE, default=None, help="Write this day as the chain's first (once).")
+@click.option("--data-dir", envvar="OSMS_DATA_DIR", default="data", show_default=True, help="Working data root.")
+def chain_start_command(day: dt.date | None, data_dir: str) -> None:
+    """Show the delivery chain's start, or write it once with --date (no package is built before it)."""
+    from pathlib import Path
+
+    from osms.package.chain import ChainBroken, ChainStartConflict, chain_start, set_chain_start
+
+    root = Path(data_dir).resolve()
+    try:
+        start = set_chain_start(root, day, set_by="osms chain start", strict=True) if day else chain_start(root)
+    except (ChainStartConflict, ChainBroken) as exc:
+        raise click.ClickException(str(exc)) from None
+    if start is None:
+        click.echo(f"the delivery chain in {root} has no start yet: the first scheduled or backfill run of the"
+                   " package DAG (or osms run) writes it")
+        sys.exit(1)
+    click.echo(f"the delivery chain starts at {start.start} (set by {start.set_by} at {start.set_at})")
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -401,17 +427,24 @@ def _port_free_or_exit(port: int, hint: str) -> None:
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535),
               help="Port of the API server and UI on 127.0.0.1.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 16), help="Celery workers.")
-def cluster(data_dir: str, port: int, workers: int) -> None:
-    """Run the distributed shape natively until Ctrl-C: PostgreSQL, Redis, mocks, Airflow with Celery workers."""
+@click.option("--prometheus-port", default=9090, show_default=True, type=click.IntRange(1, 65535),
+              help="Port of Prometheus on 127.0.0.1.")
+@click.option("--lineage-url", envvar="OSMS_LINEAGE_URL", default=None,
+              help="An OpenLineage server (e.g. Marquez) to send every task's lineage to over HTTP (default: none).")
+def cluster(data_dir: str, port: int, workers: int, prometheus_port: int, lineage_url: str | None) -> None:
+    """Run the distributed shape natively until Ctrl-C: PostgreSQL, Redis, mocks, Airflow with Celery workers,
+    Prometheus."""
     import logging
     from pathlib import Path
 
     from osms.dev.cluster import ClusterError, serve
 
     _port_free_or_exit(port, "make cluster PORT=8081")
+    _port_free_or_exit(prometheus_port, "make cluster PROMETHEUS_PORT=9091")
     logging.getLogger("mocks").setLevel(logging.WARNING)
     try:
-        serve(Path(data_dir), port=port, workers=workers, say=click.echo)
+        serve(Path(data_dir), port=port, workers=workers, prometheus_port=prometheus_port, lineage_url=lineage_url,
+              say=click.echo)
     except ClusterError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -443,14 +476,17 @@ def deploy_env(directory: str, signing_key: str | None) -> None:
               default=None, help="PEM private key for the package DAG's variable.")
 @click.option("--connections", type=click.Path(exists=True, dir_okay=False), envvar="OSMS_CONNECTIONS_FILE",
               default=None, help="Connections to create or replace (JSON: {conn_id: {conn_type, host, ...}}).")
-def deploy_init(secrets_dir: str, signing_key: str | None, connections: str | None) -> None:
+@click.option("--chain-start", type=DATE, envvar="OSMS_CHAIN_START", default=None,
+              help="The delivery chain's first day, written once under OSMS_DATA_DIR (default: the first run's).")
+def deploy_init(secrets_dir: str, signing_key: str | None, connections: str | None,
+                chain_start: dt.date | None) -> None:
     """Check the secrets; migrate, FAB roles engineer/operator/qa and their users, the signing key, connections."""
     from pathlib import Path
 
     from osms.dev.deploy import init_airflow
 
     init_airflow(secrets_dir=Path(secrets_dir), signing_key=Path(signing_key) if signing_key else None,
-                 connections=Path(connections) if connections else None, say=click.echo)
+                 connections=Path(connections) if connections else None, chain_start=chain_start, say=click.echo)
     click.echo("init done")
 
 

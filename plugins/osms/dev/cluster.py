@@ -12,7 +12,11 @@ them; a test keeps the two in step):
   variable, the connections;
 - Airflow's API server, scheduler, DAG processor, triggerer and Celery workers, with no
   log server (task logs are read from the shared local folder) and the scheduler's
-  health server on 127.0.0.1.
+  health server on 127.0.0.1;
+- Debian's Prometheus (``osms.dev.prometheus``) on 127.0.0.1, scraping the pipeline's
+  metrics from the API server (``/osms-metrics/metrics``, with the scrape token in
+  ``<data>/cluster/metrics_token``) and evaluating the committed alert rules
+  (``config/prometheus/alerts.yml``); its data under ``<data>/cluster/prometheus``.
 
 Settings come from ``config/airflow.env`` and ``config/distributed.env``, the files the
 compose file reads, with this machine's site (``osms.dev.settings``); the secrets are files in
@@ -38,6 +42,7 @@ from osms.dev import deploy
 
 from osms.dev import settings
 from osms.dev.airflow_local import ALL_COMPONENTS, CELERY_WORKER, HOST, LocalAirflow, free_port, tail
+from osms.dev.prometheus import PrometheusServer, new_token
 
 # docker-compose.yaml's services and what plays each here ("mocks" and the servers are not Airflow's).
 SERVICES = {
@@ -52,6 +57,7 @@ SERVICES = {
     "airflow-worker": CELERY_WORKER,
 }
 DEFAULT_PORT = 8080
+PROMETHEUS_PORT = 9090  # Prometheus's own default port
 WORKERS = 2  # two cores: two workers, each with the shape's task slots
 PG_BINDIR = Path(os.environ.get("OSMS_PG_BINDIR", "/usr/lib/postgresql/15/bin"))
 DATABASE = "airflow"
@@ -248,8 +254,12 @@ class Cluster:
     mock_config: Any = None  # mocks.config.MockConfig; default: the default scale under <data>/mocks
     population: Any = None  # a loaded mock population, to skip loading it again
     say: Callable[[str], None] = print
+    prometheus_port: int = 0  # 0: a free port
+    lineage_url: str | None = None  # an OpenLineage server (HTTP transport); None: no lineage events
+    scrape_interval: str = "15s"  # Prometheus's scrape and rule evaluation interval
     postgres: PostgresServer | None = field(default=None, init=False)
     redis: RedisServer | None = field(default=None, init=False)
+    prometheus: PrometheusServer | None = field(default=None, init=False)
     mocks: Any = field(default=None, init=False)
     airflow: LocalAirflow | None = field(default=None, init=False)
 
@@ -267,6 +277,11 @@ class Cluster:
     @property
     def log_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    @property
+    def metrics_token_file(self) -> Path:
+        """The scrape token of the metrics route: the API server and Prometheus read it (0600, generated once)."""
+        return self.state_dir / "metrics_token"
 
     @property
     def worker_names(self) -> list[str]:
@@ -296,7 +311,13 @@ class Cluster:
         from osms.core.keys import ensure_dev_keypair
         from osms.dev.ui_stack import USERS, dag_ids
 
+        # made here, as the umask says, before the secrets (whose writer makes the folders it creates 0700):
+        # PostgreSQL, run as its own account, passes through them to data/cluster/postgres
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         secrets = deploy.write_secrets(self.secrets_dir)
+        from osms.core import layout
+
+        layout.lineage(self.data_dir).mkdir(parents=True, exist_ok=True)  # the lineage file transport writes there
         ports = {"postgres": free_port(), "redis": free_port(), "health": free_port()}
         self.say(f"starting PostgreSQL and Redis on {HOST} (state in {self.state_dir}) ...")
         self.postgres = PostgresServer(self.state_dir / "postgres", ports["postgres"], secrets["osms_postgres_password"],
@@ -317,9 +338,15 @@ class Cluster:
                              postgres_port=ports["postgres"], redis_port=ports["redis"],
                              scheduler_health_port=ports["health"], secrets_dir=self.secrets_dir,
                              worker_concurrency=self.worker_concurrency)
+        from osms.ui.metrics import TOKEN_FILE_ENV
+
+        new_token(self.metrics_token_file)
         af = _FabAirflow(
             site.airflow_home, shape="distributed", site=site,
-            extra_env={"OSMS_SIGNING_PUBLIC_KEY": str(self.mocks.public_key_path), **self.extra_env},
+            extra_env={"OSMS_SIGNING_PUBLIC_KEY": str(self.mocks.public_key_path),
+                       TOKEN_FILE_ENV: str(self.metrics_token_file),
+                       **(settings.lineage_http_transport(self.lineage_url) if self.lineage_url else {}),
+                       **self.extra_env},
             use_job_schedule=self.use_job_schedule, parallelism=self.slots(), users=dict(USERS), api_user="engineer",
         )
         self.airflow = af
@@ -342,9 +369,21 @@ class Cluster:
             af.wait_for_dag(dag_id, timeout=timeout)
             af.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})  # an operator's backfill needs it
 
+        from osms.ui.metrics import METRICS_PATH
+
+        self.say("starting Prometheus (scraping the pipeline's metrics, with the alert rules of config/prometheus) ...")
+        self.prometheus = PrometheusServer(self.state_dir / "prometheus", self.prometheus_port or free_port(),
+                                           f"{HOST}:{self.port}", self.metrics_token_file, metrics_path=METRICS_PATH,
+                                           scrape_interval=self.scrape_interval,
+                                           evaluation_interval=self.scrape_interval)
+        self.prometheus.start()
+
     def stop(self) -> list[str]:
-        """Stop Airflow (scheduler first, API server last), the mocks, Redis, PostgreSQL; return what was killed."""
+        """Stop Prometheus, Airflow (scheduler first, API server last), the mocks, Redis, PostgreSQL; return what
+        was killed."""
         killed: list[str] = []
+        if self.prometheus is not None:
+            self.prometheus.stop()
         if self.airflow is not None:
             killed = self.airflow.stop()
         if self.mocks is not None:
@@ -360,7 +399,7 @@ class Cluster:
         import psutil
 
         out = list(self.airflow.listening()) if self.airflow else []
-        for name, server in (("postgres", self.postgres), ("redis", self.redis)):
+        for name, server in (("postgres", self.postgres), ("redis", self.redis), ("prometheus", self.prometheus)):
             if server is None or server.proc is None:
                 continue
             try:
@@ -377,7 +416,7 @@ class Cluster:
 
     def check_alive(self) -> None:
         """Raise with the log tail of any server or component that has exited."""
-        for name, server in (("PostgreSQL", self.postgres), ("Redis", self.redis)):
+        for name, server in (("PostgreSQL", self.postgres), ("Redis", self.redis), ("Prometheus", self.prometheus)):
             if server is not None and server.proc is not None and server.proc.poll() is not None:
                 raise ClusterError(f"{name} exited with {server.proc.returncode}; log {server.log}:\n"
                                    f"{tail(server.log, 20)}")
@@ -392,13 +431,15 @@ class Cluster:
 
 
 def serve(data_dir: Path, *, port: int = DEFAULT_PORT, workers: int = WORKERS,
+          prometheus_port: int = PROMETHEUS_PORT, lineage_url: str | None = None,
           say: Callable[[str], None] = print) -> None:
     """``make cluster``: start, print where to go and where the passwords are, run until Ctrl-C."""
     from osms.dev.stopping import StopSignals
     from osms.ui.app import URL_ROUTE
 
     # Ctrl-C while starting: the start completes (or fails), then everything stops
-    with StopSignals() as stop, Cluster(data_dir, port=port, workers=workers, say=say) as cluster:
+    with StopSignals() as stop, Cluster(data_dir, port=port, workers=workers, prometheus_port=prometheus_port,
+                                        lineage_url=lineage_url, say=say) as cluster:
         cluster.start()
         af = cluster.airflow
         assert af is not None
@@ -408,6 +449,9 @@ def serve(data_dir: Path, *, port: int = DEFAULT_PORT, workers: int = WORKERS,
         say("  users: " + ", ".join(f"{u} (role {u}, like FAB's {r})" for u, r in deploy.PEOPLE.items()))
         say(f"  passwords: {cluster.secrets_dir}/osms_<user>_password   (generated once, keep them private)")
         say(f"  workers: {', '.join(cluster.worker_names)}; component logs: {af.log_dir}")
+        assert cluster.prometheus is not None
+        say(f"  Prometheus: {cluster.prometheus.url} (alerts: {cluster.prometheus.url}/alerts); it scrapes"
+            f" {cluster.url}/osms-metrics/metrics with the token in {cluster.metrics_token_file}")
         say("Press Ctrl-C to stop.")
         while not stop.wait(5):
             cluster.check_alive()

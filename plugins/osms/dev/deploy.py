@@ -115,8 +115,9 @@ def write_compose_env(directory: Path, *, signing_key: Path | None = None) -> tu
 
 
 def init_airflow(*, secrets_dir: Path, signing_key: Path | None = None, connections: Path | None = None,
-                 say: Callable[[str], None] = print) -> None:
-    """Check the secrets, migrate, roles and users, the signing key variable, connections: idempotent."""
+                 chain_start: Any = None, say: Callable[[str], None] = print) -> None:
+    """Check the secrets, migrate, roles and users, the signing key variable, connections, the chain's start (once):
+    idempotent."""
     try:
         settings.check_secrets(settings.read_secrets_dir(secrets_dir))
         passwords = read_passwords(secrets_dir)
@@ -124,6 +125,9 @@ def init_airflow(*, secrets_dir: Path, signing_key: Path | None = None, connecti
         raise SystemExit(f"osms deploy init: {exc}") from None
     say("migrating the metadata database ...")
     migrate()
+    from osms.core import layout
+
+    layout.lineage(layout.data_dir()).mkdir(parents=True, exist_ok=True)  # the lineage file transport writes there
     say("roles engineer, operator, qa and their users ...")
     ensure_roles_and_users(passwords)
     if signing_key is not None:
@@ -132,6 +136,15 @@ def init_airflow(*, secrets_dir: Path, signing_key: Path | None = None, connecti
     if connections is not None:
         say(f"connections from {connections} ...")
         say(f"  {', '.join(import_connections(connections))}")
+    if chain_start is not None:
+        from osms.core.layout import data_dir
+        from osms.package.chain import ChainStartConflict, set_chain_start
+
+        try:
+            start = set_chain_start(data_dir(), chain_start, set_by="the init", strict=True)
+        except ChainStartConflict as exc:
+            raise SystemExit(str(exc)) from None
+        say(f"the delivery chain starts at {start.start} (set by {start.set_by})")
 
 
 def migrate() -> None:
@@ -188,11 +201,21 @@ def signing_key_variable() -> str:
 
 
 def set_signing_key(path: Path) -> None:
-    """Store the PEM private key in the variable the package DAG reads (encrypted with the Fernet key)."""
+    """Store the PEM private key in the variable the package DAG reads (encrypted with the Fernet key).
+
+    The development key is refused, with the reason, unless ``OSMS_DEMO`` is true: a distributed
+    deployment signs with its own key (:func:`osms.core.keys.check_signing_key`).
+    """
     from airflow.models import Variable
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+    from osms.core.keys import SigningKeyRefused, check_signing_key
+
     pem = path.read_bytes()
+    try:
+        check_signing_key(pem, where=str(path))
+    except SigningKeyRefused as exc:
+        raise SystemExit(str(exc)) from None
     load_pem_private_key(pem, password=None)  # refuse anything but a usable key, here rather than at D's package
     Variable.set(signing_key_variable(), pem.decode(), description="Ed25519 key the daily package is signed with")
 
@@ -220,10 +243,15 @@ def import_connections(path: Path) -> list[str]:
 
 def mock_connections(services: Any, host: str) -> dict[str, dict[str, Any]]:
     """The mocks' Airflow connections (``MockServices.airflow_env``) as a connections file, reached at ``host``."""
+    from osms.sources.connections import ALLOW_PLAIN_HTTP, is_loopback
+
     out = {}
     for name, value in services.airflow_env().items():
         conn = json.loads(value)
         conn["host"] = host
+        if not is_loopback(host):
+            # the demo mocks speak plain http on the compose network: allowed by name, and warned of on each read
+            conn["extra"] = {**conn.get("extra", {}), ALLOW_PLAIN_HTTP: True}
         out[name.removeprefix("AIRFLOW_CONN_").lower()] = conn
     return out
 

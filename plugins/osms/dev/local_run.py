@@ -50,8 +50,11 @@ def airflow_env(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
     """The environment for Airflow processes of a local run: the embedded shape, its SQLite under the data dir."""
     from osms.dev import settings
 
+    from osms.core import layout
+
     home = data_dir / "airflow"
     home.mkdir(parents=True, exist_ok=True)
+    layout.lineage(data_dir).mkdir(parents=True, exist_ok=True)  # the lineage file transport writes there
     site = settings.Site(airflow_home=home, data_dir=data_dir)
     # dag.test() has no scheduler to watch a deadline (see osms.orchestration.package_dag.delivery_deadline)
     return settings.airflow_env("embedded", site, extra={"OSMS_DEADLINE_ALERTS": "off", **extra})
@@ -256,7 +259,7 @@ def run_day_dags(day: dt.date, data_dir: Path, env: dict[str, str], *, package: 
     ``pool``: workers started earlier (they load Airflow and the pipeline's libraries while the
     metadata database migrates); by default they are started here, one per core.
     """
-    from osms.orchestration.package_dag import DAG_ID, PREVIOUS_WAIT_CONF, STATUS_WAIT_CONF
+    from osms.orchestration.package_dag import DAG_ID, PREVIOUS_WAIT_CONF, START_CHAIN_CONF, STATUS_WAIT_CONF
 
     edition = default_registry().edition_on(day)
     log_dir = data_dir / "airflow" / "logs" / f"run-{day.isoformat()}"
@@ -277,20 +280,21 @@ def run_day_dags(day: dt.date, data_dir: Path, env: dict[str, str], *, package: 
         results = pool.run([(b.dag_id, day, log_dir / f"{b.dag_id}.log") for b in bodies], on_done=done)
         if package:
             # every body's run has ended: a body without a status failed; and no other process will deliver
-            # D-1 while this one waits: if it is not delivered, the run says so at once
+            # D-1 while this one waits: if it is not delivered, the run says so at once; the daily job's first
+            # run on a data root writes the chain's start, as the first scheduled run does
             results += pool.run([(DAG_ID, day, log_dir / f"{DAG_ID}.log")], on_done=done,
-                                conf={STATUS_WAIT_CONF: 0, PREVIOUS_WAIT_CONF: 0})
+                                conf={STATUS_WAIT_CONF: 0, PREVIOUS_WAIT_CONF: 0, START_CHAIN_CONF: True})
     statuses = {b.code: read_status_or_none(data_dir, day, b.code) for b in edition.bodies}
     return results, statuses
 
 
 def signing_env() -> dict[str, str]:
-    """The development signing key as the Airflow variable the package DAG reads."""
-    from osms.core.keys import ensure_dev_keypair
-    from osms.orchestration.package_dag import SIGNING_KEY_VARIABLE
+    """The development signing key for the package task: its file's path (0600), never the PEM in the environment
+    of every process."""
+    from osms.core.keys import KEY_FILE_ENV, ensure_dev_keypair
 
     private, _ = ensure_dev_keypair()
-    return {f"AIRFLOW_VAR_{SIGNING_KEY_VARIABLE.upper()}": private.read_text()}
+    return {KEY_FILE_ENV: str(private)}
 
 
 # --------------------------------------------------------------------------- the worker process
@@ -315,6 +319,7 @@ def _worker(answer_fd: int) -> int:
     import pandas  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
+    import airflow.providers.openlineage.plugins.adapter  # noqa: F401 (the lineage listener's, once per worker)
     import osms.quality.runner
 
     osms.quality.runner.warm_up()

@@ -299,3 +299,21 @@ def check_secrets(values: Mapping[str, str]) -> None:
     short = [n for n in SECRET_FILES if n != "osms_fernet_key" and len(values.get(n, "")) < 16]
     if short:
         raise SecretsError(f"secrets shorter than 16 characters: {', '.join(short)}")
+
+
+LINEAGE_TRANSPORT = "AIRFLOW__OPENLINEAGE__TRANSPORT"
+
+
+def lineage_http_transport(url: str, *, endpoint: str = "api/v1/lineage", api_key: str | None = None,
+                           timeout: float = 5.0) -> dict[str, str]:
+    """The setting that sends lineage to an OpenLineage server over HTTP instead of files (Marquez's endpoint by
+    default); the API key, when given, as a bearer token. Only http(s) URLs: a lineage server is named, never found."""
+    import json
+    from urllib.parse import urlsplit
+
+    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        raise SettingsError(f"the lineage URL must be an http(s) URL with a host, not {url!r}")
+    transport: dict[str, object] = {"type": "http", "url": url.rstrip("/"), "endpoint": endpoint, "timeout": timeout}
+    if api_key:
+        transport["auth"] = {"type": "api_key", "apiKey": api_key}
+    return {LINEAGE_TRANSPORT: json.dumps(transport)}

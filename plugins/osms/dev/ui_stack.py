@@ -73,7 +73,10 @@ def airflow_stack(data_dir: Path, *, port: int = DEFAULT_PORT, use_job_schedule:
     from mocks.service import start_mocks
     from osms.dev.local_run import signing_env
 
+    from osms.core import layout
+
     data_dir = Path(data_dir).resolve()
+    layout.lineage(data_dir).mkdir(parents=True, exist_ok=True)  # the lineage file transport writes there
     config = mock_config or MockConfig(data_dir=data_dir / "mocks")
     say("starting the mock source systems and State Corporation on 127.0.0.1 ...")
     with start_mocks(config, progress=True) as mocks:

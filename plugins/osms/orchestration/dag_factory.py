@@ -24,6 +24,7 @@ from airflow.task.trigger_rule import TriggerRule
 from osms.core import layout
 from osms.core.dates import ALMATY, SCHEDULE, run_day
 from osms.core.registry import Edition, NoEditionInForce, Registry, default_registry
+from osms.orchestration.assets import status_asset
 from osms.orchestration.notices import failure_notifiers
 
 START_DATE = pendulum.datetime(2022, 9, 26, tz=ALMATY)  # the 2022 edition's first day
@@ -96,7 +97,10 @@ def extract(body: str, system: str, category: str, **context: Any) -> dict[str, 
         # might, and this text travels into the status and the package's quality.json
         message = (str(cause) if isinstance(cause, FeedExtractError)
                    else f"feed {feed_id} for {day}: {type(cause).__name__} (see the task log)")
-        message = f"{message} (connection {conn_id})"
+        from osms.core.redact import quote
+
+        # one line, bounded, no IIN: what a source said travels into the status, quality.json and the UI
+        message = quote(f"{message} (connection {conn_id})", 1000)
         # Kept beside the landing file so the status can say why; the message names the feed,
         # the date, the connection and the cause, never a record's content.
         write_bytes_atomic(ExtractError(feed=feed_id, as_of=day, connection=conn_id,
@@ -322,5 +326,5 @@ def build_agency_dag(body: str, registry: Registry | None = None) -> DAG:
                 checked = validate(body=body, category=category)
                 extracts >> checked
             validations.append(checked)
-        validations >> publish_status(body=body)
+        validations >> publish_status.override(outlets=[status_asset(body)])(body=body)  # lineage: the status
     return dag

@@ -4,10 +4,14 @@ Every task of the DAGs runs its work inside :func:`task_errors`. What another tr
 cannot change fails the task there and then, without the hour of retries that a
 refused signature or a broken chain used to cost: a source's 4xx or a page that is
 not what the contract says (the HTTP clients have already retried the transient
-faults of each request), a package the gate refuses or a delivered one that would
-change, a signing key that is not one, a receiver that refuses the package (422,
-409), a damaged state file. Anything else (a network down for a whole try, a worker
-lost, a full disk) is transient: the task's retries, with backoff, take it.
+faults of each request), a page past its byte bound or its deadline, a line nested
+too deep, a redirect (never followed, from a source or the receiver), a connection
+the pipeline refuses (plain http to another host, no host, no token), a package the
+gate refuses or a delivered one that would change, a signing key that is not one or
+is not allowed here, a receiver that refuses the package (422, 409), a damaged state
+file, DuckDB out of its memory share or a parser out of stack (the same data gives the
+same again). Anything else (a network down for a whole try, a worker lost, a full
+disk) is transient: the task's retries, with backoff, take it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,13 @@ def is_permanent(exc: BaseException) -> bool:
     from osms.package.build import PackageError
     from osms.core.status import StatusUnreadable
 
-    if isinstance(exc, FeedExtractError | PackageError | ChainBroken | StatusUnreadable):
+    from osms.core.keys import SigningKeyRefused
+    from osms.sources.connections import ConnectionRefused
+
+    if isinstance(exc, FeedExtractError | PackageError | ChainBroken | StatusUnreadable | ConnectionRefused
+                  | SigningKeyRefused | RecursionError):
+        return True
+    if _duckdb_out_of_memory(exc):
         return True
     if isinstance(exc, ChainWaiting):
         # where a task (not the chain sensor, which waits) finds D-1 undelivered, the sensor gave up
@@ -40,9 +50,18 @@ def is_permanent(exc: BaseException) -> bool:
         # the HTTP client retried what its policy retries (connection errors, timeouts, 5xx, 408, 429): an
         # answer it gave up on is transient; a 4xx the policy fails at once (a bad checksum or signature, a
         # conflict, a refused chain) is not
-        return exc.status is not None and 400 <= exc.status < 500 and RetryPolicy().action(exc.status) is Action.FAIL \
+        # a 3xx is a redirect, never followed: the connection names the wrong place, which no retry mends
+        return exc.status is not None and 300 <= exc.status < 500 and RetryPolicy().action(exc.status) is Action.FAIL \
             or exc.code in ("conflict", "already_committed", "out_of_order") or exc.step == "read manifest"
     return False
+
+
+def _duckdb_out_of_memory(exc: BaseException) -> bool:
+    """DuckDB ran out of its memory share: the same data asks the same again (only loaded when DuckDB is)."""
+    import sys
+
+    duckdb = sys.modules.get("duckdb")
+    return duckdb is not None and isinstance(exc, getattr(duckdb, "OutOfMemoryException", ()))
 
 
 @contextmanager

@@ -152,6 +152,7 @@ class OsmsNotifier(BaseNotifier):
     def notify(self, context: Any) -> None:
         """Post the notice of a failed run (names only), once per run; never raises."""
         from osms.core import layout
+        from osms.core.redact import quote
 
         dag_id, run_id, day = run_of(context)
         fields: dict[str, Any] = {}
@@ -160,7 +161,7 @@ class OsmsNotifier(BaseNotifier):
         if self.kind == "package_run_failed":  # a sensor may fail a run whose package was delivered
             fields["delivered"] = (layout.package_dir(layout.data_dir(), day) / "receipt.json").is_file()
         send_notice(Notice(kind=self.kind, dag_id=dag_id, run_id=run_id, day=day, fields=fields,
-                           details={"reason": str(context.get("reason") or "")[:200]}))
+                           details={"reason": quote(context.get("reason") or "", 200)}))
 
 
 def failure_notifiers(kind: str) -> list[BaseNotifier]:
@@ -245,7 +246,9 @@ def _enqueue(path: Path, notice: Notice) -> bool:
     """Write the notice to the outbox unless this run's notice of this kind is there: False for a duplicate."""
     import tempfile
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from osms.core.files import private_dir
+
+    private_dir(path.parent)
     record = {"notice": {"kind": notice.kind, "dag_id": notice.dag_id, "run_id": notice.run_id,
                          "day": notice.day.isoformat(), "fields": dict(notice.fields), "feeds": dict(notice.feeds),
                          "details": dict(notice.details)},
@@ -257,7 +260,7 @@ def _enqueue(path: Path, notice: Notice) -> bool:
             fh.flush()
             os.fsync(fh.fileno())
         os.link(tmp, path)  # whole, and only if absent: two tries of one run cannot both queue it
-        _pending_entry(path).parent.mkdir(parents=True, exist_ok=True)
+        private_dir(_pending_entry(path).parent)
         os.link(path, _pending_entry(path))  # what later sends look through
         return True
     except FileExistsError:

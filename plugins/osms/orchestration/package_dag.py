@@ -27,6 +27,7 @@ from airflow.task.trigger_rule import TriggerRule
 
 from osms.core import layout
 from osms.orchestration.alerts import PackageDue, package_deadline_missed
+from osms.orchestration.assets import package_asset, status_asset
 from osms.orchestration.dag_factory import OWNER, START_DATE
 from osms.core.dates import ALMATY, run_day
 from osms.core.registry import NoEditionInForce, default_registry
@@ -44,8 +45,15 @@ STATUS_WAIT_CONF = "status_wait_minutes"
 PREVIOUS_WAIT_CONF = "previous_wait_minutes"
 # D-1 late by days is for operators to fix; the deadline alert has said so long before.
 PREVIOUS_WAIT = timedelta(days=2)
+# A manual run may write the chain's start (when none is written) only if its conf says so: what `osms run`
+# passes. Scheduled and backfill runs may: they come in date order, so their first day is the chain's first.
+START_CHAIN_CONF = "start_chain"
+STARTING_RUN_TYPES = ("scheduled", "backfill")
 RECEIVER_CONN_ID = "osms_state_corp"
 BUILD_TIMEOUT = timedelta(hours=2)  # the national package builds in about a minute
+# retries of the sensors for a worker lost under them (never for their own timeout: see the DAG)
+SENSOR_RETRIES = 2
+SENSOR_RETRY_DELAY = timedelta(seconds=30)
 DELIVER_TIMEOUT = timedelta(hours=1)
 # a name Airflow's secrets masker hides ("private_key"): the key never shows in the UI or a log
 SIGNING_KEY_VARIABLE = "osms_signing_private_key"
@@ -132,6 +140,16 @@ def delivery_deadline() -> DeadlineAlert | None:
     )
 
 
+def chain_starter(context: Any) -> tuple[bool, str]:
+    """Whether this run may write the chain's start when none is written, and who it is, for the record."""
+    run = context.get("dag_run")
+    run_type = str(getattr(getattr(run, "run_type", None), "value", getattr(run, "run_type", "")) or "")
+    conf = getattr(run, "conf", None) or {}
+    if conf.get(START_CHAIN_CONF) is True:
+        return True, f"the {run_type or 'manual'} run {context.get('run_id')} (conf {START_CHAIN_CONF})"
+    return run_type in STARTING_RUN_TYPES, f"the first {run_type} run ({context.get('run_id')})"
+
+
 class PreviousPackageSensor(BaseSensorOperator):
     """Waits until D-1's package is delivered (or D starts the chain): D's package is built only then.
 
@@ -159,9 +177,11 @@ class PreviousPackageSensor(BaseSensorOperator):
         from osms.orchestration.failures import task_errors
 
         day = run_day(context)
+        may_start, started_by = chain_starter(context)
         try:
             with task_errors():
-                found = link(layout.data_dir(), day, HttpReceiver.from_connection(RECEIVER_CONN_ID))
+                found = link(layout.data_dir(), day, HttpReceiver.from_connection(RECEIVER_CONN_ID),
+                             may_start=may_start, started_by=started_by)
         except ChainWaiting as exc:
             self._waiting = str(exc)
             self.log.info("waiting: %s", exc)
@@ -177,6 +197,43 @@ class PreviousPackageSensor(BaseSensorOperator):
         return True
 
 
+def signing_key_pem(variable: str | None) -> bytes:
+    """The key the package is signed with: the variable's PEM, else the file ``OSMS_SIGNING_KEY_FILE`` names (0600).
+
+    The distributed shape (an executor other than the embedded LocalExecutor) refuses the
+    development key unless ``OSMS_DEMO`` is true (:func:`osms.core.keys.check_signing_key`).
+    """
+    from pathlib import Path
+
+    from osms.core.keys import KEY_FILE_ENV, check_signing_key, read_key_file
+    from osms.package.build import PackageError
+
+    if variable:
+        pem, where = variable.encode(), f"the variable {SIGNING_KEY_VARIABLE}"
+    elif os.environ.get(KEY_FILE_ENV):
+        path = Path(os.environ[KEY_FILE_ENV])
+        try:
+            pem = read_key_file(path)
+        except FileNotFoundError:
+            raise PackageError(f"the signing key file {path} ({KEY_FILE_ENV}) does not exist") from None
+        where = f"{KEY_FILE_ENV} ({path})"
+    else:
+        raise PackageError(f"no signing key: set the variable {SIGNING_KEY_VARIABLE} (osms deploy init does) or,"
+                           f" on one machine, {KEY_FILE_ENV} to the key file's path")
+    if distributed():
+        check_signing_key(pem, where=where)
+    return pem
+
+
+def distributed() -> bool:
+    """Whether this Airflow runs in the distributed shape: an executor other than the embedded LocalExecutor."""
+    from airflow.configuration import conf
+
+    # "CeleryExecutor", "airflow.providers.celery...CeleryExecutor" or "alias:module.Class", comma-separated
+    executors = [e.strip().split(":")[-1].rsplit(".", 1)[-1] for e in conf.get("core", "executor", fallback="").split(",")]
+    return any(e and e not in ("LocalExecutor", "SequentialExecutor") for e in executors)
+
+
 @task(task_id="build_package", trigger_rule=TriggerRule.ALL_DONE, execution_timeout=BUILD_TIMEOUT)
 def build(**context: Any) -> dict[str, Any]:
     """Consolidate the validated data of D (carrying forward what is missing), gate it, sign it."""
@@ -188,11 +245,13 @@ def build(**context: Any) -> dict[str, Any]:
     from osms.package.build import build_package
 
     day = run_day(context)
+    may_start, started_by = chain_starter(context)
     with task_errors(), chain_refusals(context):
-        key = Variable.get(SIGNING_KEY_VARIABLE)
-        result = build_package(day=day, data_dir=layout.data_dir(), signing_key_pem=key.encode(),
+        key = signing_key_pem(Variable.get(SIGNING_KEY_VARIABLE, default=None))
+        result = build_package(day=day, data_dir=layout.data_dir(), signing_key_pem=key,
                                producer_version=osms.__version__,
-                               receiver=HttpReceiver.from_connection(RECEIVER_CONN_ID))
+                               receiver=HttpReceiver.from_connection(RECEIVER_CONN_ID), may_start=may_start,
+                               started_by=started_by)
     undecided = undecided_holds(result.categories)
     if undecided:
         # the package went out without waiting for QA: say which holds wait for a decision
@@ -310,16 +369,23 @@ def build_package_dag() -> DAG:
         " `osms_state_corp`. Deadline alert (package not delivered by D+1 07:00 Almaty): webhook connection"
         " `osms_alert_webhook`, or the one named by the variable `osms_alert_webhook_conn`.",
     ) as dag:
+        # lineage (OpenLineage, through these inlets and outlets): every body's status -> the package.
+        # A sensor's own end is never retried (its wait timing out raises AirflowSensorTimeout, a run that does
+        # not wait AirflowFailException); its retries are for the worker lost while it looked (a killed worker
+        # would otherwise make a body that did report count as failed, and carry it forward). A retried wait
+        # starts its wait again.
+        statuses = [status_asset(b.code) for b in bodies]
         waits = [
             BodyStatusSensor(task_id=f"wait_for_{b.code}", body=b.code, timeout=STATUS_WAIT, poke_interval=60,
-                             retries=0)
-            for b in bodies
+                             retries=SENSOR_RETRIES, retry_delay=SENSOR_RETRY_DELAY, inlets=[status])
+            for b, status in zip(bodies, statuses, strict=True)
         ]
         previous = PreviousPackageSensor(task_id="previous_package_delivered", timeout=PREVIOUS_WAIT,
-                                         poke_interval=300, retries=0)
-        built = build()
+                                         poke_interval=300, retries=SENSOR_RETRIES, retry_delay=SENSOR_RETRY_DELAY,
+                                         inlets=[package_asset()])
+        built = build.override(inlets=statuses, outlets=[package_asset()])()
         waits >> built
         previous >> built
         waits >> data_docs()
-        report(built, deliver(built))
+        report(built, deliver.override(inlets=[package_asset()])(built))
     return dag

@@ -70,7 +70,7 @@ from osms.package.consolidate import (
     records_schema,
 )
 from osms.core.decisions import Decision, Decisions
-from osms.core.files import fsync_dir, sha256_file, write_bytes_atomic
+from osms.core.files import fsync_dir, private_dir, sha256_file, write_bytes_atomic
 from osms.core.registry import default_registry
 from osms.core.status import StatusUnreadable, read_status
 
@@ -275,12 +275,13 @@ def _verdict(status: Any, category: str, system: str) -> tuple[UnitStatus, str |
 
 def build_package(
     *, day: dt.date, data_dir: Path, signing_key_pem: bytes, producer_version: str, memory_limit: str | None = None,
-    receiver: Any = None,
+    receiver: Any = None, may_start: bool = True, started_by: str = "the first package built",
 ) -> PackageResult:
     """Build, check, sign and place ``packages/<D>/``, chained on D-1's delivered package; never change a delivered one.
 
     ``receiver`` (an :class:`osms.package.chain.Receiver`) lets the chain recover a lost receipt
-    or have a lost D-1 rebuilt; without it only local receipts count. ``memory_limit``
+    or have a lost D-1 rebuilt; without it only local receipts count. ``may_start`` and ``started_by``: whether
+    this build may write the chain's start when none is written (see :func:`osms.package.chain.link`). ``memory_limit``
     overrides DuckDB's share of the task's memory budget (:mod:`osms.core.budget`). One build
     of a date at a time: a second waits for the first (a lock beside the packages).
     """
@@ -290,7 +291,7 @@ def build_package(
     key = _private_key(signing_key_pem)
     with _build_lock(data_dir, day):
         _remove_leftovers(data_dir, day)
-        chain = link(data_dir, day, receiver)
+        chain = link(data_dir, day, receiver, may_start=may_start, started_by=started_by)
         if chain.rebuild is not None:
             rebuilt = build_package(day=chain.rebuild, data_dir=data_dir, signing_key_pem=signing_key_pem,
                                     producer_version=producer_version, memory_limit=memory_limit, receiver=receiver)
@@ -319,7 +320,7 @@ def _build(day: dt.date, data_dir: Path, key: Any, producer_version: str, memory
     spill = data_dir / "tmp" / f"package-{day.isoformat()}-{pid}"
     for d in (work, spill):
         shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
+        private_dir(d)  # 0700: the package folder is this one renamed, its files 0600
     try:
         earliest = min(e.effective_from for e in registry.editions)
         units = plan_units(data_dir, day, edition, earliest=earliest)
@@ -364,7 +365,7 @@ def _build_lock(data_dir: Path, day: dt.date) -> Iterator[None]:
     import fcntl
 
     path = layout.package_lock(Path(data_dir), day)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     with path.open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

@@ -123,16 +123,10 @@ class ConsolidationStats:
 @contextmanager
 def open_duckdb(spill: Path, memory_limit: str) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory DuckDB whose joins, aggregates and sorts beyond ``memory_limit`` spill to ``spill``."""
-    import duckdb
+    from osms.core.spill import spilling_duckdb
 
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute("SET memory_limit = ?", [memory_limit])
-        con.execute("SET temp_directory = ?", [str(spill)])
-        con.execute("SET preserve_insertion_order = false")  # order comes from ORDER BY only
+    with spilling_duckdb(spill, memory_limit) as con:
         yield con
-    finally:
-        con.close()
 
 
 def consolidate(

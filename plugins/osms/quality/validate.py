@@ -492,18 +492,13 @@ def _step(name: str) -> Iterator[None]:
 
 @contextmanager
 def _duckdb(work: Path, memory_limit: str) -> Iterator[duckdb.DuckDBPyConnection]:
-    """An in-memory DuckDB for the hash pass, spilling to ``work`` beyond the task's share."""
-    import duckdb
+    """An in-memory DuckDB for the hash pass, spilling to ``work`` beyond the task's share (0700, files 0600)."""
+    from osms.core.files import private_dir
+    from osms.core.spill import spilling_duckdb
 
-    work.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute("SET memory_limit = ?", [memory_limit])
-        con.execute("SET temp_directory = ?", [str(work / "duckdb")])
-        con.execute("SET preserve_insertion_order = false")
+    private_dir(work)
+    with spilling_duckdb(work / "duckdb", memory_limit) as con:
         yield con
-    finally:
-        con.close()
 
 
 # --------------------------------------------------------------------------- verdict and report

@@ -3,16 +3,33 @@
 A connection (e.g. ``AIRFLOW_CONN_<ID>``) gives ``host`` (a name, or a whole URL as chat webhooks
 are handed out), optionally ``schema`` (http/https), ``port`` and an extra ``endpoint`` path; the
 password is the bearer token. Extras named by the caller tune the client (numbers, typed here).
+
+Plain ``http`` carries the token and the data unencrypted: it is taken as it is only to a loopback
+host (127.0.0.0/8, ::1, ``localhost``). To any other host it needs the extra
+``"allow_plain_http": true`` (a private network such as the compose network of the demo mocks),
+and then every read of the connection logs a warning that names it; without the extra the
+connection is refused (:class:`ConnectionRefused`), naming the connection and the extra.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["HttpConnection", "connection_url", "read_connection", "read_connection_async"]
+__all__ = ["ALLOW_PLAIN_HTTP", "ConnectionRefused", "HttpConnection", "connection_url", "read_connection",
+           "read_connection_async"]
+
+log = logging.getLogger(__name__)
+
+ALLOW_PLAIN_HTTP = "allow_plain_http"  # the extra that allows http to a host that is not loopback
+
+
+class ConnectionRefused(ValueError):
+    """A connection the pipeline will not use as it is (another try reads the same): the message says why."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +46,7 @@ def connection_url(conn: Any, conn_id: str) -> str:
     """The URL of an Airflow connection: ``host`` (or a whole URL in it), ``schema``, ``port``, extra ``endpoint``."""
     host = (conn.host or "").strip()
     if not host.strip("/"):
-        raise ValueError(f"connection {conn_id!r} has no host")
+        raise ConnectionRefused(f"connection {conn_id!r} has no host")
     if "://" in host:
         url = host  # a whole URL, kept as given (a webhook's trailing slash may matter)
         parts = urllib.parse.urlsplit(url)
@@ -44,18 +61,44 @@ def connection_url(conn: Any, conn_id: str) -> str:
     return f"{url.rstrip('/')}/{endpoint}" if endpoint else url
 
 
+def is_loopback(host: str | None) -> bool:
+    """Whether a host name or address is this machine's loopback (no name is resolved)."""
+    name = (host or "").strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_scheme(url: str, conn_id: str, extra: Mapping[str, Any]) -> None:
+    """Refuse plain http to a host that is not loopback unless the extra allows it (then warn, naming the connection)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "http" or is_loopback(parts.hostname):
+        return
+    if str(extra.get(ALLOW_PLAIN_HTTP, "")).strip().lower() in ("true", "1", "yes", "on"):
+        log.warning("connection %r uses plain http to %s (allowed by its extra %s): the token and the data cross"
+                    " the network unencrypted", conn_id, parts.hostname, ALLOW_PLAIN_HTTP)
+        return
+    raise ConnectionRefused(
+        f"connection {conn_id!r} uses plain http to {parts.hostname}, which is not this machine: use https, or set"
+        f" the connection's extra {ALLOW_PLAIN_HTTP!r} to true where the network between them is private")
+
+
 def _from(conn: Any, conn_id: str, token_of: str | None, extras: Mapping[str, type]) -> HttpConnection:
     url = connection_url(conn, conn_id)
     if token_of is not None and not conn.password:
-        raise ValueError(f"connection {conn_id!r} has no password ({token_of} bearer token)")
+        raise ConnectionRefused(f"connection {conn_id!r} has no password ({token_of} bearer token)")
     extra = conn.extra_dejson or {}
+    check_scheme(url, conn_id, extra)
     settings: dict[str, Any] = {}
     for name, kind in extras.items():
         if extra.get(name) is not None:
             try:
                 settings[name] = kind(extra[name])
             except (TypeError, ValueError):
-                raise ValueError(f"connection {conn_id!r}: extra {name!r} must be a number") from None
+                raise ConnectionRefused(f"connection {conn_id!r}: extra {name!r} must be a number") from None
     return HttpConnection(conn_id=conn_id, url=url, token=conn.password or None, settings=settings)
 
 

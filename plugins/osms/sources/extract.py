@@ -23,6 +23,20 @@ complete page, a column that is missing or unexpected, a value of the wrong type
 are persistent too: the feed fails at once with a :class:`FeedExtractError` that
 names the feed, the date, the page and the line, never the record's content
 (IINs and names are personal data).
+
+A source is untrusted input. A page is read piece by piece and refused past
+``max_page_bytes`` (a connection extra; by default an eighth of what the task's
+memory budget leaves for data) or when it is still arriving after ``page_deadline``
+seconds; a redirect is not followed; a line nested deeper than
+:data:`MAX_JSON_DEPTH` is refused before Python's JSON parser sees it (Arrow's
+reader, given the flat declared schema, stops at the first nested value by itself);
+whatever text of the source a message quotes (a column name, a content type, a
+record id) is folded to one line and bounded (:func:`osms.core.redact.quote`).
+A ``record_id`` in the form of an IIN (a source using the person's IIN as its
+record id) is replaced in the landing file by ``withheld-iin-p<page>-r<row>``
+before anything else sees it; the common suite's ``record_id_not_iin`` then
+quarantines the row. A feed whose rows come unsorted is sorted by DuckDB within
+the task's budget, spilling to disk, never held in memory whole.
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections import Counter
@@ -44,8 +59,19 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 import requests
 
-from osms.core.files import fsync_dir, fsync_path
-from osms.sources.http_client import Answer, HttpClient, Refused, RetryPolicy, Transient, backoff_seconds, parse_retry_after
+from osms.core.files import fsync_dir, fsync_path, private_dir
+from osms.core.redact import mask_iins, quote
+from osms.sources.http_client import (
+    Answer,
+    HttpClient,
+    Refused,
+    RetryPolicy,
+    TooLarge,
+    TooSlow,
+    Transient,
+    backoff_seconds,
+    parse_retry_after,
+)
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
@@ -56,6 +82,7 @@ __all__ = [
     "ExtractResult",
     "FeedExtractError",
     "LINEAGE_COLUMNS",
+    "MAX_JSON_DEPTH",
     "PageError",
     "SchemaChange",
     "SourceClient",
@@ -68,6 +95,7 @@ __all__ = [
     "next_request",
     "parse_page",
     "parse_retry_after",
+    "withhold_iin_record_ids",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,6 +114,16 @@ LINEAGE_COLUMNS: tuple[pa.Field, ...] = (
 )
 
 _INT32 = (-(2**31), 2**31 - 1)
+# A record is one flat JSON object (depth 1): a line nested deeper than this is refused before any
+# Python parser sees it (json's recursion ends in RecursionError a thousand levels down).
+MAX_JSON_DEPTH = 32
+# What a record_id in the form of an IIN becomes in the landing file (and so everywhere after).
+WITHHELD_PREFIX = "withheld-iin-"
+# The deadline of one page: a national page of 50 000 records arrives in a second or two.
+PAGE_DEADLINE = 300.0
+# Source text (a column name) is quoted at most this long; at most this many names are listed.
+NAME_QUOTE = 64
+NAMES_LISTED = 10
 
 
 # --------------------------------------------------------------------------
@@ -113,17 +151,38 @@ class SourceEndpoint:
     # A feed of more pages than this is refused rather than followed: at 50 000 records a page,
     # 100 000 pages is 250 times the largest national feed.
     max_pages: int = 100_000
-
+    # The largest page read (bytes); None: the task budget's (osms.core.budget.Budget.max_page_bytes,
+    # 181 MiB at 2 GiB, where a national page of 50 000 records is about 15 MiB).
+    max_page_bytes: int | None = None
+    # Seconds a page may take from request to last byte: a source dripping a page is not waited on
+    # for the task's hour (each socket read has ``timeout`` besides).
+    page_deadline: float = PAGE_DEADLINE
 
     @property
     def policy(self) -> RetryPolicy:
         """The client's retry policy with this source's attempts and backoff."""
         return RetryPolicy(attempts=self.max_retries + 1, backoff_base=self.backoff_base, backoff_max=self.backoff_max)
 
+    @property
+    def page_bytes(self) -> int:
+        """The largest page read: the extra ``max_page_bytes``, else what the task's budget allows."""
+        if self.max_page_bytes is not None:
+            return self.max_page_bytes
+        from osms.core.budget import task_budget
+
+        return task_budget().max_page_bytes
+
+
+def _size(value: Any) -> int:
+    """A size extra: bytes, or with a unit (``64MiB``)."""
+    from osms.core.budget import parse_bytes
+
+    return value if isinstance(value, int) and not isinstance(value, bool) else parse_bytes(str(value))
+
 
 # Connection extras that tune an endpoint, with their types.
 CONNECTION_EXTRAS = {"page_size": int, "timeout": float, "max_retries": int, "backoff_base": float,
-                     "backoff_max": float, "max_pages": int}
+                     "backoff_max": float, "max_pages": int, "max_page_bytes": _size, "page_deadline": float}
 
 
 def endpoint_from_connection(conn_id: str) -> SourceEndpoint:
@@ -181,6 +240,7 @@ class ExtractResult:
     retries: int
     retry_causes: Mapping[str, int] = field(default_factory=dict)  # e.g. {"HTTP 503": 2}
     resorted: bool = False  # the source did not send rows sorted by record_id
+    iin_record_ids: int = 0  # record ids in the form of an IIN, replaced (withheld-iin-...)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able form for XCom."""
@@ -193,6 +253,7 @@ class ExtractResult:
             "retries": self.retries,
             "retry_causes": dict(self.retry_causes),
             "resorted": self.resorted,
+            "iin_record_ids": self.iin_record_ids,
         }
 
 
@@ -241,8 +302,34 @@ def check_columns(found: Sequence[str], declared: Sequence[str]) -> str | None:
         problems.append(f"column{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
                         f" {'are' if len(missing) > 1 else 'is'} missing")
     if unexpected:
-        problems.append(f"unexpected column{'s' if len(unexpected) > 1 else ''} {', '.join(unexpected)}")
+        # the source's own names: each folded and cut, and only the first few listed
+        names = [quote(c, NAME_QUOTE) for c in unexpected[:NAMES_LISTED]]
+        more = f" and {len(unexpected) - NAMES_LISTED} more" if len(unexpected) > NAMES_LISTED else ""
+        problems.append(f"unexpected column{'s' if len(unexpected) > 1 else ''} {', '.join(names)}{more}")
     return "; ".join(problems) or None
+
+
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def nested_deeper_than(line: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a JSON text nests arrays and objects more than ``limit`` deep (brackets in strings do not count).
+
+    Read without parsing: strings are skipped whole, so a line of any depth costs one pass at most,
+    and a deep one stops at its ``limit + 1``-th level.
+    """
+    if line.count(b"{") + line.count(b"[") <= limit:
+        return False
+    depth = 0
+    for m in _JSON_TOKENS.finditer(line):
+        token = m.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return False
 
 
 # --------------------------------------------------------------------------
@@ -259,15 +346,14 @@ def parse_page(data: bytes, columns: Sequence[Column], *, page: int) -> pa.Table
     # The first record's keys: a renamed or dropped column fails on every line,
     # and here it is named as such instead of as a type error.
     first_line = data.lstrip(b"\r\n").split(b"\n", 1)[0]
-    try:
-        first = json.loads(first_line)
-    except ValueError:
-        first = None
+    first = _loads(first_line) if not nested_deeper_than(first_line) else None
     if isinstance(first, dict):
         problem = check_columns(list(first), declared)
         if problem:
             raise SchemaChange(f"page {page}: {problem}")
     try:
+        # Arrow's reader is given the flat declared schema: it stops at the first nested value
+        # (a type change or an unexpected field), so no depth reaches it
         table = _read_json(data, _json_schema(columns))
     except pa.ArrowInvalid:
         # Arrow's message may quote the offending value: find the line ourselves.
@@ -276,6 +362,14 @@ def parse_page(data: bytes, columns: Sequence[Column], *, page: int) -> pa.Table
         if col.type == "date":
             table = table.set_column(i, col.name, _dates(table, col.name, data, page))
     return table.select(declared)
+
+
+def _loads(line: bytes) -> Any:
+    """A line as JSON, or None when it is not (the caller names why)."""
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _read_json(data: bytes, schema: pa.Schema) -> pa.Table:
@@ -326,11 +420,15 @@ def _line_of_row(data: bytes, row: int) -> int:
 
 
 def _record_ref(table: pa.Table, row: int) -> str:
-    # record_id is the source's id, not personal data: the one field a message may name
-    if SORT_KEY not in table.column_names:
+    return _quote_record_id(table.column(SORT_KEY)[row].as_py()) if SORT_KEY in table.column_names else ""
+
+
+def _quote_record_id(value: Any) -> str:
+    """`` (record_id X)`` for a message: record_id is the source's id, the one field a message may name;
+    never one that holds an IIN, and only a short one, folded."""
+    if not isinstance(value, str) or not 0 < len(value) <= NAME_QUOTE or mask_iins(value) != value:
         return ""
-    value = table.column(SORT_KEY)[row].as_py()
-    return f" (record_id {value})" if isinstance(value, str) and 0 < len(value) <= 64 else ""
+    return f" (record_id {quote(value, NAME_QUOTE)})"
 
 
 def _fits(column_type: str, value: Any) -> bool:
@@ -366,8 +464,12 @@ def _locate_bad_line(data: bytes, columns: Sequence[Column], page: int) -> PageE
         if not raw.strip():
             continue
         where = f"page {page}, line {number}"
+        if nested_deeper_than(raw):
+            return PageError(f"{where}: nested deeper than {MAX_JSON_DEPTH}")
         try:
             record = json.loads(raw)
+        except RecursionError:  # pragma: no cover: nested_deeper_than stops such a line first
+            return PageError(f"{where}: nested deeper than {MAX_JSON_DEPTH}")
         except ValueError as exc:
             # the decoder's own words ("unterminated string", "expecting ',' delimiter"), never its excerpt
             reason = exc.msg.split(" starting at")[0].lower() if isinstance(exc, json.JSONDecodeError) \
@@ -378,8 +480,7 @@ def _locate_bad_line(data: bytes, columns: Sequence[Column], page: int) -> PageE
         problem = check_columns(list(record), declared)
         if problem:
             return SchemaChange(f"{where}: {problem}")
-        rid = record.get(SORT_KEY)
-        ref = f" (record_id {rid})" if isinstance(rid, str) and 0 < len(rid) <= 64 else ""
+        ref = _quote_record_id(record.get(SORT_KEY))
         for col in columns:
             if not _fits(col.type, record.get(col.name)):
                 return PageError(f"{where}{ref}: column {col.name} holds a value that is not {_TYPE_WORDS[col.type]}")
@@ -426,8 +527,11 @@ class SourceClient:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.endpoint = endpoint
+        # shown_as: a source's address is no secret; a failure may name it, and where a redirect pointed
         self.http = HttpClient(token=endpoint.token, timeout=endpoint.timeout, policy=endpoint.policy,
-                               session=session, sleep=sleep, log=log, headers={"Accept": "application/x-ndjson"})
+                               session=session, sleep=sleep, log=log, headers={"Accept": "application/x-ndjson"},
+                               shown_as=endpoint.base_url,
+                               max_bytes=endpoint.page_bytes, deadline=endpoint.page_deadline)
         self.session = self.http.session
 
     def close(self) -> None:
@@ -486,7 +590,7 @@ class SourceClient:
     def fetch(self, url: str, params: dict[str, str], *, number: int, label: str) -> Page:
         """One page, retried on transient failures; raises Refused, or the last Transient once retries run out."""
         before = self.http.retries
-        page = self.http.request("GET", url, what=f"{label} page {number}", params=params, stream=True,
+        page = self.http.request("GET", url, what=f"{label} page {number}", params=params,
                                  check=lambda answer: _complete_page(answer, number))
         # a retry of this page is one more attempt at it
         return Page(number=number, data=page.data, next_params=page.next_params,
@@ -518,7 +622,7 @@ _NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "applic
 
 def _not_ndjson(content_type: str | None, data: bytes) -> str | None:
     """Why a 200 answer is not an NDJSON page, in words (None: it may be one)."""
-    kind = (content_type or "").split(";")[0].strip().lower()
+    kind = quote((content_type or "").split(";")[0].strip().lower(), NAME_QUOTE)
     head = data.lstrip()[:64].lower()
     if "html" in kind or head.startswith((b"<!doctype html", b"<html")):
         return f"the source answered an HTML page (content type {kind or 'not given'}), not NDJSON records"
@@ -602,7 +706,7 @@ class _LandingWriter:
         import pyarrow.parquet as pq
 
         self.path, self.schema, self.row_group_rows = path, schema, row_group_rows
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         self.tmp = Path(tmp)
@@ -624,27 +728,48 @@ class _LandingWriter:
             self._writer.write_table(pa.concat_tables(self._buffer), row_group_size=self.row_group_rows)
         self._buffer, self._buffered = [], 0
 
-    def commit(self, *, sort_by: str | None = None) -> None:
+    def commit(self, *, sort_by: str | None = None, spill: Path | None = None, memory_limit: str | None = None) -> None:
         """Close, sort if asked (the fallback for a source that sent unsorted rows), fsync, rename."""
         self._flush()
         assert self._writer is not None
         self._writer.close()
         self._writer = None
         if sort_by is not None:
-            self._resort(sort_by)
+            # a hidden folder beside the landing file: remove_temporaries clears one a killed try left
+            self._resort(sort_by, spill=spill or self.path.parent / f".{self.path.name}.{os.getpid()}.sort.tmp",
+                         memory_limit=memory_limit or "256MiB")
         fsync_path(self.tmp)
         os.replace(self.tmp, self.path)
         fsync_dir(self.path.parent)
 
-    def _resort(self, key: str) -> None:
-        # Holds the whole feed in memory: the bounded-memory guarantee is for sorted
-        # sources, which every source of the contract is.
+    def _resort(self, key: str, *, spill: Path, memory_limit: str) -> None:
+        """Sort the written file by ``key`` (ties in the order received) with DuckDB, spilling beyond
+        ``memory_limit``: the feed is never in memory whole, a batch of rows at a time is."""
+        import shutil
+
         import pyarrow.parquet as pq
 
-        # Parquet has no seconds unit: timestamps read back as ms, cast back to the landing schema
-        table = pq.read_table(self.tmp).cast(self.schema).sort_by(key)
-        with pq.ParquetWriter(self.tmp, self.schema, compression="zstd") as writer:
-            writer.write_table(table, row_group_size=self.row_group_rows)
+        from osms.core.files import create_private
+        from osms.core.spill import spilling_duckdb
+
+        fd, sorted_tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        sorted_path = create_private(Path(sorted_tmp))
+        try:
+            with spilling_duckdb(spill, memory_limit) as con:
+                con.execute("SET threads = 1")  # one core for a fallback: the other task slot keeps its core
+                query = (f'SELECT * EXCLUDE (file_row_number) FROM read_parquet(?, file_row_number = true)'
+                         f' ORDER BY "{key}" ASC NULLS LAST, file_row_number')
+                reader = con.sql(query, params=[str(self.tmp)]).to_arrow_reader(self.row_group_rows)
+                with pq.ParquetWriter(sorted_path, self.schema, compression="zstd") as writer:
+                    for batch in reader:
+                        # DuckDB gives timestamps in microseconds: cast back to the landing schema
+                        writer.write_table(pa.Table.from_batches([batch]).cast(self.schema),
+                                           row_group_size=self.row_group_rows)
+            os.replace(sorted_path, self.tmp)
+        finally:
+            Path(sorted_path).unlink(missing_ok=True)
+            shutil.rmtree(spill, ignore_errors=True)
 
     def abort(self) -> None:
         """Drop the temp file; the landing file, if any, stays as it was."""
@@ -656,6 +781,38 @@ class _LandingWriter:
             self._writer = None
         self._buffer = []
         self.tmp.unlink(missing_ok=True)
+
+
+# Rows whose record_id holds a run of 12 digits: the candidates for an IIN (RE2 has no lookbehind).
+_TWELVE_DIGITS = r"(^|[^0-9])[0-9]{12}([^0-9]|$)"
+
+
+def withhold_iin_record_ids(table: pa.Table, *, page: int) -> tuple[pa.Table, int]:
+    """``record_id`` values that are, or hold, an IIN replaced by ``withheld-iin-p<page>-r<row>``; how many.
+
+    The replacement is made before the landing file is written, so an IIN a source put in
+    its record ids reaches no file, message, log or page of the UI as a record id; the
+    common suite's ``record_id_not_iin`` quarantines the row (the body's feedback names
+    the page and row of its answer for D).
+    """
+    import numpy as np
+
+    if SORT_KEY not in table.column_names or table.num_rows == 0:
+        return table, 0
+    ids = table.column(SORT_KEY).combine_chunks()
+    candidates = pc.fill_null(pc.match_substring_regex(ids, _TWELVE_DIGITS), False)
+    rows = np.flatnonzero(candidates.to_numpy(zero_copy_only=False))
+    if not len(rows):
+        return table, 0
+    values = ids.take(pa.array(rows)).to_pylist()
+    hit = np.array([mask_iins(v) != v for v in values], dtype=bool)
+    if not hit.any():
+        return table, 0
+    mask = np.zeros(table.num_rows, dtype=bool)
+    mask[rows[hit]] = True
+    replacement = pa.array([f"{WITHHELD_PREFIX}p{page}-r{r + 1}" for r in rows[hit].tolist()], pa.string())
+    replaced = pc.replace_with_mask(ids, pa.array(mask), replacement)
+    return table.set_column(table.schema.get_field_index(SORT_KEY), SORT_KEY, replaced), int(hit.sum())
 
 
 def _with_lineage(table: pa.Table, body: str, system: str, category: str, as_of: dt.date) -> pa.Table:
@@ -713,7 +870,7 @@ def extract_feed(
         return FeedExtractError(body=body, system=system, category=category, as_of=as_of, cause=cause, **kw)
 
     started = time.perf_counter()
-    pages = bytes_received = 0
+    pages = bytes_received = withheld = 0
     sort_check = _SortCheck()
     writer = _LandingWriter(landing_path, landing_schema(columns))
     client = SourceClient(endpoint)
@@ -723,6 +880,8 @@ def extract_feed(
         for page in ahead:
             number = page.number
             table = parse_page(page.data, columns, page=page.number)
+            table, replaced = withhold_iin_record_ids(table, page=page.number)
+            withheld += replaced
             if page.declared_rows is not None and writer.rows + table.num_rows > page.declared_rows:
                 raise PageError(f"page {page.number}: the source sends more records than the"
                                 f" {page.declared_rows:,} it declares for the feed")
@@ -732,10 +891,15 @@ def extract_feed(
             pages += 1
             bytes_received += len(page.data)
             log.debug("%s page %d: %d rows, %d bytes", label, page.number, table.num_rows, len(page.data))
+        if withheld:
+            log.warning("%s: %d record id(s) had the form of an IIN: replaced by %s<page>-r<row> (the suite's"
+                        " record_id_not_iin quarantines those rows)", label, withheld, WITHHELD_PREFIX)
         if not sort_check.sorted:
-            log.warning("%s: the source did not send rows sorted by %s; sorting the landing file in memory",
-                        label, SORT_KEY)
-        writer.commit(sort_by=None if sort_check.sorted else SORT_KEY)
+            log.warning("%s: the source did not send rows sorted by %s; sorting the landing file (DuckDB, spilling"
+                        " beyond the task's share)", label, SORT_KEY)
+        from osms.core.budget import task_budget
+
+        writer.commit(sort_by=None if sort_check.sorted else SORT_KEY, memory_limit=task_budget().duckdb_limit)
     except BaseException as exc:
         writer.abort()
         number = number + 1 if isinstance(exc, Transient | Refused) else number
@@ -743,6 +907,12 @@ def extract_feed(
             attempts = endpoint.max_retries + 1
             raise failed(f"page {number}: gave up after {attempts} attempts; last: {exc.cause}",
                          status=exc.status, attempts=attempts, page=number) from None
+        if isinstance(exc, TooLarge):
+            raise failed(f"page {number}: {exc.cause}; the connection's extra max_page_bytes sets the limit"
+                         " (not retried)", status=exc.status, page=number) from None
+        if isinstance(exc, TooSlow):
+            raise failed(f"page {number}: {exc.cause}; the connection's extra page_deadline sets it (not retried)",
+                         status=exc.status, page=number) from None
         if isinstance(exc, Refused):
             raise failed(f"page {number}: {exc.cause} (not retried)", status=exc.status, page=number) from None
         if isinstance(exc, PageError):
@@ -761,6 +931,7 @@ def extract_feed(
         retries=client.retries,
         retry_causes=dict(client.retry_causes),
         resorted=not sort_check.sorted,
+        iin_record_ids=withheld,
     )
     log.info("%s: %d rows in %d pages, %.1f MiB in %.2f s (%.0f rows/s), %d retries%s", label, result.rows, pages,
              bytes_received / 2**20, seconds, result.rows / seconds if seconds else 0.0, result.retries,

@@ -379,12 +379,14 @@ class PackageView:
     chain: dict[str, Any]
     receipt: dict[str, Any] | None
     public_key: str | None
+    chain_start: dict[str, Any] | None = None  # the delivery chain's start: start, set_by, set_at (None: not yet)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "day": self.day.isoformat(), "exists": self.exists, "manifest": self.manifest,
             "manifest_sha256": self.manifest_sha256, "problems": [str(p) for p in self.problems], "files": list(self.files),
             "signature_ok": self.signature_ok, "chain": self.chain, "receipt": self.receipt,
+            "chain_start": self.chain_start,
         }
 
 
@@ -395,8 +397,10 @@ def package_view(root: Path, day: dt.date, public_key: Path | None) -> PackageVi
 
     pdir = layout.package_dir(root, day)
     manifest_path = pdir / MANIFEST
+    start = _read_json(layout.chain_start(root))
+    start = {k: start.get(k) for k in ("start", "set_by", "set_at")} if isinstance(start, dict) else None
     if not manifest_path.is_file():
-        return PackageView(day, False, None, None, (), (), None, {}, _read_json(pdir / RECEIPT), None)
+        return PackageView(day, False, None, None, (), (), None, {}, _read_json(pdir / RECEIPT), None, start)
     manifest = _read_json(manifest_path)
     key = public_key.read_bytes() if public_key is not None and public_key.is_file() else None
     problems = tuple(verify_package(pdir, key))
@@ -417,7 +421,7 @@ def package_view(root: Path, day: dt.date, public_key: Path | None) -> PackageVi
     return PackageView(
         day=day, exists=True, manifest=manifest, manifest_sha256=sha256_file(manifest_path), problems=problems,
         files=tuple(files), signature_ok=signature_ok, chain=chain, receipt=_read_json(pdir / RECEIPT),
-        public_key=public_key.name if public_key is not None and public_key.is_file() else None,
+        public_key=public_key.name if public_key is not None and public_key.is_file() else None, chain_start=start,
     )
 
 
