@@ -343,7 +343,9 @@ class Cluster:
         new_token(self.metrics_token_file)
         af = _FabAirflow(
             site.airflow_home, shape="distributed", site=site,
-            extra_env={"OSMS_SIGNING_PUBLIC_KEY": str(self.mocks.public_key_path),
+            # a demo of the distributed shape on one machine: it signs with make setup's development key, which
+            # a deployment refuses unless it says it is a demo (docker-compose.yaml gets a key of its own)
+            extra_env={"OSMS_SIGNING_PUBLIC_KEY": str(self.mocks.public_key_path), "OSMS_DEMO": "true",
                        TOKEN_FILE_ENV: str(self.metrics_token_file),
                        **(settings.lineage_http_transport(self.lineage_url) if self.lineage_url else {}),
                        **self.extra_env},
