@@ -226,17 +226,19 @@ def test_d_every_plugin_route_needs_airflow_credentials_and_paths_stay_inside(st
     from osms.ui.app import URL_PREFIX, create_app
 
     day = DAYS[0].isoformat()
-    routes = sorted({r.path.replace("{day}", day).replace("{path:path}", "index.html")
-                     for r in create_app(lambda: None).routes})
-    assert len(routes) >= 9
+    routes = sorted({(method, r.path.replace("{day}", day).replace("{path:path}", "index.html"))
+                     for r in create_app(lambda: None).routes for method in (getattr(r, "methods", None) or {"GET"})
+                     if method != "HEAD"})
+    assert len(routes) >= 11
     qa = {"Authorization": f"Bearer {stack.airflow.token('qa')}"}
     with httpx.Client(base_url=stack.url, timeout=10, follow_redirects=False) as client:
-        for path in routes:
+        for method, path in routes:
             url = f"{URL_PREFIX}{path}"
-            assert client.get(url).status_code == 401, f"{url} answered without credentials"
-            assert client.get(url, headers={"Authorization": "Bearer not-a-jwt"}).status_code in (401, 403), url
+            assert client.request(method, url).status_code == 401, f"{method} {url} answered without credentials"
+            assert client.request(method, url, headers={"Authorization": "Bearer not-a-jwt"}).status_code in (
+                401, 403), url
             with httpx.Client(base_url=stack.url, timeout=10, cookies={"_token": "not-a-jwt"}) as forged:
-                assert forged.get(url).status_code in (401, 403), url
+                assert forged.request(method, url).status_code in (401, 403), url
         assert client.get(f"{URL_PREFIX}/quality", headers=qa).status_code == 200
         assert client.get(f"{URL_PREFIX}/openapi.json", headers=qa).status_code == 404
         for attempt in (f"/docs/{day}/..%2F..%2F..%2Fairflow%2Fsimple_auth_manager_passwords.json",

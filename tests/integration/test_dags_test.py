@@ -18,7 +18,8 @@ import pytest
 
 from osms.core.dates import logical_date
 from osms.dev.ui_stack import stack_airflow
-from osms.orchestration.package_dag import DAG_ID, PREVIOUS_WAIT_CONF, STATUS_WAIT_CONF
+from osms.orchestration.assets import package_asset, status_asset
+from osms.orchestration.package_dag import DAG_ID, PREVIOUS_WAIT_CONF, START_CHAIN_CONF, STATUS_WAIT_CONF
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +37,10 @@ def test_airflow_dags_test_runs_an_agency_dag_and_the_package_dag_to_the_end(sta
     af = stack_airflow(data, mocks)
     af.migrate()
 
-    # Act: one body, then the package without waiting for the bodies that did not run
+    # Act: one body, then the package without waiting for the bodies that did not run, starting the chain at D
     body = af.cli("dags", "test", BODY_DAG, logical_date(DAY), timeout=600, check=False)
     package = af.cli("dags", "test", DAG_ID, logical_date(DAY), "--conf",
-                     json.dumps({STATUS_WAIT_CONF: 0, PREVIOUS_WAIT_CONF: 0}), timeout=600, check=False)
+                     json.dumps({STATUS_WAIT_CONF: 0, PREVIOUS_WAIT_CONF: 0, START_CHAIN_CONF: True}), timeout=600, check=False)
 
     # Assert
     assert body.returncode == 0, body.stdout[-4000:]
@@ -55,4 +56,4 @@ def test_airflow_dags_test_runs_an_agency_dag_and_the_package_dag_to_the_end(sta
     assert [(state, by.lower()) for _, state, by in runs] == [("success", "test")], runs
     assert deadlines == 0, "a test run got a deadline a scheduler on this database would alert on"
     # the run updated the assets the Assets view links: the body's status and the delivered package
-    assert {name for (name,) in events} >= {"osms_status_courts", "osms_package"}, events
+    assert {name for (name,) in events} >= {status_asset("courts").name, package_asset().name}, events

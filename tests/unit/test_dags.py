@@ -112,7 +112,7 @@ def test_a_manual_run_of_the_package_dag_sets_typed_bounded_described_params(dag
     from airflow.exceptions import ParamValidationError
     from airflow.serialization.serialized_objects import DagSerialization
 
-    from osms.orchestration.package_dag import PREVIOUS_WAIT_CONF, STATUS_WAIT_CONF
+    from osms.orchestration.package_dag import PREVIOUS_WAIT_CONF, START_CHAIN_CONF, STATUS_WAIT_CONF
 
     dag = dagbag.dags["osms_daily_package"]
     # the trigger form shows each with its title, description and bounds
@@ -125,8 +125,9 @@ def test_a_manual_run_of_the_package_dag_sets_typed_bounded_described_params(dag
     # the API server read it): a bad value never starts one
     stored = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
     assert stored.params.deep_merge({STATUS_WAIT_CONF: 0, PREVIOUS_WAIT_CONF: 30}).validate() == {
-        STATUS_WAIT_CONF: 0, PREVIOUS_WAIT_CONF: 30}
-    for bad in ({STATUS_WAIT_CONF: -1}, {STATUS_WAIT_CONF: "soon"}, {STATUS_WAIT_CONF: 2.5},
+        STATUS_WAIT_CONF: 0, PREVIOUS_WAIT_CONF: 30, START_CHAIN_CONF: False}
+    assert dag.params.get_param(START_CHAIN_CONF).schema["type"] == "boolean"  # a check box, off unless ticked
+    for bad in ({STATUS_WAIT_CONF: -1}, {STATUS_WAIT_CONF: "soon"}, {STATUS_WAIT_CONF: 2.5}, {START_CHAIN_CONF: "yes"},
                 {STATUS_WAIT_CONF: 24 * 60 + 1}, {PREVIOUS_WAIT_CONF: None}, {PREVIOUS_WAIT_CONF: 10**6}):
         with pytest.raises(ParamValidationError):
             stored.params.deep_merge(bad).validate()

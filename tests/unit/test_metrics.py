@@ -81,9 +81,10 @@ def root(tmp_path: Path) -> Path:
              started=day.toordinal() + 20)
     status(root, D1, "justice", "children", "published", individuals="published")
     (root / "alerts" / D3.isoformat()).mkdir(parents=True)
-    for name in ("agency_justice.agency_run_failed.scheduled__2025-06-03", "agency_labour.feeds_not_published.r1",
-                 "agency_labour.feeds_not_published.r2"):
-        (root / "alerts" / D3.isoformat() / name).touch()
+    for name in ("agency_justice.agency_run_failed.scheduled__2025-06-03.json",
+                 "agency_justice.agency_run_failed.scheduled__2025-06-03.sent", "agency_labour.feeds_not_published.r1.sent",
+                 "agency_labour.feeds_not_published.r2.sent", "osms_daily_package.delivery_waiting.r3.json"):
+        (root / "alerts" / D3.isoformat() / name).touch()  # the outbox: a notice, and .sent once accepted
     return root
 
 
@@ -168,6 +169,8 @@ def test_task_costs_notices_and_per_day_figures(root: Path) -> None:
     assert value(found, "osms_day_span_seconds", day=D1.isoformat()) == 22.0
     assert value(found, "osms_notices_sent", kind="feeds_not_published", dag_id="agency_labour") == 2
     assert value(found, "osms_notices_sent", kind="agency_run_failed", dag_id="agency_justice") == 1
+    assert value(found, "osms_notices_pending", kind="delivery_waiting", dag_id="osms_daily_package") == 1
+    assert value(found, "osms_notices_pending", kind="agency_run_failed", dag_id="agency_justice") is None
 
 
 def test_damaged_documents_are_counted_never_fatal_and_nothing_personal_is_exported(root: Path) -> None:

@@ -59,16 +59,22 @@ def test_the_fab_roles_hold_the_permission_lines_as_the_table_says() -> None:
             assert (row.permission in roles[role]) == row.of("distributed", role), (row.what, role)
 
 
-def test_the_simple_auth_manager_answers_the_permission_lines_as_the_table_says() -> None:
+def test_the_simple_auth_manager_answers_the_permission_lines_as_the_table_says(monkeypatch) -> None:
     from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 
+    from osms.dev import settings
     from osms.dev.ui_stack import USERS
+    from osms.ui.app import DECIDERS_ENV, may_decide
 
+    embedded = settings.parse_env_file(settings.config_dir() / settings.SHAPES["embedded"])
+    monkeypatch.setenv(DECIDERS_ENV, embedded[DECIDERS_ENV])  # as make airflow sets it
     manager = SimpleAuthManager()
     for row in (r for r in ROWS if r.permission):
         _, resource = row.permission
         for role in ROLES:
             user = SimpleAuthManagerUser(username=role, role=USERS[role])
             allowed = manager.is_authorized_custom_view(method="POST", resource_name=resource, user=user)
+            if resource == "QA decisions":
+                allowed = may_decide(manager, user)
             assert allowed == row.of("embedded", role), (row.what, role)

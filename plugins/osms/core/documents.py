@@ -10,6 +10,7 @@ document                  model                               where (``osms.core
 ========================  ==================================  ==========================
 a body's status for D     :class:`BodyStatus`                 ``status/D/<body>.json``
 an extract's failure      :class:`ExtractError`               ``landing/.../<cat>.error.json``
+QA's decisions on a day   :class:`DecisionLog`                ``decisions/D/<body>.json``
 the package's quality     :class:`QualityDocument`            ``packages/D/quality.json``
 the package's manifest    :class:`Manifest`                   ``packages/D/manifest.json``
 the receiver's receipt    :class:`Receipt`                    ``packages/D/receipt.json``
@@ -31,9 +32,9 @@ from typing_extensions import TypedDict
 
 __all__ = [
     "CHANGES", "MANIFEST", "PACKAGE_FILES", "QUALITY", "RECEIPT", "RECORDS", "SIGNATURE",
-    "BodyStatus", "CategoryStatus", "ChainStart", "DocumentError", "ExtractError", "FeedReport", "Manifest",
-    "ManifestFile",
-    "Problem", "QualityDocument", "Receipt", "canonical_json", "first_error",
+    "BodyStatus", "CategoryStatus", "ChainStart", "Decision", "DecisionLog", "DocumentError", "ExtractError",
+    "FeedReport", "Manifest", "ManifestFile", "Problem", "QualityDocument", "Receipt", "canonical_json",
+    "first_error",
 ]
 
 RECORDS, CHANGES, QUALITY, MANIFEST, SIGNATURE, RECEIPT = (
@@ -44,6 +45,7 @@ PACKAGE_FILES = (RECORDS, CHANGES, QUALITY)  # what the manifest lists, in this 
 STATUS_SCHEMA = "osms.core.status/1"
 PACKAGE_SCHEMA = "osms.package.build/1"
 QUALITY_SCHEMA = "osms.package.build.quality/1"
+DECISIONS_SCHEMA = "osms.core.decisions/1"
 CHAIN_START_SCHEMA = "osms.package.chain.start/1"
 
 FeedVerdict = Literal["published", "held_back", "failed"]
@@ -244,19 +246,77 @@ class ExtractError(_Document):
         return json.dumps(self.model_dump(mode="json"), ensure_ascii=False).encode()
 
 
+# --------------------------------------------------------------------------- QA's decisions
+
+
+DecisionAction = Literal["release", "hold"]
+
+
+class Decision(_Document):
+    """What QA decided about one feed held back on one day: release its validated rows, or confirm the hold.
+
+    ``applies_from`` is the first package the decision shapes, fixed when it is made: the
+    day's own package if it was not built yet, else the next one not built; a delivered
+    package never changes. ``by`` is the login of whoever decided, ``at`` when (UTC).
+    """
+
+    feed: str = Field(pattern=r"^[a-z0-9_]+\.[a-z0-9_]+\.[a-z0-9_]+$")  # body.system.category
+    day: dt.date
+    action: DecisionAction
+    reason: str = Field(min_length=1, max_length=500)
+    by: str = Field(min_length=1, max_length=100)
+    at: dt.datetime
+    applies_from: dt.date
+
+    @field_validator("at")
+    @classmethod
+    def _aware_utc(cls, v: dt.datetime) -> dt.datetime:
+        if v.tzinfo is None:
+            raise ValueError("must carry its time zone")
+        return v.astimezone(dt.UTC)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form (the decisions file, quality.json, the pages)."""
+        return self.model_dump(mode="json")
+
+
+class DecisionLog(_Document):
+    """``decisions/D/<body>.json``: every decision made about the body's feeds held back on D, in order made.
+
+    Append-only: a later decision about the same feed stands from its ``applies_from`` on,
+    and the earlier one keeps shaping the packages built before, so they rebuild the same.
+    """
+
+    schema_: Literal["osms.core.decisions/1"] = Field(default=DECISIONS_SCHEMA, alias="schema")
+    body: str
+    day: dt.date
+    decisions: tuple[Decision, ...] = ()
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    def to_bytes(self) -> bytes:
+        """The file's bytes: indented JSON, a trailing newline."""
+        doc = self.model_dump(mode="json", by_alias=True)
+        return (json.dumps(doc, ensure_ascii=False, indent=2) + "\n").encode()
+
+
 # --------------------------------------------------------------------------- the package's quality.json
 
 
 class QualityFeed(_Document):
-    """One feed of a body in one category: its verdict on D and what it contributed."""
+    """One feed of a body in one category: its verdict on D and what it contributed.
 
-    status: Literal["published", "held_back", "failed", "missing"]
+    ``released``: held back on D and released by QA (``decision`` says who, when, why).
+    """
+
+    status: Literal["published", "released", "held_back", "failed", "missing"]
     reason: str | None
     carried_forward_from: dt.date | None
     rows_in: int
     rows_published: int
     rows_quarantined: int
     rows_used: int
+    decision: Decision | None = None  # QA's decision on this feed's verdict of D, where it shapes this package
 
 
 class QualityBody(_Document):
@@ -316,12 +376,22 @@ class QualityDocument(_Document):
     totals: QualityTotals
     changes: Changes
     notes: list[str]
+    # the QA decisions that shaped this package (see osms.core.decisions); absent when none did
+    decisions: list[Decision] = Field(default_factory=list)
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     def to_bytes(self) -> bytes:
-        """The file's bytes: canonical JSON."""
-        return canonical_json(self.model_dump(mode="json", by_alias=True))
+        """The file's bytes: canonical JSON (a package no decision shaped has the bytes it had before decisions)."""
+        doc = self.model_dump(mode="json", by_alias=True)
+        if not doc["decisions"]:
+            del doc["decisions"]
+        for category in doc["categories"].values():
+            for body in category["bodies"].values():
+                for feed in body["feeds"].values():
+                    if feed["decision"] is None:
+                        del feed["decision"]
+        return canonical_json(doc)
 
 
 # --------------------------------------------------------------------------- the manifest

@@ -55,6 +55,16 @@ def package_dir(root: Path, day: dt.date) -> Path:
     return root / "packages" / day.isoformat()
 
 
+def decisions(root: Path, day: dt.date, body: str) -> Path:
+    """QA's decisions about a body's feeds held back on a day (who, when, why: the owner's only)."""
+    return root / "decisions" / day.isoformat() / f"{body}.json"
+
+
+def package_lock(root: Path, day: dt.date) -> Path:
+    """The lock one build or delivery of a day's package holds (and a QA decision that may shape it)."""
+    return root / "locks" / f"package-{day.isoformat()}.lock"
+
+
 def chain_start(root: Path) -> Path:
     """The delivery chain's start: written once, read by every package run."""
     return root / "chain" / "start.json"

@@ -100,9 +100,16 @@ def trailing_counts(root: Path, day: dt.date, body: str, category: str, system: 
 
     A day whose status is unreadable is skipped with a warning; for a feed, a day whose
     status does not count rows per feed (written before verdicts were per feed) is skipped.
+    A feed QA released on one of these days counts from that day on only: QA said its
+    volume there is real, so it is the new baseline (:mod:`osms.core.decisions`).
     """
+    from osms.core.decisions import baseline_start
+
+    since = baseline_start(root, day, f"{body}.{system}.{category}", days) if system is not None else None
     counts = []
     for k in range(1, days + 1):
+        if since is not None and day - dt.timedelta(days=k) < since:
+            break
         st = read_status_or_none(root, day - dt.timedelta(days=k), body)
         if st is None:
             continue

@@ -27,6 +27,7 @@ from osms.core import layout
 from osms.core.dates import ALMATY, SCHEDULE, run_day
 from osms.core.registry import Edition, NoEditionInForce, Registry, default_registry
 from osms.orchestration.assets import status_asset
+from osms.orchestration.notices import failure_notifiers
 
 START_DATE = pendulum.datetime(2022, 9, 26, tz=ALMATY)  # the 2022 edition's first day
 OWNER = "osms-data-engineering"
@@ -160,8 +161,8 @@ def publish_status(body: str, **context: Any) -> dict[str, Any]:
 
     day = run_day(context)
     edition = _edition_or_skip(day)
-    from osms.orchestration.alerts import notify
     from osms.core.status import BodyStatus, write_status
+    from osms.orchestration.notices import notice_of, send_notice
 
     log = logging.getLogger(__name__)
     root = layout.data_dir()
@@ -184,10 +185,8 @@ def publish_status(body: str, **context: Any) -> dict[str, Any]:
     }
     if not_published:
         # names and counts only: which feeds, their verdicts; the status file says why
-        notify("feeds_not_published", dag_id=context["dag"].dag_id, run_id=context["run_id"], day=day,
-               message=f"{body} on {day}: {len(not_published)} feed(s) not published: "
-                       + ", ".join(f"{k} {v}" for k, v in sorted(not_published.items())),
-               details={"body": body, "feeds": not_published})
+        send_notice(notice_of("feeds_not_published", context, fields={"body": body}, feeds=not_published,
+                              details={"body": body}))
     failed = sorted(k for k, v in not_published.items() if v == "failed")
     if failed:
         # the status is written; the run still shows red so engineers see it at a glance
@@ -301,26 +300,6 @@ def _doc_md(registry: Registry, body: str, plan: list[tuple[str, list[str]]]) ->
     return "\n".join(lines)
 
 
-def agency_run_failed(context: Any) -> None:
-    """DAG callback: a body's run failed; notice to the alert webhook (names only, once per run)."""
-    from osms.orchestration.alerts import notify
-
-    dag_run = context.get("dag_run")
-    dag_id = getattr(dag_run, "dag_id", None) or context["dag"].dag_id
-    run_id = getattr(dag_run, "run_id", None) or context.get("run_id", "")
-    day = run_day({"logical_date": getattr(dag_run, "logical_date", None),
-                   "data_interval_start": getattr(dag_run, "data_interval_start", None)})
-    notify("agency_run_failed", dag_id=dag_id, run_id=run_id, day=day,
-           message=f"{dag_id} failed for {day}: its status says which feeds (see the run in Airflow)",
-           details={"reason": _quoted(context.get("reason"), 200)})
-
-
-def _quoted(text: Any, limit: int) -> str:
-    from osms.core.redact import quote
-
-    return quote(text or "", limit)
-
-
 def build_agency_dag(body: str, registry: Registry | None = None) -> DAG:
     """The agency DAG of one responsible body, built from the registry."""
     registry = registry or default_registry()
@@ -340,7 +319,7 @@ def build_agency_dag(body: str, registry: Registry | None = None) -> DAG:
         default_args=DEFAULT_ARGS,
         tags=["osms", "agency", body],
         doc_md=_doc_md(registry, body, plan),
-        on_failure_callback=agency_run_failed,
+        on_failure_callback=failure_notifiers("agency_run_failed"),  # a notice within a minute
     ) as dag:
         validations = []
         for category, systems in plan:

@@ -11,6 +11,8 @@ package back to the bodies' DAGs; they never schedule it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -32,6 +34,7 @@ from osms.orchestration.assets import package_asset, status_asset
 from osms.orchestration.dag_factory import OWNER, START_DATE
 from osms.core.dates import ALMATY, run_day
 from osms.core.registry import NoEditionInForce, default_registry
+from osms.orchestration.notices import failure_notifiers
 
 DAG_ID = "osms_daily_package"
 # After the agency DAGs (00:30): the package for D is built once they have reported.
@@ -64,6 +67,12 @@ PARAMS = {
         title="Wait for D-1's package to be delivered (minutes)",
         description="How long previous_package_delivered waits for the package of D-1 to have a receipt (D is"
                     " chained on it). 0: look once and fail at once, saying which day to deliver. At most 2 days.",
+    ),
+    START_CHAIN_CONF: Param(
+        False, type="boolean", title="Start the delivery chain at this day",
+        description="Only when no chain start is written yet (a first delivery): this run's day becomes the"
+                    " chain's first, which needs no predecessor. Otherwise ignored; `osms chain start` says"
+                    " where it starts.",
     ),
 }
 RECEIVER_CONN_ID = "osms_state_corp"
@@ -198,12 +207,13 @@ class PreviousPackageSensor(BaseSensorOperator):
         except ChainWaiting as exc:
             self._waiting = str(exc)
             self.log.info("waiting: %s", exc)
-            from osms.orchestration.alerts import notify
+            from osms.orchestration.notices import notice_of, send_notice
 
-            notify("delivery_waiting", dag_id=context["dag"].dag_id, run_id=context["run_id"], day=day,
-                   message=f"the package of {day} waits: {exc}")
+            send_notice(notice_of("delivery_waiting", context, fields={"previous": (day - timedelta(days=1))
+                                                                         .isoformat()}))
             return False
-        except ChainBroken:
+        except ChainBroken as exc:
+            chain_refused(context, exc)
             raise
         self.log.info("package %s %s", day, found.how)
         return True
@@ -258,12 +268,18 @@ def build(**context: Any) -> dict[str, Any]:
 
     day = run_day(context)
     may_start, started_by = chain_starter(context)
-    with task_errors():
+    with task_errors(), chain_refusals(context):
         key = signing_key_pem(Variable.get(SIGNING_KEY_VARIABLE, default=None))
         result = build_package(day=day, data_dir=layout.data_dir(), signing_key_pem=key,
                                producer_version=osms.__version__,
                                receiver=HttpReceiver.from_connection(RECEIVER_CONN_ID), may_start=may_start,
                                started_by=started_by)
+    undecided = undecided_holds(result.categories)
+    if undecided:
+        # the package went out without waiting for QA: say which holds wait for a decision
+        from osms.orchestration.notices import notice_of, send_notice
+
+        send_notice(notice_of("qa_decision_waiting", context, feeds=undecided))
     return {
         "package_id": result.package_id,
         "path": str(result.path),
@@ -302,7 +318,7 @@ def deliver(built: dict[str, Any], **context: Any) -> dict[str, Any]:
     from osms.orchestration.failures import task_errors
     from osms.package.build import package_lock
 
-    with task_errors(), package_lock(layout.data_dir(), run_day(context)):
+    with task_errors(), chain_refusals(context), package_lock(layout.data_dir(), run_day(context)):
         receipt, new = deliver_package(Path(built["path"]), endpoint_from_connection(RECEIVER_CONN_ID),
                                        data_dir=layout.data_dir())
     # the asset event names the day and the receipt (never a record): the Assets view lists the deliveries
@@ -322,7 +338,42 @@ def report(built: dict[str, Any], receipt: dict[str, Any], **context: Any) -> di
         log.info("%s %s: %s, %s rows", day, code, c["status"], c["rows"])
     log.info("package %s (%s rows) receipt %s%s", built["package_id"], built["rows"], receipt["receipt_id"],
              "" if receipt["newly_delivered"] else " (already delivered earlier)")
+    from osms.orchestration.notices import flush_outbox
+
+    log.info("notices not accepted before: %s", flush_outbox())  # once a day at least, they are tried again
     return {"package_id": built["package_id"], "receipt_id": receipt["receipt_id"]}
+
+
+def undecided_holds(categories: dict[str, Any]) -> dict[str, str]:
+    """Feeds (``body.system.category``) held back on D with no QA decision, from the package's categories."""
+    return {f"{body}.{system}.{code}": "held_back"
+            for code, c in sorted(categories.items()) for body, b in sorted(c.get("bodies", {}).items())
+            for system, f in sorted(b.get("feeds", {}).items())
+            if f.get("status") == "held_back" and not f.get("decision")}
+
+
+def chain_refused(context: Any, exc: BaseException) -> None:
+    """Notice: the delivery chain refuses D's package (names the day; the task log says which days to deliver)."""
+    from osms.orchestration.notices import notice_of, send_notice
+
+    send_notice(notice_of("chain_refused", context, details={"cause": type(exc).__name__}))
+
+
+@contextmanager
+def chain_refusals(context: Any) -> Iterator[None]:
+    """Send the ``chain_refused`` notice when the chain, or the receiver, refuses D's place in it."""
+    from osms.package.chain import ChainBroken
+    from osms.package.deliver import DeliveryWaiting
+
+    try:
+        yield
+    except ChainBroken as exc:
+        chain_refused(context, exc)
+        raise
+    except DeliveryWaiting as exc:
+        if exc.code == "out_of_order":  # the receiver's chain and ours differ: no retry mends it
+            chain_refused(context, exc)
+        raise
 
 
 def build_package_dag() -> DAG:
@@ -339,6 +390,7 @@ def build_package_dag() -> DAG:
         tags=["osms", "package"],
         params=PARAMS,
         deadline=delivery_deadline(),
+        on_failure_callback=failure_notifiers("package_run_failed"),  # a notice within a minute
         doc_md=__doc__ + "\n\nSigning key: Airflow variable `osms_signing_private_key` (PEM, masked). Receiver: connection"
         " `osms_state_corp`. Deadline alert (package not delivered by D+1 07:00 Almaty): webhook connection"
         " `osms_alert_webhook`, or the one named by the variable `osms_alert_webhook_conn`.",

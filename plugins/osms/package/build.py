@@ -69,6 +69,7 @@ from osms.package.consolidate import (
     changes_schema,
     records_schema,
 )
+from osms.core.decisions import Decision, Decisions
 from osms.core.files import fsync_dir, private_dir, sha256_file, write_bytes_atomic
 from osms.core.registry import default_registry
 from osms.core.status import StatusUnreadable, read_status
@@ -100,7 +101,9 @@ ROW_GROUP_ROWS = 500_000
 # task budget's (GX on pandas holds several copies of a frame per expectation).
 GATE_CHUNK_ROWS: int | None = None
 
-UnitStatus = Literal["published", "held_back", "failed", "missing"]  # a feed's verdict on D
+# a feed's verdict on D; "released": held back, and QA's release of D shapes this package
+UnitStatus = Literal["published", "released", "held_back", "failed", "missing"]
+USED_AS_PUBLISHED = ("published", "released")
 CategoryVerdict = Literal["published", "carried_forward", "partial", "missing"]
 
 
@@ -139,11 +142,13 @@ class Unit:
     body_status: str = "missing"
     body_reason: str | None = None
     body_counts: dict[str, Any] = field(default_factory=dict)
+    decision: Decision | None = None  # QA's decision on the feed's verdict of D that this package follows
+    source_decision: Decision | None = None  # the release that made the day carried forward from count
 
     @property
     def carried_forward_from(self) -> dt.date | None:
         """The date whose validated data stands in for D, when the feed is carried forward."""
-        return self.source_day if self.status != "published" else None
+        return self.source_day if self.status not in USED_AS_PUBLISHED else None
 
 
 # --------------------------------------------------------------------------- small public helpers
@@ -176,30 +181,63 @@ class _Statuses:
 
 
 def plan_units(data_dir: Path, day: dt.date, edition: Edition, *, earliest: dt.date | None = None) -> list[Unit]:
-    """Every feed of the edition with its verdict on D and the date its data comes from."""
+    """Every feed of the edition with its verdict on D and the date its data comes from.
+
+    QA's decisions count as the package of D follows them (:mod:`osms.core.decisions`): a feed
+    held back on D and released counts as published (``released``), and a day QA released
+    counts as published when the data to carry forward is looked for.
+    """
     earliest = earliest or min(e.effective_from for e in default_registry().editions)
     earlier_days = sorted((d for d, _ in layout.dated_dirs(data_dir / "status") if earliest <= d < day), reverse=True)
     statuses = _Statuses(data_dir)
+    decisions = Decisions(data_dir)
     units = []
     for f in sorted(edition.feeds, key=lambda f: (f.body, f.category, f.system)):
         status, unreadable = statuses.get(day, f.body)
         verdict, reason, counts = _verdict(status, f.category, f.system)
         if unreadable:
             reason = unreadable
-        if verdict == "published" and not layout.validated(data_dir, day, f.body, f.category).is_file():
-            verdict, reason = "failed", "published, but its validated file is missing"
-        source = day if verdict == "published" else None
+        decision = decisions.effective(day, f.id, day) if verdict == "held_back" else None
+        if decision is not None and decision.action == "release":
+            verdict = "released"
+        if verdict in USED_AS_PUBLISHED and not layout.validated(data_dir, day, f.body, f.category).is_file():
+            verdict, reason = "failed", f"{verdict}, but its validated file is missing"
+        source = day if verdict in USED_AS_PUBLISHED else None
+        source_decision = None
         if source is None:
             for d in earlier_days:
                 v, _, _ = _verdict(statuses.get(d, f.body)[0], f.category, f.system)
-                if v == "published" and layout.validated(data_dir, d, f.body, f.category).is_file():
-                    source = d
+                released = decisions.effective(d, f.id, day) if v == "held_back" else None
+                if released is not None and released.action != "release":
+                    released = None
+                if (v == "published" or released) and layout.validated(data_dir, d, f.body, f.category).is_file():
+                    source, source_decision = d, released
                     break
         body_status, body_reason, body_counts = _body_verdict(status, f.category)
         units.append(Unit(body=f.body, system=f.system, category=f.category, status=verdict, reason=reason,
                           counts=counts, source_day=source, body_status=body_status,
-                          body_reason=unreadable or body_reason, body_counts=body_counts))
+                          body_reason=unreadable or body_reason, body_counts=body_counts, decision=decision,
+                          source_decision=source_decision))
     return units
+
+
+def shaping_decisions(data_dir: Path, day: dt.date, units: list[Unit]) -> list[Decision]:
+    """The QA decisions that shaped D's package: on D's verdicts, releases of the days carried forward from,
+    and every decision whose first package is D's; in the order of day, feed and time made."""
+    decisions = Decisions(data_dir)
+    found = {(d.day, d.feed, d.at): d for u in units for d in (u.decision, u.source_decision) if d is not None}
+    for path in sorted((data_dir / "decisions").glob("*/*.json")) if (data_dir / "decisions").is_dir() else ():
+        try:
+            decided = dt.date.fromisoformat(path.parent.name)
+        except ValueError:
+            continue
+        if decided > day:
+            continue
+        log_ = decisions.log_of(decided, path.stem)
+        for d in log_.decisions if log_ else ():
+            if d.applies_from == day:
+                found[(d.day, d.feed, d.at)] = d
+    return [found[k] for k in sorted(found)]
 
 
 def _body_verdict(status: Any, category: str) -> tuple[str, str | None, dict[str, Any]]:
@@ -300,7 +338,7 @@ def _build(day: dt.date, data_dir: Path, key: Any, producer_version: str, memory
                 records.close()
                 changes.close()
             log.info("package: %d rows in %d ranges of IINs", records.rows, stats.ranges)
-        quality = _quality_doc(day, edition, units, stats, previous)
+        quality = _quality_doc(day, edition, units, stats, previous, shaping_decisions(data_dir, day, units))
         write_bytes_atomic(quality.to_bytes(), work / QUALITY)
         with _step("package suite"):
             run_package_suite(
@@ -326,7 +364,7 @@ def _build_lock(data_dir: Path, day: dt.date) -> Iterator[None]:
     """One build (or delivery) of a date at a time: an exclusive lock on ``locks/package-<D>.lock``."""
     import fcntl
 
-    path = Path(data_dir) / "locks" / f"package-{day.isoformat()}.lock"
+    path = layout.package_lock(Path(data_dir), day)
     private_dir(path.parent)
     with path.open("a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -434,7 +472,8 @@ NOTES = (
 
 
 def _quality_doc(
-    day: dt.date, edition: Edition, units: list[Unit], stats: ConsolidationStats, previous: Path | None
+    day: dt.date, edition: Edition, units: list[Unit], stats: ConsolidationStats, previous: Path | None,
+    decisions: Sequence[Decision] = (),
 ) -> QualityDocument:
     """quality.json: per category, body and feed, counts and verdicts only."""
     categories: dict[str, Any] = {}
@@ -473,6 +512,7 @@ def _quality_doc(
                         "rows_published": u.counts.get("rows_published", 0),
                         "rows_quarantined": u.counts.get("rows_quarantined", 0),
                         "rows_used": stats.used_by_unit.get((u.body, u.system, cat), 0),
+                        "decision": u.decision.as_dict() if u.decision else None,
                     }
                     for u in mine
                 },
@@ -502,12 +542,13 @@ def _quality_doc(
         "totals": totals,
         "changes": {"against": previous.name if previous else None, **stats.changes},
         "notes": list(NOTES),
+        "decisions": [d.as_dict() for d in decisions],
     })
 
 
 def category_verdict(units: list[Unit]) -> CategoryVerdict:
-    """A category's verdict from its feeds: published, partial, carried_forward or missing."""
-    published = [u for u in units if u.status == "published"]
+    """A category's verdict from its feeds: published, partial, carried_forward or missing (a release publishes)."""
+    published = [u for u in units if u.status in USED_AS_PUBLISHED]
     if len(published) == len(units):
         return "published"
     if not any(u.source_day is not None for u in units):

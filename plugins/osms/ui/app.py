@@ -13,25 +13,40 @@ navigation through an external view (``/plugin/data-quality``, an iframe of
 - ``/osms/package?day=D``: the package's manifest, each file's checksum checked, the
   signature checked with the pipeline's public key, the chain link to the previous
   package, and the receiver's receipt;
-- ``/osms/api/...``: the same as JSON, for tools.
+- ``/osms/api/...``: the same as JSON, for tools;
+- ``POST /osms/decisions`` (the page's forms) and ``POST /osms/api/decisions`` (JSON): QA
+  releases a feed held back on D, or confirms the hold, with a reason
+  (:mod:`osms.core.decisions`).
+
+Languages: English, Kazakh and Russian (:mod:`osms.core.i18n`); ``?lang=kk`` chooses one
+and a cookie (``osms_lang``) remembers it, else the browser's ``Accept-Language`` decides.
 
 Security. A mounted sub-app does not inherit the API server's route dependencies, so
 this app puts its own on *every* route, static files included: the caller must carry
 Airflow's JWT (the UI's ``_token`` cookie or an ``Authorization: Bearer`` header) and
 be allowed the custom view ``Data quality`` by the auth manager (viewer and up with
-the simple auth manager). The OpenAPI and docs routes FastAPI would add are switched
+the simple auth manager). A decision also needs the custom view ``QA decisions`` with
+the method POST (FAB gives it to the roles ``qa`` and ``engineer`` only); the simple auth
+manager allows every custom view to every viewer, so where ``OSMS_QA_DECIDERS`` names
+users (the embedded shape: ``qa,engineer``) the decider must also be one of them, as
+Airflow's human-in-the-loop tasks restrict who answers (``is_authorized_hitl_task``). A
+decision is refused when the browser says it comes from another site (``Origin``,
+``Sec-Fetch-Site``). The OpenAPI and docs routes FastAPI would add are switched
 off. File paths from URLs are resolved inside their folder or refused. The pages show
 counts, rule names, codes, dates and checksums only: no IIN or name is read.
 
-Configuration: ``OSMS_DATA_DIR`` (the data root, as for the DAGs) and
+Configuration: ``OSMS_DATA_DIR`` (the data root, as for the DAGs),
 ``OSMS_SIGNING_PUBLIC_KEY`` (PEM path of the key packages are checked against;
-default: the development key in ``$OSMS_KEY_DIR`` or ``~/.osms/keys``).
+default: the development key in ``$OSMS_KEY_DIR`` or ``~/.osms/keys``) and
+``OSMS_QA_DECIDERS`` (comma-separated user ids; unset: the permission alone decides).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,8 +56,11 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from markupsafe import Markup
 
 from osms.core import layout
+from osms.core.decisions import ACTIONS, DecisionRefused, record
+from osms.core.i18n import COOKIE, LANGUAGES, N_, STATUS_LABELS, choose, gettext_for, translations
 from osms.ui import assets as ui_assets
 from osms.ui.charts import line_chart
+from osms.ui.reasons import localize_reason
 from osms.ui.report import (
     TREND_DAYS,
     BadDay,
@@ -57,15 +75,23 @@ from osms.ui.report import (
 URL_PREFIX = "/osms"
 VIEW_NAME = "Data quality"
 DECISIONS_VIEW = "QA decisions"
+DECIDERS_ENV = "OSMS_QA_DECIDERS"
 URL_ROUTE = "data-quality"
 TEMPLATES = Path(__file__).with_name("templates")
 ICON = (
     '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="none" stroke="#4a90d9" stroke-width="2">'
     '<path d="M3 3v18h18"/><path d="M7 15l4-4 3 3 5-6"/></svg>'
 )
-STATUS_LABELS = {
-    "published": "published", "partial": "partial", "carried_forward": "carried forward",
-    "missing": "missing", "held_back": "held back", "failed": "failed",
+FORM_MAX_BYTES = 8192  # a decision's form: a few codes and a reason of at most 500 characters
+COOKIE_MAX_AGE = 365 * 24 * 3600
+# What a refused decision tells the person, by the rule it broke (osms.core.decisions.DecisionRefused.code)
+REFUSALS = {
+    "reason_empty": N_("A decision needs a reason."),
+    "reason_long": N_("The reason is too long: at most {limit} characters."),
+    "reason_iin": N_("The reason holds a 12-digit number (an IIN?): personal data never goes in a reason."),
+    "not_held_back": N_("Only a held-back feed is QA's to decide: {feed} is not held back on {day}."),
+    "not_releasable": N_("{feed} on {day} has no validated rows to release: its data did not reach validation."),
+    "nothing": N_("Nothing held back on {day} matches the decision."),
 }
 
 Authorize = Callable[..., Any]
@@ -99,28 +125,73 @@ def airflow_authorization() -> Authorize:
     return authorize
 
 
-def _templates() -> Any:
+def qa_deciders() -> set[str]:
+    """The user ids allowed to decide besides the permission (``OSMS_QA_DECIDERS``); empty: the permission decides."""
+    return {u.strip() for u in os.environ.get(DECIDERS_ENV, "").split(",") if u.strip()}
+
+
+def may_decide(manager: Any, user: Any) -> bool:
+    """Whether ``user`` may make QA decisions: the permission, and one of ``OSMS_QA_DECIDERS`` where it is set."""
+    if not manager.is_authorized_custom_view(method="POST", resource_name=DECISIONS_VIEW, user=user):
+        return False
+    deciders = qa_deciders()
+    return not deciders or manager.is_authorized_hitl_task(assigned_users=deciders, user=user)
+
+
+def decider_authorization() -> Authorize:
+    """A dependency: the name of the user if they may make QA decisions, else None."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.core_api.security import get_user
+
+    def decider(user: Any = Depends(get_user)) -> str | None:
+        return str(user.get_name()) if may_decide(get_auth_manager(), user) else None
+
+    return decider
+
+
+def _templates(language: str) -> Any:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"]),
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                      extensions=["jinja2.ext.i18n"])
+    env.install_gettext_translations(translations(language), newstyle=True)  # type: ignore[attr-defined]
+    _ = gettext_for(language)
     env.filters["num"] = lambda v: "—" if v is None else f"{v:,}".replace(",", "\u202f")
     env.filters["pct"] = lambda v: "—" if v is None else f"{v * 100:.2f} %"
-    env.filters["label"] = lambda s: STATUS_LABELS.get(s, s)
+    env.filters["label"] = lambda s: _(STATUS_LABELS[s]) if s in STATUS_LABELS else s
+    env.filters["reason"] = lambda text: localize_reason(text, language)
+    env.filters["action"] = lambda a: _(ACTION_LABELS[a]) if a in ACTION_LABELS else a
+    env.globals.update(language=language, languages=LANGUAGES)
     return env
 
 
+ACTION_LABELS = {"release": N_("released"), "hold": N_("hold confirmed")}
+
+
 def create_app(authorize: Authorize | None = None, *, prefix: str = URL_PREFIX,
-               root: Callable[[], Path] = data_root, key: Callable[[], Path | None] = public_key_path) -> FastAPI:
-    """The plugin's app; ``authorize`` guards every route (Airflow's auth when not given)."""
+               root: Callable[[], Path] = data_root, key: Callable[[], Path | None] = public_key_path,
+               decider: Authorize | None = None,
+               clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> FastAPI:
+    """The plugin's app; ``authorize`` guards every route, ``decider`` names who may decide (Airflow's when not
+    given); ``clock`` says when a decision is made."""
     guard = authorize or airflow_authorization()
+    # a stand-in login (tests) without a stand-in decider: nobody may decide
+    may_decide = decider or (decider_authorization() if authorize is None else _nobody)
     app = FastAPI(title="OSMS data quality", docs_url=None, redoc_url=None, openapi_url=None,
                   dependencies=[Depends(guard)])
-    env = _templates()
+    envs = {language: _templates(language) for language in LANGUAGES}
 
-    def page(name: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
-        html = env.get_template(name).render(prefix=prefix, **ctx)
-        return HTMLResponse(html, status_code=status_code, headers=_NO_STORE)
+    def language_of(request: Request, lang: str | None = Query(default=None, max_length=8)) -> str:
+        return choose(lang, request.cookies.get(COOKIE), request.headers.get("accept-language"))
+
+    def page(name: str, language: str, asked: str | None, status_code: int = 200, **ctx: Any) -> HTMLResponse:
+        html = envs[language].get_template(name).render(prefix=prefix, **ctx)
+        response = HTMLResponse(html, status_code=status_code, headers=_NO_STORE)
+        if asked in LANGUAGES:  # remembered for the next visit
+            response.set_cookie(COOKIE, asked, max_age=COOKIE_MAX_AGE, path=prefix, samesite="lax",
+                                httponly=True)
+        return response
 
     def day_or_latest(day: str | None) -> tuple[dt.date | None, list[dt.date]]:
         days = available_days(root())
@@ -132,31 +203,97 @@ def create_app(authorize: Authorize | None = None, *, prefix: str = URL_PREFIX,
     def index() -> RedirectResponse:
         return RedirectResponse(f"{prefix}/quality", status_code=307)
 
-    @app.get("/quality", response_class=HTMLResponse)
-    def quality_page(day: str | None = Query(default=None)) -> HTMLResponse:
-        chosen, days = day_or_latest(day)
+    def quality(chosen: dt.date | None, days: list[dt.date], language: str, asked: str | None, who: str | None,
+                status_code: int = 200, **flash: Any) -> HTMLResponse:
+        _ = gettext_for(language)
         if chosen is None:
-            return page("empty.html", days=days, chosen=None, title="Data quality")
-        report = day_report(root(), chosen)
+            return page("empty.html", language, asked, days=days, chosen=None, title=_("Data quality"))
+        report = day_report(root(), chosen, language)
         trend = trends(root(), chosen, TREND_DAYS)
         charts = {}
         for code, points in trend.series.items():
             rows = [(p.day, p.rows_in) for p in points]
             rate = [(p.day, p.quarantine_rate) for p in points]
             charts[code] = (
-                Markup(line_chart(rows, title=f"{code}: rows in", kind="count", color="#1f6feb")),
-                Markup(line_chart(rate, title=f"{code}: quarantine rate", kind="rate", color="#d1242f")),
+                Markup(line_chart(rows, title=_("{code}: rows in").format(code=code), kind="count",
+                                  color="#1f6feb")),
+                Markup(line_chart(rate, title=_("{code}: quarantine rate").format(code=code), kind="rate",
+                                  color="#d1242f")),
             )
-        return page("quality.html", report=report, days=days, chosen=chosen, charts=charts,
-                    trend_days=TREND_DAYS, title=f"Data quality {chosen}")
+        return page("quality.html", language, asked, status_code=status_code, report=report, days=days,
+                    chosen=chosen, charts=charts, trend_days=TREND_DAYS, may_decide=who is not None,
+                    title=_("Data quality {day}").format(day=chosen), flash=flash or None)
+
+    @app.get("/quality", response_class=HTMLResponse)
+    def quality_page(day: str | None = Query(default=None), done: int | None = Query(default=None, ge=0, le=1000),
+                     lang: str | None = Query(default=None, max_length=8), language: str = Depends(language_of),
+                     who: str | None = Depends(may_decide)) -> HTMLResponse:
+        chosen, days = day_or_latest(day)
+        flash = {"recorded": done} if done is not None else {}
+        return quality(chosen, days, language, lang, who, **flash)
 
     @app.get("/package", response_class=HTMLResponse)
-    def package_page(day: str | None = Query(default=None)) -> HTMLResponse:
+    def package_page(day: str | None = Query(default=None), lang: str | None = Query(default=None, max_length=8),
+                     language: str = Depends(language_of)) -> HTMLResponse:
+        _ = gettext_for(language)
         chosen, days = day_or_latest(day)
         if chosen is None:
-            return page("empty.html", days=days, chosen=None, title="Package")
+            return page("empty.html", language, lang, days=days, chosen=None, title=_("Package"))
         view = package_view(root(), chosen, key())
-        return page("package.html", view=view, days=days, chosen=chosen, title=f"Package {chosen}")
+        return page("package.html", language, lang, view=view, days=days, chosen=chosen,
+                    title=_("Package {day}").format(day=chosen))
+
+    def decide(request: Request, who: str | None, fields: dict[str, str]) -> tuple[list[Any], DecisionRefused | None]:
+        """Record the decision on every held-back feed the fields name; (decisions recorded, the refusal if none)."""
+        if who is None:
+            raise HTTPException(status_code=403, detail=f"Forbidden: the {DECISIONS_VIEW} view is not allowed")
+        _same_site(request)
+        chosen = _day(fields.get("day", ""))
+        category, body, system = (fields.get(k, "").strip() for k in ("category", "body", "system"))
+        report = day_report(root(), chosen)
+        targets = [(u.body, f.system, c.code) for c in report.categories if c.code == category for u in c.units
+                   if body in ("", u.body) for f in u.feeds if system in ("", f.system) and f.decidable]
+        if not category or not targets:
+            return [], DecisionRefused("nothing held back matches", "nothing", day=chosen)
+        made, refused = [], None
+        moment = clock()
+        for b, sys_, cat in targets:
+            try:
+                made.append(record(root(), day=chosen, body=b, system=sys_, category=cat,
+                                   action=fields.get("action", ""), reason=fields.get("reason", ""), by=who,
+                                   at=moment))
+            except DecisionRefused as exc:
+                refused = refused or exc
+        return made, (refused if not made else None)
+
+    @app.post("/decisions", response_class=HTMLResponse)
+    async def decisions_form(request: Request, language: str = Depends(language_of),
+                             who: str | None = Depends(may_decide)) -> Response:
+        raw = await _bounded_body(request)
+        fields = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode("utf-8", "replace"),
+                                                            keep_blank_values=True).items()}
+        made, refused = decide(request, who, fields)
+        chosen = _day(fields["day"])
+        if refused is not None:
+            _ = gettext_for(language)
+            message = _(REFUSALS[refused.code]).format(**{k: str(v) for k, v in refused.fields.items()}) \
+                if refused.code in REFUSALS else str(refused)
+            return quality(chosen, available_days(root()), language, None, who, status_code=409, refused=message)
+        target = f"{prefix}/quality?day={chosen.isoformat()}&done={len(made)}#category-{fields.get('category', '')}"
+        return RedirectResponse(target, status_code=303)
+
+    @app.post("/api/decisions")
+    async def decisions_api(request: Request, who: str | None = Depends(may_decide)) -> JSONResponse:
+        if "application/json" not in request.headers.get("content-type", ""):
+            raise HTTPException(status_code=415, detail="a decision is sent as application/json")
+        try:
+            fields = {k: str(v) for k, v in json.loads(await _bounded_body(request)).items()}
+        except (ValueError, AttributeError):
+            raise HTTPException(status_code=400, detail="a decision is a JSON object") from None
+        made, refused = decide(request, who, fields)
+        if refused is not None:
+            return JSONResponse({"detail": str(refused), "code": refused.code}, status_code=409, headers=_NO_STORE)
+        return JSONResponse({"decisions": [d.as_dict() for d in made]}, status_code=201, headers=_NO_STORE)
 
     @app.get("/docs/{day}")
     def data_docs_root(day: str) -> RedirectResponse:
@@ -214,6 +351,32 @@ def create_app(authorize: Authorize | None = None, *, prefix: str = URL_PREFIX,
 
 
 _NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _nobody() -> None:
+    return None
+
+
+async def _bounded_body(request: Request) -> bytes:
+    """The request's body, refused beyond :data:`FORM_MAX_BYTES`."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > FORM_MAX_BYTES:
+            raise HTTPException(status_code=413, detail=f"a decision is at most {FORM_MAX_BYTES} bytes")
+    return body
+
+
+def _same_site(request: Request) -> None:
+    """Refuse a decision a browser says another site sent (a forged form riding on the UI's login cookie)."""
+    site = request.headers.get("sec-fetch-site")
+    if site and site not in ("same-origin", "none"):
+        raise HTTPException(status_code=403, detail="Forbidden: a decision must come from the Data quality page")
+    origin = request.headers.get("origin")
+    if origin:
+        host = request.headers.get("x-forwarded-host") or request.headers.get("host") or ""
+        if urllib.parse.urlsplit(origin).netloc != host:
+            raise HTTPException(status_code=403, detail="Forbidden: a decision must come from the Data quality page")
 
 
 def _day(text: str) -> dt.date:

@@ -3,7 +3,7 @@
 Every figure is derived, at each scrape, from what the stages write under ``OSMS_DATA_DIR``:
 the bodies' statuses (``status/D/<body>.json``), the packages (``quality.json``,
 ``manifest.json``, ``receipt.json``), the chain's start (``chain/start.json``), the notices
-sent (``alerts/D/<dag>.<kind>.<run>``, one file per notice) and each task's cost, written by
+accepted (``alerts/D/<dag>.<kind>.<run>.sent``) or still waiting and each task's cost, written by
 the task-metrics listener (``metrics/D/<dag>/<task>.json``). So every API server process of
 every host serves the same figures, and nothing is lost when one restarts: there is no
 state in memory to scrape.
@@ -371,16 +371,27 @@ def _tasks(root: Path, figures: _Figures) -> None:
 
 
 def _notices(root: Path, figures: _Figures) -> None:
+    """Notices the webhook accepted (``.sent``) and those still waiting in the outbox (see osms.orchestration.notices)."""
     sent: Counter[tuple[str, str]] = Counter()
+    pending: Counter[tuple[str, str]] = Counter()
     for _, folder in layout.dated_dirs(root / "alerts"):
         for path in folder.iterdir():
             dag_id, dot, rest = path.name.partition(".")
             kind = rest.partition(".")[0]
-            if dot and kind and not path.name.startswith("."):
+            if not dot or not kind or path.name.startswith("."):
+                continue
+            if path.suffix == ".sent":
                 sent[(kind, dag_id)] += 1
-    family = figures.family("osms_notices_sent", "Notices sent (one file each under alerts/), by kind and DAG.",
+            elif path.suffix == ".json" and not any(path.with_suffix(s).exists()
+                                                     for s in (".sent", ".dropped", ".skipped")):
+                pending[(kind, dag_id)] += 1
+    family = figures.family("osms_notices_sent", "Notices the webhook accepted (alerts/D/*.sent), by kind and DAG.",
                             "kind", "dag_id")
     for (kind, dag_id), count in sorted(sent.items()):
+        family.add(count, kind, dag_id)
+    family = figures.family("osms_notices_pending", "Notices not accepted yet, retried with backoff, by kind and DAG.",
+                            "kind", "dag_id")
+    for (kind, dag_id), count in sorted(pending.items()):
         family.add(count, kind, dag_id)
 
 

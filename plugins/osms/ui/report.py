@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from osms.core import layout
+from osms.core.decisions import Decision, Decisions
 from osms.core.documents import MANIFEST, QUALITY, Problem
+from osms.core.i18n import DEFAULT, local_name
 from osms.core.files import sha256_file
 from osms.core.registry import Edition, NoEditionInForce, default_registry
 from osms.core.status import BodyStatus, CategoryStatus, StatusUnreadable, read_status, read_status_or_none
@@ -47,15 +49,25 @@ def available_days(root: Path) -> list[dt.date]:
 
 @dataclass(frozen=True)
 class FeedRow:
-    """One feed (a system of the body) of a category on D: its own verdict and counts."""
+    """One feed (a system of the body) of a category on D: its own verdict and counts, and QA's decisions."""
 
     system: str
-    status: str  # published, held_back, failed, missing
+    status: str  # published, released, held_back, failed, missing
     reason: str | None
     carried_forward_from: dt.date | None
     rows_in: int
     rows_published: int
     rows_quarantined: int
+    system_name: str = ""
+    decisions: tuple[Decision, ...] = ()  # every decision made about the feed's verdict of D, in order
+    decision: Decision | None = None  # the one D's package follows
+    decidable: bool = False  # held back on D: QA may release it or confirm the hold
+    releasable: bool = False  # ... and its rows were validated, so there is something to release
+
+    @property
+    def latest(self) -> Decision | None:
+        """The last decision made (it stands from its first package on)."""
+        return self.decisions[-1] if self.decisions else None
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,7 @@ class UnitRow:
     carried_forward_from: dt.date | None
     reported: CategoryStatus | None
     feeds: tuple[FeedRow, ...] = ()
+    body_name: str = ""
 
     @property
     def rows_in(self) -> int:
@@ -195,7 +208,9 @@ class DayReport:
                         "feeds": {f.system: {
                             "status": f.status, "reason": f.reason, "carried_forward_from": _iso(f.carried_forward_from),
                             "rows_in": f.rows_in, "rows_published": f.rows_published,
-                            "rows_quarantined": f.rows_quarantined,
+                            "rows_quarantined": f.rows_quarantined, "decidable": f.decidable,
+                            "decision": f.decision.as_dict() if f.decision else None,
+                            "decisions": [d.as_dict() for d in f.decisions],
                         } for f in u.feeds},
                     } for u in c.units},
                 } for c in self.categories
@@ -212,8 +227,11 @@ def docs_dir(root: Path, day: dt.date) -> Path:
     return root / "reports" / "data_docs" / day.isoformat()
 
 
-def day_report(root: Path, day: dt.date) -> DayReport:
-    """Per category and body: verdict, counts, rules, carried-forward dates on D."""
+def day_report(root: Path, day: dt.date, language: str = DEFAULT) -> DayReport:
+    """Per category and body: verdict, counts, rules, carried-forward dates and QA's decisions on D.
+
+    Names of categories, bodies and systems are the registry's in ``language``.
+    """
     from osms.package.build import category_verdict, plan_units
 
     has_package = (layout.package_dir(root, day) / MANIFEST).is_file()
@@ -232,6 +250,7 @@ def day_report(root: Path, day: dt.date) -> DayReport:
         except StatusUnreadable as exc:
             statuses[b.code], unreadable[b.code] = None, f"its status file is unreadable: {exc.problem}"
     units = plan_units(root, day, edition)
+    decisions = Decisions(root)
     quality = _read_json(layout.package_dir(root, day) / QUALITY) or {}
     rows = []
     for ec in edition.categories:
@@ -241,20 +260,18 @@ def day_report(root: Path, day: dt.date) -> DayReport:
             mine = [u for u in cat_units if u.body == body]
             carried = sorted(u.carried_forward_from for u in mine if u.carried_forward_from)
             first = mine[0]
+            reported = _reported(statuses.get(body), ec.code)
             unit_rows.append(UnitRow(
                 body=body, status=first.body_status,
                 reason=unreadable.get(body) or (first.body_reason if first.body_status != "published" else None),
                 carried_forward_from=carried[0] if carried else None,
-                reported=_reported(statuses.get(body), ec.code),
-                feeds=tuple(FeedRow(system=u.system, status=u.status, reason=u.reason,
-                                    carried_forward_from=u.carried_forward_from,
-                                    rows_in=int(u.counts.get("rows_in", 0)),
-                                    rows_published=int(u.counts.get("rows_published", 0)),
-                                    rows_quarantined=int(u.counts.get("rows_quarantined", 0))) for u in mine),
+                reported=reported,
+                feeds=tuple(_feed_row(root, day, edition, u, reported, decisions, language) for u in mine),
+                body_name=local_name(edition.body(body), language),
             ))
         q_cat = (quality.get("categories") or {}).get(ec.code) or {}
         rows.append(CategoryRow(
-            row=ec.row, code=ec.code, name=ec.category.name_en, provisional=ec.provisional,
+            row=ec.row, code=ec.code, name=local_name(ec.category, language), provisional=ec.provisional,
             status=category_verdict(cat_units), units=tuple(unit_rows),
             package_rows=q_cat.get("rows") if has_package else None,
         ))
@@ -264,6 +281,24 @@ def day_report(root: Path, day: dt.date) -> DayReport:
         bodies_missing=tuple(sorted(b for b, s in statuses.items() if s is None)),
         has_package=has_package, has_docs=has_docs,
     )
+
+
+def _feed_row(root: Path, day: dt.date, edition: Edition, unit: Any, reported: CategoryStatus | None,
+              decisions: Decisions, language: str) -> FeedRow:
+    """A feed's row: its verdict and counts on D, and what QA decided or may decide about it."""
+    feed_id = f"{unit.body}.{unit.system}.{unit.category}"
+    decidable = unit.status in ("held_back", "released")
+    info = (reported.feeds.get(unit.system) or {}) if reported is not None else {}
+    releasable = decidable and info.get("kind") != "schema_change" and layout.validated(
+        root, day, unit.body, unit.category).is_file()
+    return FeedRow(system=unit.system, status=unit.status, reason=unit.reason,
+                   carried_forward_from=unit.carried_forward_from,
+                   rows_in=int(unit.counts.get("rows_in", 0)),
+                   rows_published=int(unit.counts.get("rows_published", 0)),
+                   rows_quarantined=int(unit.counts.get("rows_quarantined", 0)),
+                   system_name=local_name(edition.system(unit.system), language),
+                   decisions=tuple(decisions.of_feed(day, feed_id)), decision=unit.decision,
+                   decidable=decidable, releasable=releasable)
 
 
 def _reported(status: BodyStatus | None, category: str) -> CategoryStatus | None:
