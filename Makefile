@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATE ?=
 
-.PHONY: setup run airflow cluster compose-env compose-config compose-test image wheels standins docker test unit e2e \
+.PHONY: setup run airflow cluster compose-env compose-config compose-test docs image wheels standins docker test unit e2e \
 	browser servers bench bench-mocks bench-national bench-hostile clean
 SCALE ?= 1.0
 
@@ -122,6 +122,10 @@ servers:
 # Figures for every stage at a size that finishes in minutes on 2 cores; the
 # national-scale runs are `make bench-mocks SCALE=1.0` and BENCH_ROWS=13000000.
 BENCH_ROWS ?= 2000000
+# docs/decree-660.md from the registry (after a change of include/seeds/; a unit test says when it is stale).
+docs: setup
+	$(BIN)/python -m tests.support.decree_doc
+
 bench: setup
 	@echo "== IIN checks";            $(BIN)/python benchmarks/bench_iin.py
 	@echo "== extract (HTTP -> Parquet)"; $(BIN)/python benchmarks/bench_extract.py --rows $(BENCH_ROWS)

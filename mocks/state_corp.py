@@ -1,6 +1,6 @@
 """The State Corporation's receiving endpoint (mock): streamed file uploads, signed manifest commit, receipts.
 
-Implements the Delivery API of ``../shared/ARCHITECTURE.md``: each file of a package is uploaded with its
+Implements the Delivery API of ``docs/design.md``: each file of a package is uploaded with its
 SHA-256, then the signed manifest is committed; the receiver checks every file against the manifest, the
 Ed25519 signature and (optionally) the manifest chain, and answers with a deterministic receipt. A package
 is delivered exactly once: re-committing the same manifest returns the stored receipt.

@@ -15,7 +15,7 @@ from osms.core.registry import NoEditionInForce, Registry, RegistryError, defaul
 
 pytestmark = pytest.mark.unit
 
-# The 2022 table of ../shared/decree-660.md, transcribed by hand independently of
+# The 2022 table of the decree (docs/decree-660.kk.txt), transcribed by hand independently of
 # include/seeds: (row, body, system). 35 feeds.
 DECREE_2022_FEEDS = {
     (1, "enlightenment", "nedb"),
