@@ -21,7 +21,9 @@ from osms.dev.soak import make_plan, parse_faults
 pytestmark = pytest.mark.integration
 
 FAULTS = "schema_change:1,scheduler_kill:2,receiver_down:3"
-TIMEOUT_S = 600  # the budget for CI
+# The budget for CI is 10 minutes; on 2 shared cores the clean reference (3 days) and the soak's
+# 3 days (8 agency DAGs each on the LocalExecutor with two slots) take longer: a hang is what this bounds.
+TIMEOUT_S = 2400
 
 
 def test_three_days_with_three_faults_end_delivered_in_order_and_explained(tmp_path: Path,

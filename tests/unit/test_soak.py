@@ -70,13 +70,16 @@ def test_each_fault_names_its_expected_effect() -> None:
                                            ("scheduler_kill", 3), ("receiver_down", 3)])
     by_kind = {f["kind"]: f for f in plan["faults"]}
     schema = by_kind["schema_change"]
-    assert schema["expect"]["feeds"] and set(schema["expect"]["feeds"].values()) == {"held_back"}
+    assert schema["expect"]["feeds"] and set(schema["expect"]["feeds"].values()) == {"failed"}
     assert all(k.endswith("/" + schema["system"]) for k in schema["expect"]["feeds"])
-    assert ["qa_decision_waiting", PACKAGE_DAG] in schema["expect"]["notices"] and not schema["expect"]["identical"]
+    assert {k for k, _ in schema["expect"]["notices"]} == {"agency_run_failed", "feeds_not_published"}
+    assert not schema["expect"]["identical"]
     down = by_kind["source_down"]
     assert set(down["expect"]["feeds"].values()) == {"failed"}
     assert {k for k, _ in down["expect"]["notices"]} == {"agency_run_failed", "feeds_not_published"}
     drop = by_kind["volume_drop"]
+    assert set(drop["expect"]["feeds"].values()) == {"held_back"}
+    assert ["qa_decision_waiting", PACKAGE_DAG] in drop["expect"]["notices"]
     assert drop["expect"]["released_next_day"] == [f"{k.split('/')[1]}.{drop['system']}.{k.split('/')[0]}"
                                                    for k in drop["expect"]["feeds"]]
     for kind in ("scheduler_kill", "receiver_down"):

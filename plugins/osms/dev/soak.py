@@ -42,7 +42,7 @@ QA_USER = "qa"
 # The fault catalogue: what each does and the effect it must have (see expected_effects).
 CATALOGUE: dict[str, str] = {
     "source_down": "a source system answers 503 to every request for day D (back the next day)",
-    "schema_change": "a source system renames a required column for day D only",
+    "schema_change": "a source system renames a required column (period_start) for day D only",
     "volume_drop": "a source system withholds 90 % of day D's records; QA releases the held-back feeds the next"
                    " morning (the next package follows the release)",
     "receiver_down": "the State Corporation answers 503 to D's first uploads; the delivery retries and succeeds",
@@ -59,6 +59,7 @@ VOLUME_DROP = 0.9
 VOLUME_HISTORY = 3  # days of history the volume rule needs before it judges (quality.validate)
 RENAMED_COLUMN = ("period_start", "start_of_period")
 RECEIVER_FAILURES = 3  # uploads answered 503 before the receiver is back
+BACKFILL_ATTEMPTS = 12  # a backfill refused while SQLite is locked is asked for again
 RUN_TIMEOUT = 900.0  # seconds for one day's runs to end
 DEFAULT_START = dt.date(2025, 6, 1)
 
@@ -78,16 +79,16 @@ def expected_effects(kind: str, day: dt.date, system: str | None) -> dict[str, A
     feeds = [(c, b, s) for c, b, s in _edition_feeds(day) if s == system]
     bodies = sorted({b for _, b, _ in feeds})
     effect: dict[str, Any] = {"feeds": {}, "released_next_day": [], "notices": [], "identical": kind not in DATA_FAULTS}
-    if kind == "source_down":
+    if kind in ("source_down", "schema_change"):
+        # the extract gives up (503 after its retries; a required column missing fails at once): the feed failed
         effect["feeds"] = {f"{c}/{b}/{s}": "failed" for c, b, s in feeds}
         effect["notices"] = sorted([["feeds_not_published", f"agency_{b}"] for b in bodies]
                                    + [["agency_run_failed", f"agency_{b}"] for b in bodies])
-    elif kind in ("schema_change", "volume_drop"):
+    elif kind == "volume_drop":
         effect["feeds"] = {f"{c}/{b}/{s}": "held_back" for c, b, s in feeds}
         effect["notices"] = sorted([["feeds_not_published", f"agency_{b}"] for b in bodies]
                                    + [["qa_decision_waiting", PACKAGE_DAG]])
-        if kind == "volume_drop":
-            effect["released_next_day"] = [f"{b}.{s}.{c}" for c, b, s in feeds]
+        effect["released_next_day"] = [f"{b}.{s}.{c}" for c, b, s in feeds]
     return effect
 
 
@@ -477,9 +478,19 @@ class Soak:
                  f" ({', '.join(f['kind'] for f in self.plan['faults'] if f['day'] == day.isoformat()) or 'clean'})")
 
     def _backfill(self, af: Any, dag_id: str, moment: str, conf: dict[str, Any] | None = None) -> None:
+        from osms.dev.airflow_local import AirflowLocalError
+
         body = {"dag_id": dag_id, "from_date": moment, "to_date": moment, "max_active_runs": 1,
                 "reprocess_behavior": "none", **({"dag_run_conf": conf} if conf else {})}
-        af.api("POST", "/api/v2/backfills", json=body)
+        for attempt in range(BACKFILL_ATTEMPTS):
+            try:
+                af.api("POST", "/api/v2/backfills", json=body)
+                return
+            except AirflowLocalError as exc:
+                # the embedded SQLite has one writer: Airflow answers 503 and keeps nothing, so asking again is safe
+                if "answered 503" not in str(exc) or "locked" not in str(exc) or attempt == BACKFILL_ATTEMPTS - 1:
+                    raise
+                time.sleep(1 + attempt)
 
     def _day_runs(self, af: Any, dag_ids: Sequence[str], day: dt.date) -> list[dict[str, Any]]:
         from osms.core.dates import almaty
