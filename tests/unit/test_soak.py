@@ -177,3 +177,13 @@ def test_the_ledger_must_hold_every_day_once_in_order_each_naming_its_predecesso
     broken = {**manifests, days[1]: {"previous_manifest_sha256": "zzz"}}
     assert check_ledger(ledger, broken, days)[1:3] == (True, False)
     assert not check_ledger(ledger[:1], manifests, days)[1]
+
+
+def test_the_mocks_read_faults_keyed_to_a_day_and_refuse_unknown_ones() -> None:
+    from mocks.config import MockConfig
+
+    cfg = MockConfig.from_mapping({"day_faults": {"2025-06-02": {"egov_portal": {"down": True}}}})
+    assert cfg.day_faults[dt.date(2025, 6, 2)]["egov_portal"].down is True
+    assert cfg.faults_for("egov_portal").down is False  # other days: the system's own faults
+    with pytest.raises(ValueError, match="unknown fault setting"):
+        MockConfig.from_mapping({"day_faults": {"2025-06-02": {"egov_portal": {"meteor": 1}}}})
