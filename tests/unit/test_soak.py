@@ -70,10 +70,11 @@ def test_each_fault_names_its_expected_effect() -> None:
                                            ("scheduler_kill", 3), ("receiver_down", 3)])
     by_kind = {f["kind"]: f for f in plan["faults"]}
     schema = by_kind["schema_change"]
-    assert schema["expect"]["feeds"] and set(schema["expect"]["feeds"].values()) == {"failed"}
+    assert schema["expect"]["feeds"] and set(schema["expect"]["feeds"].values()) == {"held_back"}
     assert all(k.endswith("/" + schema["system"]) for k in schema["expect"]["feeds"])
-    assert {k for k, _ in schema["expect"]["notices"]} == {"agency_run_failed", "feeds_not_published"}
+    assert {k for k, _ in schema["expect"]["notices"]} == {"qa_decision_waiting", "feeds_not_published"}
     assert not schema["expect"]["identical"]
+    assert schema["expect"]["next_day_may_differ"] == sorted({k.split("/")[0] for k in schema["expect"]["feeds"]})
     down = by_kind["source_down"]
     assert set(down["expect"]["feeds"].values()) == {"failed"}
     assert {k for k, _ in down["expect"]["notices"]} == {"agency_run_failed", "feeds_not_published"}
@@ -83,7 +84,8 @@ def test_each_fault_names_its_expected_effect() -> None:
     assert drop["expect"]["released_next_day"] == [f"{k.split('/')[1]}.{drop['system']}.{k.split('/')[0]}"
                                                    for k in drop["expect"]["feeds"]]
     for kind in ("scheduler_kill", "receiver_down"):
-        assert by_kind[kind]["expect"] == {"feeds": {}, "released_next_day": [], "notices": [], "identical": True}
+        assert by_kind[kind]["expect"] == {"feeds": {}, "released_next_day": [], "notices": [], "identical": True,
+                                           "next_day_may_differ": []}
     # the mocks get the source faults keyed to their day, nothing else
     day_faults = mock_day_faults(plan)
     assert set(day_faults) == {dt.date(2025, 6, 1), dt.date(2025, 6, 2), dt.date(2025, 6, 5)}
@@ -133,7 +135,31 @@ def test_a_clean_day_whose_records_differ_is_unexplained() -> None:
     facts = [_facts("2025-06-01", b"other", {**CLEAN, "disabled/labour/disability_db": "held_back"}),
              _facts("2025-06-02", b"DIFFERENT", CLEAN)]
     result = compare_days(_plan([SCHEMA]), facts, SENT)
-    assert result["unexplained"] == ["2025-06-02: records.parquet differs from the clean run's (faults: none)"]
+    [line] = result["unexplained"]
+    assert line.startswith("2025-06-02: records.parquet differs from the clean run's (faults: none;")
+
+
+def _records(rows: list[tuple[str, str]]) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"iin": [r[0] for r in rows], "category": [r[1] for r in rows]}), sink)
+    return sink.getvalue()
+
+
+def test_the_day_after_a_data_fault_may_differ_only_in_the_faulted_categories() -> None:
+    schema = {**SCHEMA, "expect": {**SCHEMA["expect"], "next_day_may_differ": ["disabled"]}}
+    ref = _records([("1", "disabled"), ("2", "disabled"), ("3", "pregnant")])
+    kept_less = _records([("1", "disabled"), ("3", "pregnant")])  # D lacked the feed: nothing kept from it
+    other = _records([("1", "disabled"), ("2", "disabled")])  # another category lost: not the fault's doing
+    day1 = _facts("2025-06-01", b"other", {**CLEAN, "disabled/labour/disability_db": "held_back"})
+    assert compare_days(_plan([schema]), [day1, _facts("2025-06-02", kept_less, CLEAN, ref=ref)],
+                        SENT)["unexplained"] == []
+    [line] = compare_days(_plan([schema]), [day1, _facts("2025-06-02", other, CLEAN, ref=ref)], SENT)["unexplained"]
+    assert "categories ['pregnant'], the day before's data faults allow ['disabled']" in line
 
 
 def test_a_process_fault_must_leave_the_records_identical() -> None:
