@@ -42,8 +42,11 @@ def test_three_days_with_three_faults_end_delivered_in_order_and_explained(tmp_p
     assert audit["unexplained_differences"] == 0, audit["unexplained"]
     assert audit["stuck_runs"] == 0, audit["stuck"]
     assert audit["faulted_days"] == 3
-    # the schema change changes day 1's package; the kill and the receiver's outage change nothing
-    assert audit["identical"] == ["2025-06-02", "2025-06-03"]
+    # the schema change changes day 1's package and (per-record protection: nothing of the feed to keep) day 2's
+    # in its category only; the kill and the receiver's outage change nothing
+    assert audit["identical"] == ["2025-06-03"]
+    assert audit["receiver_503_by_package"] == {"OSMS-2025-06-03": 3}
+    assert audit["retries"] >= 1  # the tasks the kill took down were tried again
     assert audit["notices"]["expected"] == audit["notices"]["sent"] >= 2
     assert [k["day"] for k in audit["kills"]] == ["2025-06-02"] and audit["kills"][0]["pids"] >= 2
     assert audit["human_actions"] == []  # no volume drop in three days: nothing for QA to release

@@ -609,10 +609,13 @@ class Soak:
         manifests = {}
         for entry in ledger:
             r = entry["receipt"]
-            path = receiver / "packages" / r["package_id"] / "files" / "manifest.json"
+            path = receiver / "packages" / r["package_id"] / "manifest.json"
             if path.is_file():
                 manifests[r["logical_date"]] = json.loads(path.read_text())
         delivered, in_order, chained, ledger_problems = check_ledger(ledger, manifests, self.plan["days"])
+        answers = receiver / "audit.jsonl"  # the receiver's log of every request's outcome
+        refused = Counter(json.loads(x).get("package_id") for x in answers.read_text().splitlines()
+                          if x.strip() and json.loads(x).get("status") == 503) if answers.is_file() else Counter()
 
         def read(path: Path) -> bytes | None:
             return path.read_bytes() if path.is_file() else None
@@ -666,6 +669,7 @@ class Soak:
             "retries": retries,
             "receiver_failures_injected": RECEIVER_FAILURES * sum(
                 1 for f in self.plan["faults"] if f["kind"] == "receiver_down"),
+            "receiver_503_by_package": dict(sorted(refused.items())),
             "kills": self.kills,
             "identical": compared["identical_days"],
         }
