@@ -367,8 +367,8 @@ def webhook() -> Iterator[tuple[ThreadingHTTPServer, list[dict[str, Any]]]]:
 def run_reference(ref: Path, days: Sequence[dt.date], config: Any, say: Callable[[str], None]) -> None:
     """What ``osms run`` does for each day in order (``run_day_dags`` on warm workers), on clean mocks, into ``ref``.
 
-    One start of the mocks and one database for all the days (``osms run`` starts both per day); a
-    complete reference is kept and reused.
+    One start of the mocks and one database migration for all the days (``osms run`` does both per day);
+    a complete reference is kept and reused.
     """
     from mocks.service import start_mocks
     from osms.core import layout
@@ -382,17 +382,14 @@ def run_reference(ref: Path, days: Sequence[dt.date], config: Any, say: Callable
     with start_mocks(config) as mocks:
         env = airflow_env(ref, {**mocks.airflow_env(), **signing_env()})
         migrate(env)
-        pool = DagWorkers(env, default_workers())
-        try:
-            for day in todo:
-                started = time.perf_counter()
-                results, _ = run_day_dags(day, ref, env, pool=pool, say=lambda _: None)
-                if not (layout.package_dir(ref, day) / "receipt.json").is_file():
-                    failed = [r.dag_id for r in results if not r.ok]
-                    raise RuntimeError(f"the reference of {day} was not delivered (runs failed: {failed})")
-                say(f"  reference {day}: {time.perf_counter() - started:,.0f} s")
-        finally:
-            pool.close()
+        for day in todo:
+            started = time.perf_counter()
+            # warm workers per day (run_day_dags closes its pool when the day is done)
+            results, _ = run_day_dags(day, ref, env, pool=DagWorkers(env, default_workers()), say=lambda _: None)
+            if not (layout.package_dir(ref, day) / "receipt.json").is_file():
+                failed = [r.dag_id for r in results if not r.ok]
+                raise RuntimeError(f"the reference of {day} was not delivered (runs failed: {failed})")
+            say(f"  reference {day}: {time.perf_counter() - started:,.0f} s")
 
 
 def _terminal(state: str | None) -> bool:
