@@ -13,6 +13,8 @@ tests. Example::
     faults:                   # per system
       payments: {error_rate: 0.1, rate_limit_rate: 0.05}
       penal_db: {volume_drop: 0.5}
+    day_faults:               # per as_of day, then per system: replace that system's faults for that day only
+      "2025-06-02": {egov_portal: {down: true}}
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class MockConfig:
     defects: DefectRates = field(default_factory=DefectRates)
     feed_defects: dict[str, DefectRates] = field(default_factory=dict)
     faults: dict[str, SystemFaults] = field(default_factory=dict)
+    # faults keyed to the day asked for (as_of), so a plan holds whenever the request comes (make soak)
+    day_faults: dict[dt.date, dict[str, SystemFaults]] = field(default_factory=dict)
     tokens: dict[str, str] | None = None  # per system; generated when None
     admin_token: str | None = None
     receiver_token: str | None = None
@@ -85,7 +89,7 @@ class MockConfig:
     @classmethod
     def from_mapping(cls, raw: dict[str, Any], where: str = "config") -> MockConfig:
         """Build from plain data (a parsed YAML file)."""
-        known = {"seed", "scale", "data_dir", "defects", "feed_defects", "faults", "enforce_chain"}
+        known = {"seed", "scale", "data_dir", "defects", "feed_defects", "faults", "day_faults", "enforce_chain"}
         unknown = set(raw) - known
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -98,6 +102,9 @@ class MockConfig:
                 defects=base,
                 feed_defects={k: DefectRates.from_mapping(v, base) for k, v in (raw.get("feed_defects") or {}).items()},
                 faults={k: SystemFaults.from_mapping(v) for k, v in (raw.get("faults") or {}).items()},
+                day_faults={dt.date.fromisoformat(str(day)): {k: SystemFaults.from_mapping(v)
+                                                              for k, v in systems.items()}
+                            for day, systems in (raw.get("day_faults") or {}).items()},
                 enforce_chain=bool(raw.get("enforce_chain", True)),
             )
         except (TypeError, ValueError) as exc:

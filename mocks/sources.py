@@ -109,10 +109,22 @@ class SourceService:
                 self._building.pop(key, None)
             return served, truth
 
+    def faults_on(self, system: str, as_of: str | None) -> SystemFaults:
+        """The system's faults for a request of day ``as_of``: the day's own when configured, else the system's."""
+        if as_of and self.config.day_faults:
+            try:
+                day = dt.date.fromisoformat(as_of)
+            except ValueError:
+                return self.faults[system]  # refused by name when the request is parsed
+            on_day = self.config.day_faults.get(day, {})
+            if system in on_day:
+                return on_day[system]
+        return self.faults[system]
+
     def served_table(self, system: str, category: str, as_of: dt.date) -> pa.Table:
         """The day table less what a volume-drop fault withholds."""
         table, _ = self.day_table(system, category, as_of)
-        drop = self.faults[system].volume_drop
+        drop = self.faults_on(system, as_of.isoformat()).volume_drop
         if drop <= 0 or table.num_rows == 0:
             return table
         rng = np.random.default_rng([self.config.seed, zlib.crc32(system.encode()), as_of.toordinal(), 7])
@@ -144,8 +156,8 @@ class SourceService:
         raise ApiError(401, "unauthorized", "the token is not valid", {"WWW-Authenticate": "Bearer"})
 
     def page(self, system: str, params: dict[str, str], path: str = "") -> Response:
-        """One page of a feed, after the system's faults have had their say."""
-        faults = self.faults[system]
+        """One page of a feed, after the system's faults (of that day, when keyed to it) have had their say."""
+        faults = self.faults_on(system, params.get("as_of"))
         if faults.redirect_to:
             self.stats[system]["redirected"] += 1
             query = "&".join(f"{k}={v}" for k, v in params.items())

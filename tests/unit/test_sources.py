@@ -222,3 +222,20 @@ def test_admin_faults_and_ground_truth() -> None:
     served = _fetch_all(client, service, "nedb", "children", 5000)
     served_ids = {r["record_id"] for r in served}
     assert {x["record_id"] for x in lines} <= served_ids
+
+
+def test_faults_keyed_to_a_day_hold_for_that_day_only() -> None:
+    import datetime as dt
+
+    day = dt.date.fromisoformat(DAY)
+    client, service = _client(day_faults={day: {"penal_db": SystemFaults(down=True),
+                                                "migration_police": SystemFaults(volume_drop=0.9)}})
+    params = {"category": "inmates", "limit": 10}
+    down = client.get(URL.format("penal_db"), params={**params, "as_of": DAY}, headers=_auth(service, "penal_db"))
+    assert down.status_code == 503
+    other = (day + dt.timedelta(days=1)).isoformat()
+    back = client.get(URL.format("penal_db"), params={**params, "as_of": other}, headers=_auth(service, "penal_db"))
+    assert back.status_code == 200 and int(back.headers["X-Total-Count"]) > 0
+    full = service.day_table("migration_police", "eaeu_migrants", day)[0].num_rows
+    assert full > 20 and service.served_table("migration_police", "eaeu_migrants", day).num_rows < full / 2
+    assert service.served_table("migration_police", "eaeu_migrants", day + dt.timedelta(days=1)).num_rows >= full
