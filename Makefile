@@ -79,9 +79,17 @@ docker:
 	echo "docker: $$($(DOCKERD) --version)"
 
 # Every test: unit, integration (make cluster's among them), browser and container; installs Debian's Chromium,
-# PostgreSQL, Redis, docker.io and docker-compose first when missing.
+# PostgreSQL, Redis, docker.io and docker-compose first when missing. The container tests (the image built, the
+# compose stack started: mostly waiting on Docker) run beside the others, their output kept in
+# test-artifacts/container.log and printed at the end; either failing fails the target.
 test: setup browser servers docker
-	$(BIN)/pytest
+	@mkdir -p test-artifacts; \
+	$(BIN)/pytest -m container -p no:cacheprovider > test-artifacts/container.log 2>&1 & container=$$!; \
+	$(BIN)/pytest -m "not container and not soak"; others=$$?; \
+	wait $$container; containers=$$?; \
+	echo "== the container tests (test-artifacts/container.log)"; cat test-artifacts/container.log; \
+	echo "== not container: exit $$others; container: exit $$containers"; \
+	[ $$others -eq 0 ] && [ $$containers -eq 0 ]
 
 unit: setup
 	$(BIN)/pytest -m unit
