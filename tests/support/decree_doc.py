@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from osms.core.registry import Edition, Registry, default_registry
+from osms.core.registry import Category, Edition, Registry, default_registry
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "decree-660.md"
 
@@ -35,9 +35,8 @@ No. 206-VIII of 14.07.2025) and is served as such: its packages say so in `manif
 """
 
 
-def _name(item: object) -> str:
-    en, kk = getattr(item, "name_en"), getattr(item, "name_kk")
-    return f"{en} ({kk})" if kk else en
+def _name(category: Category) -> str:
+    return f"{category.name_en} ({category.name_kk})" if category.name_kk else category.name_en
 
 
 def edition_section(edition: Edition) -> str:
@@ -57,7 +56,7 @@ def edition_section(edition: Edition) -> str:
     ]
     for category in sorted(edition.categories, key=lambda c: c.row):
         feeds = edition.feeds_for(category.code)
-        bodies = sorted({f.body for f in feeds}, key=lambda b: [f.body for f in feeds].index(b))
+        bodies = dict.fromkeys(f.body for f in feeds)  # in the decree's order
         for i, body in enumerate(bodies):
             systems = ", ".join(f"{edition.system(f.system).name_en} (`{f.system}`)" for f in feeds if f.body == body)
             head = (f"{category.row}", f"{_name(category.category)} (`{category.code}`)"

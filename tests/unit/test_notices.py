@@ -169,11 +169,7 @@ def test_every_kind_reads_in_every_language(kind, language):
 
 
 def test_the_failure_callback_of_the_dag_processor_posts_the_run(monkeypatch, isolated):
-    _connection(monkeypatch)
-    hook = Webhook(200)
-    monkeypatch.setattr(notices, "_post_one", _with_session(notices._post_one, hook.session))
-    run = SimpleNamespace(dag_id="agency_labour", run_id=RUN,
-                          logical_date=dt.datetime(2025, 5, 31, 19, 30, tzinfo=dt.UTC), data_interval_start=None)
+    hook, run = _callback_of(monkeypatch, "agency_labour")
 
     OsmsNotifier("agency_run_failed").notify({"dag_run": run, "reason": "task_failure"})
 
@@ -184,15 +180,21 @@ def test_the_failure_callback_of_the_dag_processor_posts_the_run(monkeypatch, is
 
 def test_the_notifier_posts_when_airflow_hands_it_a_serialized_dag(monkeypatch, isolated):
     # airflow dags test and dag.test() call DAG callbacks with a SerializedDAG, which has no template environment
-    _connection(monkeypatch)
-    hook = Webhook(200)
-    monkeypatch.setattr(notices, "_post_one", _with_session(notices._post_one, hook.session))
-    run = SimpleNamespace(dag_id="osms_daily_package", run_id=RUN,
-                          logical_date=dt.datetime(2025, 5, 31, 19, 30, tzinfo=dt.UTC), data_interval_start=None)
+    hook, run = _callback_of(monkeypatch, "osms_daily_package")
 
     OsmsNotifier("package_run_failed")({"dag_run": run, "dag": SimpleNamespace(dag_id="osms_daily_package")})
 
     assert json.loads(hook.requests[0].content)["kind"] == "package_run_failed"
+
+
+def _callback_of(monkeypatch, dag_id, minute=30):
+    """A webhook that accepts, posted to through the notifier, and a run of ``dag_id`` for 2025-06-01."""
+    _connection(monkeypatch)
+    hook = Webhook(200)
+    monkeypatch.setattr(notices, "_post_one", _with_session(notices._post_one, hook.session))
+    run = SimpleNamespace(dag_id=dag_id, run_id=RUN, data_interval_start=None,
+                          logical_date=dt.datetime(2025, 5, 31, 19, minute, tzinfo=dt.UTC))
+    return hook, run
 
 
 def _with_session(post_one, session):
@@ -223,11 +225,7 @@ def test_unknown_kinds_are_refused():
 
 
 def test_a_failed_package_run_says_whether_its_package_was_delivered(monkeypatch, isolated):
-    _connection(monkeypatch)
-    hook = Webhook(200)
-    monkeypatch.setattr(notices, "_post_one", _with_session(notices._post_one, hook.session))
-    run = SimpleNamespace(dag_id="osms_daily_package", run_id=RUN,
-                          logical_date=dt.datetime(2025, 5, 31, 19, 45, tzinfo=dt.UTC), data_interval_start=None)
+    hook, run = _callback_of(monkeypatch, "osms_daily_package", minute=45)
     (isolated / "packages" / "2025-06-01").mkdir(parents=True)
     (isolated / "packages" / "2025-06-01" / "receipt.json").write_text("{}")
 
