@@ -69,19 +69,33 @@ def private_umask() -> Iterator[None]:
         os.umask(old)
 
 
+def temporary_beside(path: Path) -> Path:
+    """A new empty file (0600) beside ``path``, named ``.<name>.*.tmp`` so :func:`remove_temporaries` finds it."""
+    path = Path(path)
+    private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def replace_durably(tmp: Path, path: Path) -> Path:
+    """Rename a complete temporary file onto ``path``: its bytes flushed first, the rename made durable after."""
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
+    return Path(path)
+
+
 def write_parquet_atomic(table: pa.Table, path: Path, *, compression: str = "zstd") -> Path:
     """Write ``table`` to ``path`` through a temporary file in the same directory."""
     import pyarrow.parquet as pq
 
-    private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temporary_beside(path)
     try:
         pq.write_table(table, tmp, compression=compression)
-        fsync_path(tmp)
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -220,20 +234,15 @@ def parquet_writer_atomic(path: Path, schema: pa.Schema, *, row_group_rows: int,
 
     If the block raises, the temporary file is removed and ``path`` stays as it was.
     """
-    path = Path(path)
-    private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    writer = RowGroupWriter(Path(tmp), schema, row_group_rows=row_group_rows, compression_level=compression_level)
+    tmp = temporary_beside(path)
+    writer = RowGroupWriter(tmp, schema, row_group_rows=row_group_rows, compression_level=compression_level)
     try:
         yield writer
         writer.close()
-        fsync_path(tmp)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        replace_durably(tmp, path)
     except BaseException:
         writer.abort()
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -31,11 +31,12 @@ constants, are written into the statements.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from osms.core.spill import spilling_duckdb
 
 if TYPE_CHECKING:
     import duckdb
@@ -120,13 +121,9 @@ class ConsolidationStats:
         into[key] = into.get(key, 0) + int(n or 0)
 
 
-@contextmanager
-def open_duckdb(spill: Path, memory_limit: str) -> Iterator[duckdb.DuckDBPyConnection]:
-    """An in-memory DuckDB whose joins, aggregates and sorts beyond ``memory_limit`` spill to ``spill``."""
-    from osms.core.spill import spilling_duckdb
-
-    with spilling_duckdb(spill, memory_limit) as con:
-        yield con
+# The consolidation's DuckDB is the pipeline's one opener (joins, aggregates and sorts beyond the
+# limit spill to a private folder), under the name the package build knows.
+open_duckdb = spilling_duckdb
 
 
 def consolidate(

@@ -42,7 +42,7 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,8 @@ import requests
 
 from osms.core.documents import MANIFEST, RECEIPT, SIGNATURE, Receipt
 from osms.core.files import write_bytes_atomic
-from osms.sources.http_client import Answer, HttpClient, Refused, RetryPolicy, Transient
+from osms.sources.connections import HTTP_EXTRAS, HttpEndpoint
+from osms.sources.http_client import Answer, HttpClient, Refused, Transient
 
 __all__ = [
     "DeliveryError",
@@ -79,28 +80,15 @@ _READ_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
-class ReceiverEndpoint:
-    """What the Airflow connection ``osms_state_corp`` holds."""
+class ReceiverEndpoint(HttpEndpoint):
+    """What the Airflow connection ``osms_state_corp`` holds: the pipeline's :class:`HttpEndpoint`."""
 
-    base_url: str
-    token: str = field(repr=False)  # never in a repr, so never in a log line by accident
     # A commit answers after the receiver checked every file; 120 s leaves room for a slow receiver.
     timeout: float = 120.0
-    # Retries per request; a step is given up after max_retries + 1 attempts.
-    max_retries: int = 6
-    # Backoff: base * 2**(retry - 1) seconds, at most backoff_max; a Retry-After is capped at backoff_max
-    # too, so a receiver asking for an hour cannot hold a worker for an hour (the task's retry takes over).
-    backoff_base: float = 0.5
-    backoff_max: float = 30.0
-
-    @property
-    def policy(self) -> RetryPolicy:
-        """The client's retry policy with this receiver's attempts and backoff."""
-        return RetryPolicy(attempts=self.max_retries + 1, backoff_base=self.backoff_base, backoff_max=self.backoff_max)
 
 
 # Connection extras that tune an endpoint, with their types.
-CONNECTION_EXTRAS = {"timeout": float, "max_retries": int, "backoff_base": float, "backoff_max": float}
+CONNECTION_EXTRAS = HTTP_EXTRAS
 
 
 def endpoint_from_connection(conn_id: str = DEFAULT_CONN_ID) -> ReceiverEndpoint:

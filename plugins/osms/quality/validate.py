@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import shutil
-import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -49,9 +48,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from osms.core import layout
 from osms.core.budget import task_budget
 from osms.core.files import write_bytes_atomic
+from osms.quality.landing import Landing
 from osms.quality.runner import MIN_ROWS_TO_HOLD, RuleResult, mostly_success, rule_results, run_expectations
 from osms.quality.scrub import scrub_validation_result
 from osms.quality.suites import load_suite_dict, resolve_parameters, suite_parameters
+from osms.quality.tally import DUPLICATE_RULE, FeedTally, volume_reason
 from osms.core.registry import default_registry
 
 if TYPE_CHECKING:
@@ -59,7 +60,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    from osms.core.registry import EditionCategory
+    from osms.core.files import RowGroupWriter
+    from osms.quality.uniqueness import TableWide
 
 __all__ = ["CategoryOutcome", "DUPLICATE_RULE", "MIN_ROWS_TO_HOLD", "RuleResult", "validate_category",
            "write_feedback"]
@@ -69,11 +71,11 @@ log = logging.getLogger(__name__)
 Verdict = Literal["published", "partial", "held_back"]
 LINEAGE_COLUMNS = ("body", "system", "category", "as_of")
 SORT_KEY = (("iin", "ascending"), ("record_id", "ascending"), ("system", "ascending"))
-DUPLICATE_RULE = "duplicate_record"
 # Rows per row group of the validated and quarantine files: the package reads ranges of
 # IINs from them, and Parquet's row-group statistics let it skip the rest.
 OUTPUT_ROW_GROUP_ROWS = 100_000
-_POS = "_osms_position"
+# A range of IINs: [lo, hi), None for open; (None, None) is the whole feed.
+Range = tuple[str | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -128,35 +130,25 @@ def validate_category(
     fell under its trailing median (``trailing_counts``: per system, the feed's rows on
     earlier days; a plain list is the category's, checked against all its rows).
     """
-    import numpy as np
-    import pyarrow as pa
-
-    from osms.core.files import parquet_writer_atomic
-    from osms.core.iin import prefix_ranges
-    from osms.quality.frames import columns_used, to_frame
-    from osms.quality.uniqueness import find_table_wide, is_table_wide
-
     budget = task_budget()
-    chunk_rows = int(chunk_rows or budget.validation_chunk_rows)
-    edition = default_registry().edition_on(as_of)
-    cat = edition.category(category)
-    suite = load_suite_dict(category, expectations_dir)
-    parameters = suite_parameters(suite, as_of, edition.code)
-    expectations: list[dict[str, Any]] = suite["expectations"]
-    feed = _Landing(landing_paths, cat, body=body, as_of=as_of)
-    rows_in = feed.rows
-    record_columns = [c.name for c in cat.record_columns]
+    run = _Validation(body=body, category=category, as_of=as_of, landing_paths=landing_paths, data_dir=data_dir,
+                      chunk_rows=int(chunk_rows or budget.validation_chunk_rows), expectations_dir=expectations_dir)
+    _remove_leftovers(data_dir, as_of, body, category)
+    work = data_dir / "tmp" / f"validate-{as_of.isoformat()}-{body}-{category}-{os.getpid()}"
+    try:
+        from osms.core.spill import spilling_duckdb
 
-    def gx(part: list[dict[str, Any]], table: pa.Table, positions: np.ndarray) -> dict[str, Any]:
-        """GX's result of ``part`` over ``table``, its unexpected indices turned into feed positions."""
-        result = run_expectations(suite["name"], part, to_frame(table, columns_used(part)), parameters)
-        for res in result["results"]:
-            body = res.get("result") or {}
-            if body.get("unexpected_index_list"):
-                body["unexpected_index_list"] = positions[np.asarray(body["unexpected_index_list"], np.int64)].tolist()
-        return result
+        with spilling_duckdb(work / "duckdb", budget.duckdb_limit) as con:
+            ranges = run.find_copies(con)
+            run.write_ranges(con, ranges)
+        log.info("%s/%s, %s rows in %d range(s): %s", body, category, f"{run.rows_in:,}", len(ranges), run.timer)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return run.outcome(trailing_counts)
 
-    # what a killed validation of this (body, category, D) left: temporary files, its work folder
+
+def _remove_leftovers(data_dir: Path, as_of: dt.date, body: str, category: str) -> None:
+    """What a killed validation of this (body, category, D) left: temporary files, its work folder."""
     from osms.core.files import remove_temporaries
 
     for leftover in (layout.validated(data_dir, as_of, body, category), layout.quarantine(data_dir, as_of, body,
@@ -165,105 +157,206 @@ def validate_category(
     for old in (data_dir / "tmp").glob(f"validate-{as_of.isoformat()}-{body}-{category}-*"):
         shutil.rmtree(old, ignore_errors=True)
 
-    gx_runs: list[dict[str, Any]] = []
-    one_chunk = rows_in <= chunk_rows
-    table_wide = [e for e in expectations if is_table_wide(e)]
-    row_rules = expectations if one_chunk else [e for e in expectations if not is_table_wide(e)]
-    work = data_dir / "tmp" / f"validate-{as_of.isoformat()}-{body}-{category}-{os.getpid()}"
-    timer = _Timer()
-    try:
-        with _duckdb(work, budget.duckdb_limit) as con:
-            whole: pa.Table | None = None
-            if one_chunk:
-                whole = feed.read(con)
-                copies = _exact_copies(whole, [*record_columns, "system"])
-                wide = None
-                ranges: list[tuple[str | None, str | None]] = [(None, None)]
-            else:
-                with timer("duplicates and uniqueness"):
-                    wide = find_table_wide(feed, record_columns=record_columns, expectations=table_wide,
-                                           chunk_rows=chunk_rows, con=con, validate=gx)
-                copies = wide.copies
-                gx_runs += [scrub_validation_result({"rows": "candidates", **run}) for run in wide.gx_runs]
-                ranges = prefix_ranges(wide.prefix_counts, chunk_rows)
 
-            kept_rows = rows_in - len(copies)
-            results = rule_results(expectations, kept_rows)
-            if wide is not None:
-                for e in table_wide:
-                    r = results[e["meta"]["rule"]]
-                    r.chunks, r.element_count, r.missing_count = 1, kept_rows, wide.missing.get(r.rule, 0)
-                    r.unexpected_count = len(wide.unexpected.get(r.rule, ()))
-                    r.exception = wide.exceptions.get(r.rule)
-                    r.success = r.exception is None and mostly_success(kept_rows - r.missing_count,
-                                                                       r.unexpected_count, r.mostly)
-            critical = sorted(r.rule for r in results.values() if r.critical)
-            warning_rules = sorted(r.rule for r in results.values() if not r.critical)
-            # every count also per feed (by file): verdicts are per feed
-            tally = _FeedTally(feed, critical, warning_rules, copies)
-            if wide is not None:
-                for rule, where in wide.unexpected.items():
-                    tally.broken(rule, where)
+class _Validation:
+    """One validation of a (body, category, D), step by step: its suite and feed, and what each step found."""
 
-            schema = feed.schema
-            q_schema = schema.append(pa.field("rules", pa.list_(pa.string())))
-            with parquet_writer_atomic(layout.validated(data_dir, as_of, body, category), schema,
-                                       row_group_rows=OUTPUT_ROW_GROUP_ROWS) as validated, \
-                    parquet_writer_atomic(layout.quarantine(data_dir, as_of, body, category), q_schema,
-                                          row_group_rows=OUTPUT_ROW_GROUP_ROWS) as quarantine:
-                # One range of IINs at a time, in order: each range is validated, sorted and written
-                # whole, so the files come out sorted without a sort of the whole feed.
-                for lo, hi in ranges:
-                    with timer("read"):
-                        chunk, positions = (whole, np.arange(rows_in, dtype=np.int64)) if whole is not None \
-                            else feed.read_range(con, lo, hi)
-                    whole = None
-                    copy = _member(positions, copies)
-                    kept, kept_pos = chunk.filter(pa.array(~copy)), positions[~copy]
-                    with timer("gx"):
-                        run = gx(row_rules, kept, kept_pos) if kept.num_rows else {"results": []}
-                    if kept.num_rows:
-                        gx_runs.append(scrub_validation_result({"rows": [lo, hi], **run}))
-                    broken: dict[str, np.ndarray] = {}
-                    for res in run["results"]:
-                        r = results[res["expectation_config"]["meta"]["rule"]]
-                        r.add(res)
-                        broken[r.rule] = np.sort(np.asarray(r.unexpected_index, dtype=np.int64))
-                        r.unexpected_index = []  # this range's rows are settled below: nothing accumulates
-                        tally.broken(r.rule, broken[r.rule])
-                    if wide is not None:
-                        for rule, where in wide.unexpected.items():
-                            broken[rule] = where[_member(where, kept_pos)]
-                    bad = np.zeros(kept.num_rows, dtype=bool)
-                    rules_of: dict[int, list[str]] = {}
-                    for rule in critical:
-                        local = np.searchsorted(kept_pos, broken.get(rule, np.zeros(0, np.int64)))
-                        bad[local] = True
-                        tally.quarantined(rule, kept_pos[local])
-                        for i in local.tolist():
-                            rules_of.setdefault(i, []).append(rule)
-                    for rule in warning_rules:  # a warning counts where the row is published
-                        local = np.searchsorted(kept_pos, broken.get(rule, np.zeros(0, np.int64)))
-                        tally.warned(rule, kept_pos[local][~bad[local]])
-                    tally.published(kept_pos[~bad])
-                    tally.rejected(kept_pos[bad])
-                    with timer("sort and write"):
-                        validated.write(kept.filter(pa.array(~bad)).sort_by(list(SORT_KEY)))
-                        bad_at = np.flatnonzero(bad)
-                        quarantined = [_with_rules(kept.take(pa.array(bad_at)), [rules_of[i] for i in bad_at.tolist()])]
-                        if copy.any():
-                            quarantined.append(_with_rules(chunk.filter(pa.array(copy)),
-                                                           [[DUPLICATE_RULE]] * int(copy.sum())))
-                        quarantine.write(pa.concat_tables(quarantined).sort_by(list(SORT_KEY)))
-                    del chunk, kept, run
-                    pa.default_memory_pool().release_unused()  # a range's buffers go back before the next
-        log.info("%s/%s, %s rows in %d range(s): %s", body, category, f"{rows_in:,}", len(ranges), timer)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    def __init__(self, *, body: str, category: str, as_of: dt.date, landing_paths: Sequence[Path], data_dir: Path,
+                 chunk_rows: int, expectations_dir: Path | None) -> None:
+        from osms.quality.uniqueness import is_table_wide
 
-    rule_list = list(results.values())
-    share = suite.get("meta", {}).get("volume_minimum_share", 0.8)
-    feeds = tally.feeds(results, trailing_counts, share)
+        edition = default_registry().edition_on(as_of)
+        cat = edition.category(category)
+        self.body, self.category, self.as_of, self.data_dir = body, category, as_of, data_dir
+        self.edition_code, self.chunk_rows = edition.code, chunk_rows
+        self.suite = load_suite_dict(category, expectations_dir)
+        self.parameters = suite_parameters(self.suite, as_of, edition.code)
+        self.expectations: list[dict[str, Any]] = self.suite["expectations"]
+        self.feed = Landing(landing_paths, cat, body=body, as_of=as_of)
+        self.rows_in = self.feed.rows
+        self.record_columns = [c.name for c in cat.record_columns]
+        self.one_chunk = self.rows_in <= chunk_rows
+        self.table_wide = [e for e in self.expectations if is_table_wide(e)]
+        self.row_rules = self.expectations if self.one_chunk else [e for e in self.expectations
+                                                                    if not is_table_wide(e)]
+        self.gx_runs: list[dict[str, Any]] = []
+        self.timer = _Timer()
+        self.whole: pa.Table | None = None  # a feed of one chunk, read once
+        self.wide: TableWide | None = None  # the table-wide rules' findings, over a feed of many chunks
+        self.rows_published = self.rows_quarantined = 0
+        # set by find_copies: the exact copies' positions, the rules' results, the per-feed tally
+        self.copies: np.ndarray
+        self.results: dict[str, RuleResult]
+        self.critical: list[str]
+        self.warning_rules: list[str]
+        self.tally: FeedTally
+
+    def gx(self, part: list[dict[str, Any]], table: pa.Table, positions: np.ndarray) -> dict[str, Any]:
+        """GX's result of ``part`` over ``table``, its unexpected indices turned into feed positions."""
+        import numpy as np
+
+        from osms.quality.frames import columns_used, to_frame
+
+        result = run_expectations(self.suite["name"], part, to_frame(table, columns_used(part)), self.parameters)
+        for res in result["results"]:
+            body = res.get("result") or {}
+            if body.get("unexpected_index_list"):
+                body["unexpected_index_list"] = positions[np.asarray(body["unexpected_index_list"], np.int64)].tolist()
+        return result
+
+    def find_copies(self, con: duckdb.DuckDBPyConnection) -> list[Range]:
+        """Exact copies and the table-wide rules (a hash pass over a feed of many chunks); the ranges to read."""
+        from osms.core.iin import prefix_ranges
+        from osms.quality.uniqueness import find_table_wide
+
+        ranges: list[Range]
+        if self.one_chunk:
+            self.whole = self.feed.read(con)
+            self.copies = _exact_copies(self.whole, [*self.record_columns, "system"])
+            ranges = [(None, None)]
+        else:
+            with self.timer("duplicates and uniqueness"):
+                self.wide = find_table_wide(self.feed, record_columns=self.record_columns,
+                                            expectations=self.table_wide, chunk_rows=self.chunk_rows, con=con,
+                                            validate=self.gx)
+            self.copies = self.wide.copies
+            self.gx_runs += [scrub_validation_result({"rows": "candidates", **run}) for run in self.wide.gx_runs]
+            ranges = prefix_ranges(self.wide.prefix_counts, self.chunk_rows)
+        self._tally_rules()
+        return ranges
+
+    def _tally_rules(self) -> None:
+        """The rules' results (the table-wide ones already judged), and the per-feed tally they are counted in."""
+        kept_rows = self.rows_in - len(self.copies)
+        self.results = rule_results(self.expectations, kept_rows)
+        wide = self.wide
+        if wide is not None:
+            for e in self.table_wide:
+                r = self.results[e["meta"]["rule"]]
+                r.chunks, r.element_count, r.missing_count = 1, kept_rows, wide.missing.get(r.rule, 0)
+                r.unexpected_count = len(wide.unexpected.get(r.rule, ()))
+                r.exception = wide.exceptions.get(r.rule)
+                r.success = r.exception is None and mostly_success(kept_rows - r.missing_count,
+                                                                   r.unexpected_count, r.mostly)
+        self.critical = sorted(r.rule for r in self.results.values() if r.critical)
+        self.warning_rules = sorted(r.rule for r in self.results.values() if not r.critical)
+        # every count also per feed (by file): verdicts are per feed
+        self.tally = FeedTally(self.feed, self.critical, self.warning_rules, self.copies)
+        if wide is not None:
+            for rule, where in wide.unexpected.items():
+                self.tally.broken(rule, where)
+
+    def write_ranges(self, con: duckdb.DuckDBPyConnection, ranges: list[Range]) -> None:
+        """Validate, split, sort and write each range of IINs in order, into the validated and quarantine files."""
+        import pyarrow as pa
+
+        from osms.core.files import parquet_writer_atomic
+
+        d, body, category = self.data_dir, self.body, self.category
+        schema = self.feed.schema
+        q_schema = schema.append(pa.field("rules", pa.list_(pa.string())))
+        with parquet_writer_atomic(layout.validated(d, self.as_of, body, category), schema,
+                                   row_group_rows=OUTPUT_ROW_GROUP_ROWS) as validated, \
+                parquet_writer_atomic(layout.quarantine(d, self.as_of, body, category), q_schema,
+                                      row_group_rows=OUTPUT_ROW_GROUP_ROWS) as quarantine:
+            # One range of IINs at a time, in order: each range is validated, sorted and written
+            # whole, so the files come out sorted without a sort of the whole feed.
+            for lo, hi in ranges:
+                self._validate_range(con, lo, hi, validated, quarantine)
+                pa.default_memory_pool().release_unused()  # a range's buffers go back before the next
+        self.rows_published, self.rows_quarantined = validated.rows, quarantine.rows
+
+    def _validate_range(self, con: duckdb.DuckDBPyConnection, lo: str | None, hi: str | None,
+                        validated: RowGroupWriter, quarantine: RowGroupWriter) -> None:
+        """One range: its exact copies set aside, the row rules run by GX, its rows split and written."""
+        import numpy as np
+        import pyarrow as pa
+
+        with self.timer("read"):
+            chunk, positions = (self.whole, np.arange(self.rows_in, dtype=np.int64)) if self.whole is not None \
+                else self.feed.read_range(con, lo, hi)
+        self.whole = None
+        copy = _member(positions, self.copies)
+        kept, kept_pos = chunk.filter(pa.array(~copy)), positions[~copy]
+        with self.timer("gx"):
+            run = self.gx(self.row_rules, kept, kept_pos) if kept.num_rows else {"results": []}
+        if kept.num_rows:
+            self.gx_runs.append(scrub_validation_result({"rows": [lo, hi], **run}))
+        bad, rules_of = self._split(self._broken(run, kept_pos), kept_pos)
+        with self.timer("sort and write"):
+            validated.write(kept.filter(pa.array(~bad)).sort_by(list(SORT_KEY)))
+            bad_at = np.flatnonzero(bad)
+            quarantined = [_with_rules(kept.take(pa.array(bad_at)), [rules_of[i] for i in bad_at.tolist()])]
+            if copy.any():
+                quarantined.append(_with_rules(chunk.filter(pa.array(copy)), [[DUPLICATE_RULE]] * int(copy.sum())))
+            quarantine.write(pa.concat_tables(quarantined).sort_by(list(SORT_KEY)))
+
+    def _broken(self, run: dict[str, Any], kept_pos: np.ndarray) -> dict[str, np.ndarray]:
+        """The positions of the range's rows that broke each rule: GX's row rules, then the table-wide ones."""
+        import numpy as np
+
+        broken: dict[str, np.ndarray] = {}
+        for res in run["results"]:
+            r = self.results[res["expectation_config"]["meta"]["rule"]]
+            r.add(res)
+            broken[r.rule] = np.sort(np.asarray(r.unexpected_index, dtype=np.int64))
+            r.unexpected_index = []  # this range's rows are settled below: nothing accumulates
+            self.tally.broken(r.rule, broken[r.rule])
+        if self.wide is not None:
+            for rule, where in self.wide.unexpected.items():
+                broken[rule] = where[_member(where, kept_pos)]
+        return broken
+
+    def _split(self, broken: dict[str, np.ndarray], kept_pos: np.ndarray) -> tuple[np.ndarray, dict[int, list[str]]]:
+        """Which kept rows are quarantined (a critical rule broken) and for which rules; counted per feed."""
+        import numpy as np
+
+        bad = np.zeros(len(kept_pos), dtype=bool)
+        rules_of: dict[int, list[str]] = {}
+        for rule in self.critical:
+            local = np.searchsorted(kept_pos, broken.get(rule, np.zeros(0, np.int64)))
+            bad[local] = True
+            self.tally.quarantined(rule, kept_pos[local])
+            for i in local.tolist():
+                rules_of.setdefault(i, []).append(rule)
+        for rule in self.warning_rules:  # a warning counts where the row is published
+            local = np.searchsorted(kept_pos, broken.get(rule, np.zeros(0, np.int64)))
+            self.tally.warned(rule, kept_pos[local][~bad[local]])
+        self.tally.published(kept_pos[~bad])
+        self.tally.rejected(kept_pos[bad])
+        return bad, rules_of
+
+    def outcome(self, trailing_counts: Sequence[int] | Mapping[str, Sequence[int]]) -> CategoryOutcome:
+        """The verdicts (each feed's, and the category's from them), the outcome and its GX report."""
+        share = self.suite.get("meta", {}).get("volume_minimum_share", 0.8)
+        feeds = self.tally.feeds(self.results, trailing_counts, share)
+        verdict, reasons = _category_verdict(feeds)
+        if not isinstance(trailing_counts, Mapping):
+            # the category's own history (a single list): the whole category is held back on a volume drop
+            volume = volume_reason(self.rows_in, [int(c) for c in trailing_counts], share)
+            if volume:
+                verdict = "held_back"
+                reasons.append(volume)
+                for f in feeds.values():
+                    f["status"], f["reason"] = "held_back", "; ".join(filter(None, [f["reason"], volume]))
+        d = self.data_dir
+        outcome = CategoryOutcome(
+            body=self.body, category=self.category, as_of=self.as_of, verdict=verdict,
+            reason="; ".join(reasons) or None, rows_in=self.rows_in, rows_published=self.rows_published,
+            rows_quarantined=self.rows_quarantined, quarantined_by_rule=self.tally.total_quarantined(),
+            warnings_by_rule=self.tally.total_warnings(),
+            validated_path=layout.validated(d, self.as_of, self.body, self.category),
+            quarantine_path=layout.quarantine(d, self.as_of, self.body, self.category),
+            feeds=feeds,
+        )
+        assert outcome.rows_in == outcome.rows_published + outcome.rows_quarantined, "a row was lost"
+        report_path = _write_report(outcome, list(self.results.values()), self.gx_runs, self.suite, self.parameters,
+                                    self.edition_code, d)
+        return dataclasses.replace(outcome, report_path=report_path)
+
+
+def _category_verdict(feeds: dict[str, dict[str, Any]]) -> tuple[Verdict, list[str]]:
+    """The category's verdict from its feeds' (published, partial or held back) and their reasons."""
     verdicts = [f["status"] for f in feeds.values()]
     verdict: Verdict = "published" if all(v == "published" for v in verdicts) else (
         "partial" if any(v == "published" for v in verdicts) else "held_back")
@@ -271,32 +364,8 @@ def validate_category(
         verdict = "held_back"
     reasons = [f"{system}: {f['reason']}" if len(feeds) > 1 else f["reason"]
                for system, f in feeds.items() if f["reason"]]
-    if not isinstance(trailing_counts, Mapping):
-        # the category's own history (a single list): the whole category is held back on a volume drop
-        volume = _volume_reason(rows_in, [int(c) for c in trailing_counts], share)
-        if volume:
-            verdict = "held_back"
-            reasons.append(volume)
-            for f in feeds.values():
-                f["status"], f["reason"] = "held_back", "; ".join(filter(None, [f["reason"], volume]))
-    outcome = CategoryOutcome(
-        body=body,
-        category=category,
-        as_of=as_of,
-        verdict=verdict,
-        reason="; ".join(reasons) or None,
-        rows_in=rows_in,
-        rows_published=validated.rows,
-        rows_quarantined=quarantine.rows,
-        quarantined_by_rule=tally.total_quarantined(),
-        warnings_by_rule=tally.total_warnings(),
-        validated_path=layout.validated(data_dir, as_of, body, category),
-        quarantine_path=layout.quarantine(data_dir, as_of, body, category),
-        feeds=feeds,
-    )
-    assert outcome.rows_in == outcome.rows_published + outcome.rows_quarantined, "a row was lost"
-    report_path = _write_report(outcome, rule_list, gx_runs, suite, parameters, edition.code, data_dir)
-    return dataclasses.replace(outcome, report_path=report_path)
+    return verdict, reasons
+
 
 
 def write_feedback(body: str, as_of: dt.date, data_dir: Path) -> Path:
@@ -327,100 +396,7 @@ def write_feedback(body: str, as_of: dt.date, data_dir: Path) -> Path:
     return write_bytes_atomic(buf.getvalue(), data_dir / "feedback" / day / f"{body}.csv")
 
 
-# --------------------------------------------------------------------------- reading
-
-
-def _arrow_type(column_type: str) -> pa.DataType:
-    """The type a landing column is read as (wider than the landing file's: what GX compares)."""
-    import pyarrow as pa
-
-    return {
-        "string": pa.string(), "iin": pa.string(), "enum": pa.string(), "date": pa.date32(),
-        "timestamp": pa.timestamp("us", tz="UTC"), "int": pa.int64(), "bool": pa.bool_(),
-    }[column_type]
-
-
-class _Landing:
-    """The landing files of one (body, category), read as the record contract plus lineage.
-
-    A column a file lacks is added empty, so its ``required:`` rule reports it
-    rather than the run failing; lineage a file lacks comes from the call and the
-    landing path (``landing/D/<body>/<system>/<category>.parquet``). A row's
-    position counts rows from the first file's first row, file after file.
-    """
-
-    def __init__(self, paths: Sequence[Path], cat: EditionCategory, *, body: str, as_of: dt.date) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        fields = [pa.field(c.name, _arrow_type(c.type)) for c in cat.record_columns]
-        fields += [pa.field("body", pa.string()), pa.field("system", pa.string()),
-                   pa.field("category", pa.string()), pa.field("as_of", pa.date32())]
-        self.schema = pa.schema(fields)
-        self.category, self.body, self.as_of = cat.code, body, as_of
-        self._files = []
-        start = 0
-        for path in map(Path, paths):
-            meta = pq.ParquetFile(path).metadata
-            self._files.append((path, start, set(meta.schema.to_arrow_schema().names), self._lineage(path)))
-            start += meta.num_rows
-        self.rows = start
-
-    def _lineage(self, path: Path) -> dict[str, Any]:
-        return {"body": self.body, "system": path.parent.name, "category": self.category, "as_of": self.as_of}
-
-    def files(self) -> list[tuple[Path, int, set[str], dict[str, Any]]]:
-        """(path, position of its first row, its columns, lineage values) per landing file, in order."""
-        return list(self._files)
-
-    def conform(self, t: pa.Table, path: Path) -> pa.Table:
-        """Rows of ``path`` in the contract's columns and types, with lineage and missing columns filled."""
-        import pyarrow as pa
-
-        lineage = self._lineage(path)
-        cols = []
-        for f in self.schema:
-            if f.name in t.column_names:
-                col = t.column(f.name)
-                cols.append(col if col.type == f.type else col.cast(f.type))
-            elif f.name in lineage:
-                cols.append(pa.array([lineage[f.name]] * t.num_rows, f.type))
-            else:
-                cols.append(pa.nulls(t.num_rows, f.type))
-        return pa.Table.from_arrays(cols, schema=self.schema)
-
-    def read(self, con: duckdb.DuckDBPyConnection) -> pa.Table:
-        """Every row, in position order."""
-        return self.read_range(con, None, None)[0]
-
-    def read_range(self, con: duckdb.DuckDBPyConnection, lo: str | None, hi: str | None) -> tuple[pa.Table, np.ndarray]:
-        """(rows whose IIN is in [lo, hi), their positions), in position order; missing IINs belong to the last range."""
-        import numpy as np
-        import pyarrow as pa
-
-        parts, positions = [], []
-        for path, start, present, _ in self._files:
-            where, params = [], []
-            if "iin" in present:
-                if lo is not None:
-                    where.append("iin >= ?")
-                    params.append(lo)
-                if hi is not None:
-                    where.append("iin < ?")
-                    params.append(hi)
-                if where and hi is None:
-                    where = [f"({' AND '.join(where)} OR iin IS NULL)"]
-            elif hi is not None:
-                continue  # no IIN at all: every row is missing one, so it belongs to the last range
-            sql = (f"SELECT * EXCLUDE (file_row_number), file_row_number AS {_POS}"
-                   f" FROM read_parquet(?, file_row_number = true)" + (f" WHERE {' AND '.join(where)}" if where else ""))
-            rows = con.sql(sql, params=[str(path), *params]).to_arrow_table()
-            rows = rows.sort_by(_POS)
-            positions.append(rows.column(_POS).to_numpy().astype(np.int64) + start)
-            parts.append(self.conform(rows.drop_columns([_POS]), path))
-        if not parts:
-            return self.schema.empty_table(), np.zeros(0, np.int64)
-        return pa.concat_tables(parts).combine_chunks(), np.concatenate(positions)
+# --------------------------------------------------------------------------- small pieces
 
 
 def _member(positions: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
@@ -482,145 +458,8 @@ class _Timer:
         return ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
 
 
-@contextmanager
-def _step(name: str) -> Iterator[None]:
-    """Log how long a step took (its name only)."""
-    t0 = time.perf_counter()
-    yield
-    log.info("%s took %.1f s", name, time.perf_counter() - t0)
 
-
-@contextmanager
-def _duckdb(work: Path, memory_limit: str) -> Iterator[duckdb.DuckDBPyConnection]:
-    """An in-memory DuckDB for the hash pass, spilling to ``work`` beyond the task's share (0700, files 0600)."""
-    from osms.core.files import private_dir
-    from osms.core.spill import spilling_duckdb
-
-    private_dir(work)
-    with spilling_duckdb(work / "duckdb", memory_limit) as con:
-        yield con
-
-
-# --------------------------------------------------------------------------- verdict and report
-
-
-def _held_back_reason(
-    results: list[RuleResult], rows_in: int, trailing_counts: Sequence[int], minimum_share: float
-) -> str | None:
-    """Why a feed is held back (None: it is not): a rule broken systematically, or its volume fell."""
-    reasons = []
-    for r in sorted(results, key=lambda r: r.rule):
-        if not r.critical or (r.exception is None and not r.holds_back):
-            continue
-        if r.exception is not None:
-            reasons.append(f"{r.rule}: could not be evaluated (see the GX report)")
-        else:
-            reasons.append(
-                f"{r.rule}: {r.unexpected_percent:.1f} % of rows failed (threshold {100 * (1 - r.mostly):g} %)"
-            )
-    volume = _volume_reason(rows_in, [int(c) for c in trailing_counts], minimum_share)
-    if volume:
-        reasons.append(volume)
-    return "; ".join(reasons) or None
-
-
-def _volume_reason(rows_in: int, counts: list[int], minimum_share: float) -> str | None:
-    """A volume under ``minimum_share`` of the trailing median (three days of history at least), in words."""
-    if rows_in == 0 and any(counts):
-        return f"no rows, although the previous days had up to {max(counts):,}"
-    if len(counts) >= 3:
-        median = statistics.median(counts)
-        if median > 0 and rows_in < minimum_share * median:
-            return (f"volume {100 * rows_in / median:.0f} % of trailing median {median:,.0f}"
-                    f" (minimum {100 * minimum_share:.0f} %)")
-    return None
-
-
-class _FeedTally:
-    """Counts of one validation kept per feed (each landing file is one feed), by row position."""
-
-    def __init__(self, feed: _Landing, critical: list[str], warnings: list[str], copies: np.ndarray) -> None:
-        import numpy as np
-
-        files = feed.files()
-        self.systems = [lineage["system"] for _, _, _, lineage in files]
-        self.starts = np.array([start for _, start, _, _ in files], dtype=np.int64)
-        self.rows_in = np.diff(np.append(self.starts, feed.rows)) if files else np.zeros(0, np.int64)
-        n = len(files)
-        self.critical, self.warning_rules = critical, warnings
-        self.copies = self._count(copies)
-        self.unexpected = {r: np.zeros(n, np.int64) for r in [*critical, *warnings]}
-        self.quarantined_by_rule = {r: np.zeros(n, np.int64) for r in critical}
-        self.warnings_by_rule = {r: np.zeros(n, np.int64) for r in warnings}
-        self.published_rows = np.zeros(n, np.int64)
-        self.rejected_rows = np.zeros(n, np.int64)
-
-    def _count(self, positions: np.ndarray) -> np.ndarray:
-        import numpy as np
-
-        if not len(self.starts):
-            return np.zeros(0, np.int64)
-        which = np.searchsorted(self.starts, np.asarray(positions, dtype=np.int64), side="right") - 1
-        return np.bincount(which, minlength=len(self.starts)).astype(np.int64)
-
-    def broken(self, rule: str, positions: np.ndarray) -> None:
-        """Rows (of any feed) that broke ``rule``."""
-        if rule in self.unexpected:
-            self.unexpected[rule] += self._count(positions)
-
-    def quarantined(self, rule: str, positions: np.ndarray) -> None:
-        """Rows quarantined for ``rule``."""
-        self.quarantined_by_rule[rule] += self._count(positions)
-
-    def warned(self, rule: str, positions: np.ndarray) -> None:
-        """Published rows that broke warning ``rule``."""
-        self.warnings_by_rule[rule] += self._count(positions)
-
-    def published(self, positions: np.ndarray) -> None:
-        """Rows written to the validated file."""
-        self.published_rows += self._count(positions)
-
-    def rejected(self, positions: np.ndarray) -> None:
-        """Rows quarantined for a rule (copies aside)."""
-        self.rejected_rows += self._count(positions)
-
-    def total_quarantined(self) -> dict[str, int]:
-        """Quarantined rows per rule over every feed (``duplicate_record`` for exact copies), non-zero only."""
-        out = {r: int(v.sum()) for r, v in self.quarantined_by_rule.items()}
-        out[DUPLICATE_RULE] = int(self.copies.sum())
-        return {k: v for k, v in sorted(out.items()) if v}
-
-    def total_warnings(self) -> dict[str, int]:
-        """Published rows per warning rule, over every feed."""
-        return {r: int(v.sum()) for r, v in sorted(self.warnings_by_rule.items())}
-
-    def feeds(self, results: dict[str, RuleResult], trailing: Sequence[int] | Mapping[str, Sequence[int]],
-              share: float) -> dict[str, dict[str, Any]]:
-        """Each feed's counts and verdict: its rules' breaches judged on its own rows, its volume on its history."""
-        out = {}
-        for i, system in enumerate(self.systems):
-            kept = int(self.rows_in[i] - self.copies[i])
-            feed_results = [
-                RuleResult(rule=r.rule, type=r.type, severity=r.severity, mostly=r.mostly, rows=kept,
-                           unexpected_count=int(self.unexpected[r.rule][i]) if r.rule in self.unexpected else 0,
-                           exception=r.exception)
-                for r in results.values()
-            ]
-            history = trailing.get(system, ()) if isinstance(trailing, Mapping) else ()
-            reason = _held_back_reason(feed_results, int(self.rows_in[i]), history, share)
-            quarantined = {r: int(v[i]) for r, v in self.quarantined_by_rule.items() if v[i]}
-            if self.copies[i]:
-                quarantined[DUPLICATE_RULE] = int(self.copies[i])
-            out[system] = {
-                "status": "held_back" if reason else "published",
-                "reason": reason,
-                "rows_in": int(self.rows_in[i]),
-                "rows_published": int(self.published_rows[i]),
-                "rows_quarantined": int(self.rejected_rows[i] + self.copies[i]),
-                "quarantined_by_rule": dict(sorted(quarantined.items())),
-                "warnings_by_rule": {r: int(v[i]) for r, v in sorted(self.warnings_by_rule.items())},
-            }
-        return out
+# --------------------------------------------------------------------------- the report
 
 
 def _write_report(

@@ -18,10 +18,13 @@ import logging
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ALLOW_PLAIN_HTTP", "ConnectionRefused", "HttpConnection", "connection_url", "read_connection",
-           "read_connection_async"]
+if TYPE_CHECKING:
+    from osms.sources.http_client import RetryPolicy
+
+__all__ = ["ALLOW_PLAIN_HTTP", "ConnectionRefused", "HttpConnection", "HttpEndpoint", "connection_url",
+           "read_connection", "read_connection_async"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,37 @@ class HttpConnection:
     url: str = field(repr=False)  # a chat webhook's URL may carry its secret
     token: str | None = field(repr=False)
     settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HttpEndpoint:
+    """Where the pipeline's HTTP client calls, as a connection sets it: URL, token, timeout, retries and backoff.
+
+    A source (:class:`osms.sources.paging.SourceEndpoint`) adds its paging bounds; the receiver
+    (``osms.package.deliver.ReceiverEndpoint``) only a longer timeout.
+    """
+
+    base_url: str
+    token: str = field(repr=False)  # never in a repr, so never in a log line by accident
+    timeout: float = 60.0
+    # Retries per request; a request is given up after max_retries + 1 attempts.
+    max_retries: int = 6
+    # Backoff: base * 2**(retry - 1) seconds, at most backoff_max; a Retry-After is honoured up to
+    # backoff_max too, so a peer asking for an hour cannot stall a worker for an hour (the task's
+    # own retry takes over).
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+
+    @property
+    def policy(self) -> RetryPolicy:
+        """The client's retry policy with this endpoint's attempts and backoff."""
+        from osms.sources.http_client import RetryPolicy
+
+        return RetryPolicy(attempts=self.max_retries + 1, backoff_base=self.backoff_base, backoff_max=self.backoff_max)
+
+
+# Connection extras that tune any endpoint, with their types.
+HTTP_EXTRAS: dict[str, Any] = {"timeout": float, "max_retries": int, "backoff_base": float, "backoff_max": float}
 
 
 def connection_url(conn: Any, conn_id: str) -> str:
