@@ -32,8 +32,8 @@ What is exported (labels in braces; no IIN, name or record ever, only codes and 
   receipt was given, build and delivery seconds (``osms_package_*{day}``), and per day the
   tasks' wall time, span, peak memory and retries (``osms_day_*{day}``);
 - per task of the latest day with task costs: wall, CPU, peak memory, try number, failed;
-- notices sent, by kind and DAG (``osms_notices_sent``); documents that could not be read
-  (``osms_metrics_unreadable_documents{document}``).
+- notices sent, by kind and DAG (``osms_notices_sent``); documents that could not be read or do not fit
+  their model in :mod:`osms.core.documents` (``osms_metrics_unreadable_documents{document}``).
 """
 
 from __future__ import annotations
