@@ -7,6 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from osms.core.documents import QualityDocument, Receipt
 from osms.dev.cli import main
 
 pytestmark = pytest.mark.unit
@@ -71,3 +72,44 @@ def test_iin_check_reasons() -> None:
     assert lines["12345"] == "invalid: format: 5 characters, an IIN is 12 digits"
     assert lines["7910283027AB"] == "invalid: format: a character other than a digit, an IIN is 12 digits"
     assert lines["791028302728"].startswith("valid")
+
+
+def test_the_run_summary_reads_quality_json_and_the_receipt_through_their_models(tmp_path, capsys) -> None:
+    # Arrange: labour held back on D, its package carrying unemployed forward from the day before; a damaged receipt
+    import datetime as dt
+
+    from osms.core.documents import QUALITY, RECEIPT
+    from osms.core.registry import default_registry
+    from osms.core.status import BodyStatus, CategoryStatus
+    from osms.dev.cli import _document, _print_summary
+
+    day, before = dt.date(2025, 6, 1), dt.date(2025, 5, 31)
+    feed = {"status": "held_back", "reason": "volume", "carried_forward_from": before.isoformat(), "rows_in": 4,
+            "rows_published": 0, "rows_quarantined": 0, "rows_used": 7}
+    body = {"status": "held_back", "reason": "volume", "rows_in": 4, "rows_published": 0, "rows_quarantined": 0,
+            "quarantined_by_rule": {}, "carried_forward_from": before.isoformat(), "rows_used": 7,
+            "records_carried_forward": 7, "feeds": {"labour_market": feed}}
+    quality = {"schema": "osms.package.build.quality/1", "package_id": "OSMS-2025-06-01",
+               "logical_date": day.isoformat(), "edition": {"code": "2022", "provisional": False},
+               "categories": {"unemployed": {"status": "carried_forward", "rows": 7, "decree_row": 2,
+                                             "records_carried_forward": 7, "conflicts": {},
+                                             "bodies": {"labour": body}}},
+               "totals": {"rows": 7, "categories": {"carried_forward": 1}, "rows_quarantined": 0,
+                          "records_carried_forward": 7, "conflicts": {}},
+               "changes": {"against": None, "added": 7, "removed": 0, "changed": 0}, "notes": []}
+    (tmp_path / QUALITY).write_text(json.dumps(quality))
+    (tmp_path / RECEIPT).write_text('{"receipt_id": "R"}')
+    status = BodyStatus(body="labour", as_of=day, edition="2022", categories=(
+        CategoryStatus("unemployed", "held_back", reason="volume", rows_in=4),))
+
+    # Act
+    read = _document(tmp_path / QUALITY, QualityDocument)
+    receipt = _document(tmp_path / RECEIPT, Receipt)
+    _print_summary(default_registry().edition_on(day), {"labour": status}, read)
+
+    # Assert
+    out = capsys.readouterr()
+    assert receipt is None and f"{RECEIPT} is unreadable: package_id: field required" in out.err
+    assert "unemployed  -> package: carried_forward, 7 rows" in out.out
+    assert "labour         no status for this category" in out.out  # labour's other categories
+    assert "labour         held_back         4        0      0     0 carried forward from 2025-05-31" in out.out

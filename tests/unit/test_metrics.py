@@ -11,6 +11,27 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from osms.core import layout
+from osms.core.documents import (
+    CHANGES,
+    MANIFEST,
+    QUALITY,
+    RECEIPT,
+    RECORDS,
+    Changes,
+    Decree,
+    EditionRef,
+    Manifest,
+    ManifestCategory,
+    ManifestEdition,
+    ManifestFile,
+    Producer,
+    QualityBody,
+    QualityCategory,
+    QualityDocument,
+    QualityFeed,
+    QualityTotals,
+    Receipt,
+)
 from osms.core.files import write_bytes_atomic
 from osms.core.status import BodyStatus, CategoryStatus, write_status
 from osms.package.chain import set_chain_start
@@ -48,16 +69,35 @@ def status(root: Path, day: dt.date, body: str, category: str, cat_status: str, 
 
 
 def package(root: Path, day: dt.date, *, delivered: bool, carried_from: dt.date | None = None) -> None:
+    """A package's quality.json, manifest and (if ``delivered``) receipt, as the build and the delivery write them."""
     folder = layout.package_dir(root, day)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "manifest.json").write_text(json.dumps({"files": [
-        {"name": "records.parquet", "bytes": 1000, "rows": 42}, {"name": "changes.parquet", "bytes": 200, "rows": 3},
-        {"name": "quality.json", "bytes": 50, "rows": None}]}))
-    (folder / "quality.json").write_text(json.dumps({"categories": {"unemployed": {
-        "status": "carried_forward" if carried_from else "published", "rows": 42, "records_carried_forward": 5,
-        "bodies": {"labour": {"carried_forward_from": carried_from.isoformat() if carried_from else None}}}}}))
+    status = "carried_forward" if carried_from else "published"
+    feed = QualityFeed(status="failed" if carried_from else "published", reason=None, carried_forward_from=carried_from,
+                       rows_in=42, rows_published=42, rows_quarantined=0, rows_used=42)
+    body = QualityBody(status="failed" if carried_from else "published", reason=None, rows_in=42, rows_published=42,
+                       rows_quarantined=0, quarantined_by_rule={}, carried_forward_from=carried_from, rows_used=42,
+                       records_carried_forward=5, feeds={"labour_market": feed})
+    category = QualityCategory(status=status, rows=42, decree_row=3, records_carried_forward=5, conflicts={},
+                               bodies={"labour": body})
+    quality = QualityDocument(package_id=f"OSMS-{day}", logical_date=day, edition=EditionRef(code="2022",
+                              provisional=False), categories={"unemployed": category},
+                              totals=QualityTotals(rows=42, categories={status: 1}, rows_quarantined=0,
+                                                   records_carried_forward=5, conflicts={}),
+                              changes=Changes(against=None, added=42, removed=0, changed=0), notes=[])
+    write_bytes_atomic(quality.to_bytes(), folder / QUALITY)
+    manifest = Manifest(
+        package_id=f"OSMS-{day}", logical_date=day, previous_manifest_sha256=None,
+        edition=ManifestEdition(code="2022", provisional=False,
+                                decree=Decree(number="660", date=dt.date(2022, 1, 1), title="Decree 660")),
+        files=[ManifestFile(name=name, sha256="0" * 64, bytes=size, rows=rows)
+               for name, size, rows in ((RECORDS, 1000, 42), (CHANGES, 200, 3), (QUALITY, 50, None))],
+        categories={"unemployed": ManifestCategory(status=status, rows=42)}, producer=Producer(name="osms",
+                                                                                            version="test"))
+    write_bytes_atomic(manifest.to_bytes(), folder / MANIFEST)
     if delivered:
-        (folder / "receipt.json").write_text(json.dumps({"receipt_id": "R", "received_at": f"{day}T20:00:00+00:00"}))
+        receipt = Receipt(receipt_id="R", package_id=f"OSMS-{day}", manifest_sha256="0" * 64,
+                          logical_date=day.isoformat(), received_at=f"{day}T20:00:00+00:00", files=3)
+        write_bytes_atomic(receipt.to_bytes(), folder / RECEIPT)
 
 
 def task(root: Path, day: dt.date, dag_id: str, task_id: str, *, wall: float, peak: int, tries: int = 1,
@@ -149,7 +189,7 @@ def test_the_chain_figures_say_what_is_delivered_owed_and_due(root: Path) -> Non
 
 
 def test_nothing_is_owed_once_every_day_is_delivered_and_the_next_is_due_tomorrow(root: Path) -> None:
-    write_bytes_atomic(b'{"receipt_id": "R3"}', layout.package_dir(root, D3) / "receipt.json")
+    package(root, D3, delivered=True, carried_from=D1)
     found = samples(render(root, NOW))
     assert value(found, "osms_package_days_undelivered") == 0
     tomorrow = D3 + dt.timedelta(days=1)
@@ -176,9 +216,16 @@ def test_task_costs_notices_and_per_day_figures(root: Path) -> None:
 def test_damaged_documents_are_counted_never_fatal_and_nothing_personal_is_exported(root: Path) -> None:
     # a status cut short, a quality document that is not JSON, a stray IIN in a file name the figures never read
     layout.status(root, D3, "labour").write_text('{"schema": "osms.core.status/1", "body": "lab')
-    (layout.package_dir(root, D3) / "quality.json").write_text("not json " + SECRET_IIN)
+    (layout.package_dir(root, D3) / QUALITY).write_text("not json " + SECRET_IIN)
+    # a manifest and a receipt that are JSON but not what their models say
+    (layout.package_dir(root, D2) / MANIFEST).write_text(json.dumps({"files": [{"name": RECORDS, "rows": 42}]}))
+    (layout.package_dir(root, D2) / RECEIPT).write_text(json.dumps({"receipt_id": "R"}))
     text = render(root, NOW)
     found = samples(text)
+    assert value(found, "osms_metrics_unreadable_documents", document="manifest") == 1
+    assert value(found, "osms_metrics_unreadable_documents", document="receipt") == 1
+    assert value(found, "osms_package_rows", day=D2.isoformat()) is None
+    assert value(found, "osms_package_delivered", day=D2.isoformat()) == 0
     assert value(found, "osms_metrics_unreadable_documents", document="status") >= 1
     assert value(found, "osms_metrics_unreadable_documents", document="quality") == 1
     assert value(found, "osms_body_failed_days_in_a_row", body="labour") == 1  # an unreadable status is a failed day

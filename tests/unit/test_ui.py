@@ -23,8 +23,10 @@ from fastapi.testclient import TestClient
 from osms.core import iin
 
 from osms.core import layout
-from osms.core.files import write_bytes_atomic, write_parquet_atomic
+from osms.core.files import write_parquet_atomic
+from osms.core.documents import Receipt
 from osms.package.build import build_package
+from osms.package.deliver import store_receipt
 from osms.core.status import BodyStatus, CategoryStatus, write_status
 from osms.ui.app import create_app, external_view
 from osms.ui.charts import line_chart
@@ -94,7 +96,9 @@ def world(tmp_path: Path) -> dict:
     private, public = _key_pair(tmp_path)
     result = build_package(day=D1, data_dir=root, signing_key_pem=private, producer_version="test",
                            memory_limit="256MB")
-    write_bytes_atomic(b'{"receipt_id":"RCPT-TEST","package_id":"OSMS-2025-06-01"}', result.path / "receipt.json")
+    store_receipt(result.path, Receipt(receipt_id="RCPT-TEST", package_id=result.package_id,
+                                       manifest_sha256=result.manifest_sha256, logical_date=D1.isoformat(),
+                                       received_at="2025-06-02T01:00:00+00:00", files=3))
     docs = root / "reports" / "data_docs" / D1.isoformat()
     (docs / "validations").mkdir(parents=True)
     (docs / "index.html").write_text(
@@ -171,7 +175,7 @@ def test_package_view_checks_checksums_signature_chain_and_shows_the_receipt(wor
     assert {f["name"] for f in view.files} == {"records.parquet", "changes.parquet", "quality.json"}
     assert all(f["ok"] for f in view.files)
     assert view.chain["ok"] and view.chain["previous_manifest_sha256"] is None
-    assert view.receipt["receipt_id"] == "RCPT-TEST"
+    assert view.receipt is not None and view.receipt.receipt_id == "RCPT-TEST"
 
 
 def test_package_view_names_a_tampered_file_and_a_wrong_key(world, tmp_path):
@@ -244,6 +248,28 @@ def test_package_page_shows_checks_chain_and_receipt(world):
     assert 'data-verified="yes">verified' in html
     assert "RCPT-TEST" in html and "none: the first package of the chain" in html
     assert html.count('<span class="ok">matches</span>') == 3
+
+
+def test_package_api_gives_the_manifest_receipt_and_chain_start_as_written(world):
+    from osms.core.documents import MANIFEST, RECEIPT
+
+    folder = layout.package_dir(world["root"], D1)
+
+    api = _client(world).get(f"/osms/api/package/{D1}", headers={USER_HEADER: "qa"}).json()
+
+    assert api["manifest"] == json.loads((folder / MANIFEST).read_bytes())
+    assert api["receipt"] == json.loads((folder / RECEIPT).read_bytes())
+    start = json.loads(layout.chain_start(world["root"]).read_bytes())
+    assert api["chain_start"] == {k: start[k] for k in ("start", "set_by", "set_at")}
+    assert [f["name"] for f in api["files"]] == [f["name"] for f in api["manifest"]["files"]]
+
+
+def test_a_damaged_receipt_reads_as_no_receipt(world):
+    (layout.package_dir(world["root"], D1) / "receipt.json").write_text('{"receipt_id": "RCPT-TEST"}')
+
+    view = package_view(world["root"], D1, world["public"])
+
+    assert view.exists and view.receipt is None and not view.problems
 
 
 def test_package_page_and_api_show_the_chains_start(world):

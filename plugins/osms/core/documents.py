@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 from typing_extensions import TypedDict
 
 __all__ = [
-    "CHANGES", "MANIFEST", "PACKAGE_FILES", "QUALITY", "RECEIPT", "RECORDS", "SIGNATURE",
+    "CHANGES", "FEED_VERDICTS", "MANIFEST", "PACKAGE_CATEGORY_STATUSES", "PACKAGE_FILES", "QUALITY", "RECEIPT",
+    "RECORDS", "SIGNATURE", "STATUS_VERDICTS",
     "BodyStatus", "CategoryStatus", "ChainStart", "Decision", "DecisionLog", "DocumentError", "ExtractError",
-    "FeedReport", "Manifest", "ManifestFile", "Problem", "QualityDocument", "Receipt", "canonical_json",
+    "FeedReport", "FeedVerdict", "Manifest", "ManifestFile", "PackageBodyStatus", "PackageCategoryStatus",
+    "PackageFeedStatus", "Problem", "QualityDocument", "Receipt", "StatusVerdict", "Verdict", "canonical_json",
     "first_error",
 ]
 
@@ -48,9 +50,18 @@ QUALITY_SCHEMA = "osms.package.build.quality/1"
 DECISIONS_SCHEMA = "osms.core.decisions/1"
 CHAIN_START_SCHEMA = "osms.package.chain.start/1"
 
-FeedVerdict = Literal["published", "held_back", "failed"]
-Verdict = Literal["published", "partial", "held_back", "failed"]
-FEED_VERDICTS: tuple[str, ...] = ("published", "held_back", "failed")
+# The verdicts, in two vocabularies. A body's status (the agency DAG, on D) judges feeds and sums a category up;
+# the package (quality.json, the manifest) says what it made of them: a held-back feed QA released, a body or feed
+# that did not report (missing), a category carried forward from an earlier day.
+FeedVerdict = Literal["published", "held_back", "failed"]  # a feed, in a body's status
+StatusVerdict = Literal["published", "partial", "held_back", "failed"]  # a category, in a body's status
+Verdict = StatusVerdict  # its former name
+PackageFeedStatus = Literal["published", "released", "held_back", "failed", "missing"]  # a feed, in the package
+PackageBodyStatus = Literal["published", "partial", "held_back", "failed", "missing"]  # a body's category, ditto
+PackageCategoryStatus = Literal["published", "carried_forward", "partial", "missing"]  # a category, in the package
+FEED_VERDICTS: tuple[str, ...] = get_args(FeedVerdict)
+STATUS_VERDICTS: tuple[str, ...] = get_args(StatusVerdict)
+PACKAGE_CATEGORY_STATUSES: tuple[str, ...] = get_args(PackageCategoryStatus)
 
 
 class DocumentError(ValueError):
@@ -119,7 +130,7 @@ class CategoryStatus(_Document):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    status: Verdict
+    status: StatusVerdict
     reason: str | None = None
     rows_in: int = 0
     rows_published: int = 0
@@ -200,11 +211,12 @@ class BodyStatus(_Document):
 
     @classmethod
     def parse(cls, raw: bytes | str | dict[str, Any]) -> BodyStatus:
-        """A status from its JSON; :class:`DocumentError` naming what is wrong."""
+        """A status from its JSON; :class:`DocumentError` naming what is wrong (the field, or why it is no JSON)."""
         try:
             doc = json.loads(raw) if isinstance(raw, bytes | str) else raw
         except (ValueError, UnicodeDecodeError) as exc:
-            raise DocumentError(f"not valid JSON ({exc})") from None
+            what = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+            raise DocumentError(f"not valid JSON ({what.lower()}; {len(raw)} bytes: cut short or damaged)") from None
         if not isinstance(doc, dict) or doc.get("schema") != STATUS_SCHEMA:
             got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
             raise DocumentError(f"not an osms status document (schema {got!r})")
@@ -216,7 +228,7 @@ class BodyStatus(_Document):
                                                              if isinstance(c, dict) else c
                                                              for code, c in cats.items()]})
         except ValidationError as exc:
-            raise DocumentError(first_error(exc)) from None
+            raise DocumentError(f"a field is missing or of the wrong type ({first_error(exc)})") from None
 
     def category(self, code: str) -> CategoryStatus:
         """The status of one category."""
@@ -309,7 +321,7 @@ class QualityFeed(_Document):
     ``released``: held back on D and released by QA (``decision`` says who, when, why).
     """
 
-    status: Literal["published", "released", "held_back", "failed", "missing"]
+    status: PackageFeedStatus
     reason: str | None
     carried_forward_from: dt.date | None
     rows_in: int
@@ -322,7 +334,7 @@ class QualityFeed(_Document):
 class QualityBody(_Document):
     """One body's part of a category: its verdict, counts and feeds."""
 
-    status: str  # the body's verdict on the category (a status verdict, or "missing")
+    status: PackageBodyStatus  # the body's verdict on the category in its status, or missing (none)
     reason: str | None
     rows_in: int
     rows_published: int
@@ -337,7 +349,7 @@ class QualityBody(_Document):
 class QualityCategory(_Document):
     """One category of the package."""
 
-    status: Literal["published", "carried_forward", "partial", "missing"]
+    status: PackageCategoryStatus
     rows: int
     decree_row: int
     records_carried_forward: int
@@ -419,7 +431,7 @@ class ManifestEdition(_Document):
 
 
 class ManifestCategory(_Document):
-    status: str
+    status: PackageCategoryStatus
     rows: int
 
 

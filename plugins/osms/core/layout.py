@@ -45,14 +45,29 @@ def quarantine(root: Path, day: dt.date, body: str, category: str) -> Path:
     return root / "quarantine" / day.isoformat() / body / f"{category}.parquet"
 
 
+def status_root(root: Path) -> Path:
+    """Where the bodies' statuses live, one partition per date."""
+    return root / "status"
+
+
 def status(root: Path, day: dt.date, body: str) -> Path:
     """A body's status for a day: what the package DAG reads."""
-    return root / "status" / day.isoformat() / f"{body}.json"
+    return status_root(root) / day.isoformat() / f"{body}.json"
+
+
+def status_bodies(root: Path, day: dt.date) -> list[str]:
+    """The bodies that have a status file for a day (read or not), sorted."""
+    return sorted(p.stem for p in (status_root(root) / day.isoformat()).glob("*.json"))
+
+
+def packages_root(root: Path) -> Path:
+    """Where the packages live, one folder per date."""
+    return root / "packages"
 
 
 def package_dir(root: Path, day: dt.date) -> Path:
     """The consolidated package of a day."""
-    return root / "packages" / day.isoformat()
+    return packages_root(root) / day.isoformat()
 
 
 def decisions(root: Path, day: dt.date, body: str) -> Path:
@@ -68,6 +83,16 @@ def package_lock(root: Path, day: dt.date) -> Path:
 def chain_start(root: Path) -> Path:
     """The delivery chain's start: written once, read by every package run."""
     return root / "chain" / "start.json"
+
+
+def metrics_root(root: Path) -> Path:
+    """Where the task-metrics listener writes each task's cost, one partition per date."""
+    return root / "metrics"
+
+
+def task_metrics(root: Path, day: dt.date, dag_id: str, task_id: str) -> Path:
+    """One task's cost on a day (its last try)."""
+    return metrics_root(root) / day.isoformat() / dag_id / f"{task_id}.json"
 
 
 def lineage(root: Path) -> Path:

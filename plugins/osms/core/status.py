@@ -12,7 +12,6 @@ a rerun for the same date and inputs writes the same bytes.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from pathlib import Path
 
@@ -25,13 +24,15 @@ from osms.core.documents import (
     DocumentError,
     FeedReport,
     FeedVerdict,
+    StatusVerdict,
     Verdict,
 )
 from osms.core.files import write_bytes_atomic
 
 __all__ = [
     "FEED_VERDICTS", "SCHEMA", "BodyStatus", "CategoryStatus", "FeedReport", "FeedVerdict", "StatusUnreadable",
-    "Verdict", "category_verdict", "read_status", "read_status_or_none", "trailing_counts", "write_status",
+    "StatusVerdict", "Verdict", "category_verdict", "read_status", "read_status_or_none", "trailing_counts",
+    "write_status",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,8 @@ class StatusUnreadable(ValueError):
         super().__init__(f"{path}: {problem}")
 
 
-def category_verdict(feeds: list[str]) -> Verdict:
-    """A category's verdict from its feeds' verdicts."""
+def category_verdict(feeds: list[FeedVerdict]) -> StatusVerdict:
+    """A category's verdict in a body's status, from its feeds' verdicts (see :data:`StatusVerdict`)."""
     if feeds and all(v == "published" for v in feeds):
         return "published"
     if any(v == "published" for v in feeds):
@@ -71,18 +72,9 @@ def read_status(root: Path, day: dt.date, body: str) -> BodyStatus | None:
     except OSError as exc:
         raise StatusUnreadable(path, f"cannot be read ({exc.strerror or type(exc).__name__})") from None
     try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        what = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
-        raise StatusUnreadable(path, f"not valid JSON ({what.lower()}; {len(raw)} bytes: cut short or damaged)"
-                               ) from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-        raise StatusUnreadable(path, f"not an osms status document (schema {got!r})")
-    try:
-        return BodyStatus.parse(doc)
+        return BodyStatus.parse(raw)
     except DocumentError as exc:
-        raise StatusUnreadable(path, f"a field is missing or of the wrong type ({exc})") from None
+        raise StatusUnreadable(path, str(exc)) from None
 
 
 def read_status_or_none(root: Path, day: dt.date, body: str) -> BodyStatus | None:

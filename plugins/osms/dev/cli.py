@@ -5,12 +5,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from osms.core.dates import yesterday_in_almaty
 from osms.core.registry import Edition, NoEditionInForce, RegistryError, default_registry
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from osms.core.documents import QualityDocument
 
 
 class _Date(click.ParamType):
@@ -299,7 +304,6 @@ def run(day: dt.date | None, data_dir: str, scale: float | None, workers: int | 
     Exit status: 0 delivered and every DAG succeeded; 3 delivered, but a DAG run
     failed; 4 nothing delivered for the date.
     """
-    import json
     import logging
     import time
     from pathlib import Path
@@ -307,6 +311,7 @@ def run(day: dt.date | None, data_dir: str, scale: float | None, workers: int | 
     from mocks.config import MockConfig
     from mocks.service import start_mocks
     from osms.core import layout
+    from osms.core.documents import QUALITY, RECEIPT, QualityDocument, Receipt
     from osms.dev.local_run import (
         DagWorkers,
         airflow_env,
@@ -345,22 +350,33 @@ def run(day: dt.date | None, data_dir: str, scale: float | None, workers: int | 
         results, statuses = run_day_dags(day, root, env, pool=pool, say=click.echo)
         click.echo(f"  all DAGs in {time.perf_counter() - started:,.0f} s")
     package = layout.package_dir(root, day)
-    quality = json.loads((package / "quality.json").read_text()) if (package / "quality.json").exists() else None
-    _print_summary(edition, statuses, quality)
+    _print_summary(edition, statuses, _document(package / QUALITY, QualityDocument))
     _print_costs(root, day)
-    receipt = package / "receipt.json"
-    if receipt.exists():
-        r = json.loads(receipt.read_text())
-        click.echo(f"\npackage {package}\nreceipt {r['receipt_id']} (received {r.get('received_at')})")
-    else:
+    receipt = _document(package / RECEIPT, Receipt)
+    if receipt is not None:
+        click.echo(f"\npackage {package}\nreceipt {receipt.receipt_id} (received {receipt.received_at})")
+    elif not (package / RECEIPT).exists():
         click.echo(f"\nno package was delivered for {day.isoformat()}")
     failed = [r.dag_id for r in results if not r.ok]
     if failed:
         click.echo(f"\nruns that did not succeed: {', '.join(failed)} (the statuses above and the logs say why).")
-    if not receipt.exists():
+    if not (package / RECEIPT).exists():
         sys.exit(EXIT_NOT_DELIVERED)
     if failed:
         sys.exit(EXIT_DAG_FAILED)
+
+
+def _document(path: Path, model: Any) -> Any:
+    """A document of the run through its model; None when absent, or when it does not read (said on stderr)."""
+    from osms.core.documents import DocumentError
+
+    try:
+        return model.parse(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, DocumentError) as exc:
+        click.echo(f"{path} is unreadable: {exc}", err=True)
+        return None
 
 
 def _print_costs(root: Any, day: dt.date) -> None:
@@ -520,24 +536,27 @@ def deploy_mocks(data_dir: str, listen: str, advertise: str, sources_port: int, 
                 receiver_port=receiver_port, public_key=Path(public_key), scale=scale, say=click.echo)
 
 
-def _print_summary(edition: Edition, statuses: dict[str, Any], quality: dict[str, Any] | None) -> None:
+def _print_summary(edition: Edition, statuses: dict[str, Any], quality: QualityDocument | None) -> None:
     click.echo("\nPer category and body: status, rows in, published, quarantined, warnings, carried forward")
-    q_cats = (quality or {}).get("categories", {})
     for cat in edition.categories:
-        q = q_cats.get(cat.code, {})
+        q = quality.categories.get(cat.code) if quality is not None else None
         head = f"  {cat.row:>2} {cat.code}"
-        if q:
-            head += f"  -> package: {q.get('status')}, {q.get('rows', 0):,} rows"
+        if q is not None:
+            head += f"  -> package: {q.status}, {q.rows:,} rows"
         click.echo(head)
         for body in sorted({f.body for f in edition.feeds_for(cat.code)}):
             st = statuses.get(body)
-            qb = q.get("bodies", {}).get(body, {}) if q else {}
-            carried = qb.get("carried_forward_from")
+            qb = q.bodies.get(body) if q is not None else None
+            carried = qb.carried_forward_from if qb is not None else None
             carried_text = f" carried forward from {carried}" if carried else ""
             if st is None:
                 click.echo(f"       {body:<14} no status written{carried_text}")
                 continue
-            c = st.category(cat.code)
+            try:
+                c = st.category(cat.code)
+            except KeyError:
+                click.echo(f"       {body:<14} no status for this category{carried_text}")
+                continue
             warn = sum(c.warnings_by_rule.values())
             line = (f"       {body:<14} {c.status:<10} {c.rows_in:>8,} {c.rows_published:>8,}"
                     f" {c.rows_quarantined:>6,} {warn:>5,}{carried_text}")

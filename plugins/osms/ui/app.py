@@ -48,6 +48,7 @@ import json
 import os
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from markupsafe import Markup
 
 from osms.core import layout
-from osms.core.decisions import ACTIONS, DecisionRefused, record
+from osms.core.decisions import DecisionRefused, record
 from osms.core.i18n import COOKIE, LANGUAGES, N_, STATUS_LABELS, choose, gettext_for, translations
 from osms.ui import assets as ui_assets
 from osms.ui.charts import line_chart
@@ -177,39 +178,51 @@ def create_app(authorize: Authorize | None = None, *, prefix: str = URL_PREFIX,
     given); ``clock`` says when a decision is made."""
     guard = authorize or airflow_authorization()
     # a stand-in login (tests) without a stand-in decider: nobody may decide
-    may_decide = decider or (decider_authorization() if authorize is None else _nobody)
+    deciders = decider or (decider_authorization() if authorize is None else _nobody)
     app = FastAPI(title="OSMS data quality", docs_url=None, redoc_url=None, openapi_url=None,
                   dependencies=[Depends(guard)])
-    envs = {language: _templates(language) for language in LANGUAGES}
+    site = _Site(prefix, root, key, clock, {language: _templates(language) for language in LANGUAGES})
+    _page_routes(app, site, deciders)
+    _decision_routes(app, site, deciders)
+    _file_routes(app, site)
+    _api_routes(app, site)
+    return app
 
-    def language_of(request: Request, lang: str | None = Query(default=None, max_length=8)) -> str:
-        return choose(lang, request.cookies.get(COOKIE), request.headers.get("accept-language"))
 
-    def page(name: str, language: str, asked: str | None, status_code: int = 200, **ctx: Any) -> HTMLResponse:
-        html = envs[language].get_template(name).render(prefix=prefix, **ctx)
+@dataclass(frozen=True)
+class _Site:
+    """What the app's routes share: the URL prefix, the data root, the public key, the clock and the templates."""
+
+    prefix: str
+    root: Callable[[], Path]
+    key: Callable[[], Path | None]
+    clock: Callable[[], dt.datetime]
+    envs: dict[str, Any]  # language -> its templates
+
+    def page(self, name: str, language: str, asked: str | None, status_code: int = 200, **ctx: Any) -> HTMLResponse:
+        """A page rendered in ``language``; the language ``asked`` for in the URL is remembered in a cookie."""
+        html = self.envs[language].get_template(name).render(prefix=self.prefix, **ctx)
         response = HTMLResponse(html, status_code=status_code, headers=_NO_STORE)
         if asked in LANGUAGES:  # remembered for the next visit
-            response.set_cookie(COOKIE, asked, max_age=COOKIE_MAX_AGE, path=prefix, samesite="lax",
+            response.set_cookie(COOKIE, asked, max_age=COOKIE_MAX_AGE, path=self.prefix, samesite="lax",
                                 httponly=True)
         return response
 
-    def day_or_latest(day: str | None) -> tuple[dt.date | None, list[dt.date]]:
-        days = available_days(root())
+    def day_or_latest(self, day: str | None) -> tuple[dt.date | None, list[dt.date]]:
+        """The day asked for, else the latest with data; and every day with data."""
+        days = available_days(self.root())
         if day:
             return _day(day), days
         return (days[0] if days else None), days
 
-    @app.get("/", include_in_schema=False)
-    def index() -> RedirectResponse:
-        return RedirectResponse(f"{prefix}/quality", status_code=307)
-
-    def quality(chosen: dt.date | None, days: list[dt.date], language: str, asked: str | None, who: str | None,
-                status_code: int = 200, **flash: Any) -> HTMLResponse:
+    def quality(self, chosen: dt.date | None, days: list[dt.date], language: str, asked: str | None,
+                who: str | None, status_code: int = 200, **flash: Any) -> HTMLResponse:
+        """The Data quality page of ``chosen``, with its trend charts (``flash``: what a decision did)."""
         _ = gettext_for(language)
         if chosen is None:
-            return page("empty.html", language, asked, days=days, chosen=None, title=_("Data quality"))
-        report = day_report(root(), chosen, language)
-        trend = trends(root(), chosen, TREND_DAYS)
+            return self.page("empty.html", language, asked, days=days, chosen=None, title=_("Data quality"))
+        report = day_report(self.root(), chosen, language)
+        trend = trends(self.root(), chosen, TREND_DAYS)
         charts = {}
         for code, points in trend.series.items():
             rows = [(p.day, p.rows_in) for p in points]
@@ -220,66 +233,86 @@ def create_app(authorize: Authorize | None = None, *, prefix: str = URL_PREFIX,
                 Markup(line_chart(rate, title=_("{code}: quarantine rate").format(code=code), kind="rate",
                                   color="#d1242f")),
             )
-        return page("quality.html", language, asked, status_code=status_code, report=report, days=days,
-                    chosen=chosen, charts=charts, trend_days=TREND_DAYS, may_decide=who is not None,
-                    title=_("Data quality {day}").format(day=chosen), flash=flash or None)
+        return self.page("quality.html", language, asked, status_code=status_code, report=report, days=days,
+                         chosen=chosen, charts=charts, trend_days=TREND_DAYS, may_decide=who is not None,
+                         title=_("Data quality {day}").format(day=chosen), flash=flash or None)
 
-    @app.get("/quality", response_class=HTMLResponse)
-    def quality_page(day: str | None = Query(default=None), done: int | None = Query(default=None, ge=0, le=1000),
-                     lang: str | None = Query(default=None, max_length=8), language: str = Depends(language_of),
-                     who: str | None = Depends(may_decide)) -> HTMLResponse:
-        chosen, days = day_or_latest(day)
-        flash = {"recorded": done} if done is not None else {}
-        return quality(chosen, days, language, lang, who, **flash)
-
-    @app.get("/package", response_class=HTMLResponse)
-    def package_page(day: str | None = Query(default=None), lang: str | None = Query(default=None, max_length=8),
-                     language: str = Depends(language_of)) -> HTMLResponse:
-        _ = gettext_for(language)
-        chosen, days = day_or_latest(day)
-        if chosen is None:
-            return page("empty.html", language, lang, days=days, chosen=None, title=_("Package"))
-        view = package_view(root(), chosen, key())
-        return page("package.html", language, lang, view=view, days=days, chosen=chosen,
-                    title=_("Package {day}").format(day=chosen))
-
-    def decide(request: Request, who: str | None, fields: dict[str, str]) -> tuple[list[Any], DecisionRefused | None]:
+    def decide(self, request: Request, who: str | None, fields: dict[str, str]
+               ) -> tuple[list[Any], DecisionRefused | None]:
         """Record the decision on every held-back feed the fields name; (decisions recorded, the refusal if none)."""
         if who is None:
             raise HTTPException(status_code=403, detail=f"Forbidden: the {DECISIONS_VIEW} view is not allowed")
         _same_site(request)
         chosen = _day(fields.get("day", ""))
         category, body, system = (fields.get(k, "").strip() for k in ("category", "body", "system"))
-        report = day_report(root(), chosen)
+        report = day_report(self.root(), chosen)
         targets = [(u.body, f.system, c.code) for c in report.categories if c.code == category for u in c.units
                    if body in ("", u.body) for f in u.feeds if system in ("", f.system) and f.decidable]
         if not category or not targets:
             return [], DecisionRefused("nothing held back matches", "nothing", day=chosen)
         made, refused = [], None
-        moment = clock()
+        moment = self.clock()
         for b, sys_, cat in targets:
             try:
-                made.append(record(root(), day=chosen, body=b, system=sys_, category=cat,
+                made.append(record(self.root(), day=chosen, body=b, system=sys_, category=cat,
                                    action=fields.get("action", ""), reason=fields.get("reason", ""), by=who,
                                    at=moment))
             except DecisionRefused as exc:
                 refused = refused or exc
         return made, (refused if not made else None)
 
+
+def _language_of(request: Request, lang: str | None = Query(default=None, max_length=8)) -> str:
+    """A dependency: the page's language (``?lang=``, else the cookie, else the browser's)."""
+    return choose(lang, request.cookies.get(COOKIE), request.headers.get("accept-language"))
+
+
+def _page_routes(app: FastAPI, site: _Site, may_decide: Authorize) -> None:
+    """The pages: the Data quality page of a day and its package's."""
+
+    @app.get("/", include_in_schema=False)
+    def index() -> RedirectResponse:
+        return RedirectResponse(f"{site.prefix}/quality", status_code=307)
+
+    @app.get("/quality", response_class=HTMLResponse)
+    def quality_page(day: str | None = Query(default=None), done: int | None = Query(default=None, ge=0, le=1000),
+                     lang: str | None = Query(default=None, max_length=8), language: str = Depends(_language_of),
+                     who: str | None = Depends(may_decide)) -> HTMLResponse:
+        chosen, days = site.day_or_latest(day)
+        flash = {"recorded": done} if done is not None else {}
+        return site.quality(chosen, days, language, lang, who, **flash)
+
+    @app.get("/package", response_class=HTMLResponse)
+    def package_page(day: str | None = Query(default=None), lang: str | None = Query(default=None, max_length=8),
+                     language: str = Depends(_language_of)) -> HTMLResponse:
+        _ = gettext_for(language)
+        chosen, days = site.day_or_latest(day)
+        if chosen is None:
+            return site.page("empty.html", language, lang, days=days, chosen=None, title=_("Package"))
+        view = package_view(site.root(), chosen, site.key())
+        return site.page("package.html", language, lang, view=view, days=days, chosen=chosen,
+                         title=_("Package {day}").format(day=chosen))
+
+
+def _decision_routes(app: FastAPI, site: _Site, may_decide: Authorize) -> None:
+    """QA's decisions: the page's form and the JSON API."""
+
     @app.post("/decisions", response_class=HTMLResponse)
-    async def decisions_form(request: Request, language: str = Depends(language_of),
+    async def decisions_form(request: Request, language: str = Depends(_language_of),
                              who: str | None = Depends(may_decide)) -> Response:
         raw = await _bounded_body(request)
         fields = {k: v[0] for k, v in urllib.parse.parse_qs(raw.decode("utf-8", "replace"),
                                                             keep_blank_values=True).items()}
-        made, refused = decide(request, who, fields)
+        made, refused = site.decide(request, who, fields)
         chosen = _day(fields["day"])
         if refused is not None:
             _ = gettext_for(language)
             message = _(REFUSALS[refused.code]).format(**{k: str(v) for k, v in refused.fields.items()}) \
                 if refused.code in REFUSALS else str(refused)
-            return quality(chosen, available_days(root()), language, None, who, status_code=409, refused=message)
-        target = f"{prefix}/quality?day={chosen.isoformat()}&done={len(made)}#category-{fields.get('category', '')}"
+            return site.quality(chosen, available_days(site.root()), language, None, who, status_code=409,
+                                refused=message)
+        target = (f"{site.prefix}/quality?day={chosen.isoformat()}&done={len(made)}"
+                  f"#category-{fields.get('category', '')}")
         return RedirectResponse(target, status_code=303)
 
     @app.post("/api/decisions")
@@ -290,27 +323,31 @@ def create_app(authorize: Authorize | None = None, *, prefix: str = URL_PREFIX,
             fields = {k: str(v) for k, v in json.loads(await _bounded_body(request)).items()}
         except (ValueError, AttributeError):
             raise HTTPException(status_code=400, detail="a decision is a JSON object") from None
-        made, refused = decide(request, who, fields)
+        made, refused = site.decide(request, who, fields)
         if refused is not None:
             return JSONResponse({"detail": str(refused), "code": refused.code}, status_code=409, headers=_NO_STORE)
         return JSONResponse({"decisions": [d.as_dict() for d in made]}, status_code=201, headers=_NO_STORE)
 
+
+def _file_routes(app: FastAPI, site: _Site) -> None:
+    """Files: a day's GX Data Docs, the vendored styles and scripts, the icon."""
+
     @app.get("/docs/{day}")
     def data_docs_root(day: str) -> RedirectResponse:
-        return RedirectResponse(f"{prefix}/docs/{_day(day).isoformat()}/", status_code=307)
+        return RedirectResponse(f"{site.prefix}/docs/{_day(day).isoformat()}/", status_code=307)
 
     @app.get("/docs/{day}/{path:path}")
     def data_docs(day: str, path: str = "") -> Response:
-        site = docs_dir(root(), _day(day))
+        docs = docs_dir(site.root(), _day(day))
         if not path or path == "index.html":
             # rendered here when a body's report is newer than the site (the package DAG renders each day once)
             from osms.quality.docs import current_site
 
-            site = current_site(root(), _day(day)) or site
-        target = _inside(site, path or "index.html")
+            docs = current_site(site.root(), _day(day)) or docs
+        target = _inside(docs, path or "index.html")
         if target.suffix == ".html":
             html = target.read_text(encoding="utf-8", errors="replace")
-            return HTMLResponse(ui_assets.localize_docs_html(html, f"{prefix}/static"), headers=_NO_STORE)
+            return HTMLResponse(ui_assets.localize_docs_html(html, f"{site.prefix}/static"), headers=_NO_STORE)
         return FileResponse(target, media_type=ui_assets.media_type(target), headers=_NO_STORE)
 
     @app.get("/static/{path:path}")
@@ -323,15 +360,19 @@ def create_app(authorize: Authorize | None = None, *, prefix: str = URL_PREFIX,
     def icon() -> Response:
         return Response(ICON, media_type="image/svg+xml", headers={"Cache-Control": "private, max-age=86400"})
 
+
+def _api_routes(app: FastAPI, site: _Site) -> None:
+    """The pages' data as JSON, for tools."""
+
     @app.get("/api/days")
     def api_days() -> JSONResponse:
-        return JSONResponse([d.isoformat() for d in available_days(root())])
+        return JSONResponse([d.isoformat() for d in available_days(site.root())])
 
     @app.get("/api/quality/{day}")
     def api_quality(day: str) -> JSONResponse:
         d = _day(day)
-        report = day_report(root(), d)
-        trend = trends(root(), d, TREND_DAYS)
+        report = day_report(site.root(), d)
+        trend = trends(site.root(), d, TREND_DAYS)
         doc = report.to_dict()
         doc["trends"] = {
             code: [{"day": p.day.isoformat(), "rows_in": p.rows_in, "rows_quarantined": p.rows_quarantined}
@@ -342,12 +383,10 @@ def create_app(authorize: Authorize | None = None, *, prefix: str = URL_PREFIX,
 
     @app.get("/api/package/{day}")
     def api_package(day: str) -> JSONResponse:
-        view = package_view(root(), _day(day), key())
+        view = package_view(site.root(), _day(day), site.key())
         if not view.exists:
             raise HTTPException(status_code=404, detail=f"no package for {day}")
         return JSONResponse(view.to_dict(), headers=_NO_STORE)
-
-    return app
 
 
 _NO_STORE = {"Cache-Control": "no-store"}

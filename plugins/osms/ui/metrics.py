@@ -32,8 +32,8 @@ What is exported (labels in braces; no IIN, name or record ever, only codes and 
   receipt was given, build and delivery seconds (``osms_package_*{day}``), and per day the
   tasks' wall time, span, peak memory and retries (``osms_day_*{day}``);
 - per task of the latest day with task costs: wall, CPU, peak memory, try number, failed;
-- notices sent, by kind and DAG (``osms_notices_sent``); documents that could not be read
-  (``osms_metrics_unreadable_documents{document}``).
+- notices sent, by kind and DAG (``osms_notices_sent``); documents that could not be read or do not fit
+  their model in :mod:`osms.core.documents` (``osms_metrics_unreadable_documents{document}``).
 """
 
 from __future__ import annotations
@@ -47,18 +47,35 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from osms.core import layout
 from osms.core.dates import almaty
+from osms.core.documents import (
+    FEED_VERDICTS,
+    MANIFEST,
+    QUALITY,
+    RECEIPT,
+    RECORDS,
+    STATUS_VERDICTS,
+    BodyStatus,
+    ChainStart,
+    DocumentError,
+    Manifest,
+    QualityDocument,
+    Receipt,
+)
+from osms.core.status import StatusUnreadable, read_status
 
 __all__ = ["METRICS_PATH", "PipelineCollector", "URL_PREFIX", "create_metrics_app", "figures_of", "render",
            "scrape_token"]
 
 log = logging.getLogger(__name__)
+_D = TypeVar("_D", bound=BaseModel)
 
 URL_PREFIX = "/osms-metrics"
 METRICS_PATH = f"{URL_PREFIX}/metrics"
@@ -67,8 +84,7 @@ TOKEN_FILE_ENV = "OSMS_METRICS_TOKEN_FILE"
 WINDOW_DAYS = 31  # per-day series: a month, enough for a soak and a dashboard, bounded in series
 STREAK_DAYS = 14  # how far back a streak is counted (the rules ask for 2 and 3 days)
 DUE_TIME = dt.time(7, 0)  # D's package is due at D+1 07:00 Almaty (as osms.orchestration.alerts says)
-FEED_VERDICTS = ("published", "held_back", "failed")
-CATEGORY_VERDICTS = ("published", "partial", "held_back", "failed")
+PACKAGE_DAG = "osms_daily_package"  # whose build and delivery times the per-day figures give
 
 
 def day_timestamp(day: dt.date) -> float:
@@ -116,33 +132,88 @@ def _read_json(path: Path, figures: _Figures, document: str) -> Any:
         return None
 
 
+def _read(path: Path, model: type[_D], figures: _Figures, document: str) -> _D | None:
+    """A document through its model; None when it is absent, or unreadable (then counted)."""
+    try:
+        return model.parse(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, DocumentError):
+        figures.unreadable[document] += 1
+        return None
+
+
 # --------------------------------------------------------------------------- statuses
+
+_Status = BodyStatus | None | Literal["unreadable"]
+
+
+class _Statuses:
+    """The bodies' statuses, each read once per scrape (an unreadable one is counted once)."""
+
+    def __init__(self, root: Path, figures: _Figures) -> None:
+        self.root, self.figures = root, figures
+        self.cache: dict[tuple[dt.date, str], _Status] = {}
+
+    def __call__(self, day: dt.date, body: str) -> _Status:
+        key = (day, body)
+        if key not in self.cache:
+            try:
+                self.cache[key] = read_status(self.root, day, body)
+            except StatusUnreadable:
+                self.figures.unreadable["status"] += 1
+                self.cache[key] = "unreadable"
+        return self.cache[key]
 
 
 def _statuses(root: Path, figures: _Figures) -> None:
-    from osms.core.status import StatusUnreadable, read_status
-
-    days = sorted((d for d, _ in layout.dated_dirs(root / "status")), reverse=True)
-    packages = {d for d, p in layout.dated_dirs(root / "packages") if (p / "manifest.json").is_file()}
+    days = sorted((d for d, _ in layout.dated_dirs(layout.status_root(root))), reverse=True)
+    packages = {d for d, p in layout.dated_dirs(layout.packages_root(root)) if (p / MANIFEST).is_file()}
     seen = set(days) | packages
-    bodies = sorted({p.stem for d in days[:STREAK_DAYS] for p in (root / "status" / d.isoformat()).glob("*.json")})
-    cache: dict[tuple[dt.date, str], Any] = {}
-
-    def status(day: dt.date, body: str) -> Any:
-        key = (day, body)
-        if key not in cache:
-            try:
-                cache[key] = read_status(root, day, body)
-            except StatusUnreadable:
-                figures.unreadable["status"] += 1
-                cache[key] = "unreadable"
-        return cache[key]
-
+    bodies = sorted({b for d in days[:STREAK_DAYS] for b in layout.status_bodies(root, d)})
+    status = _Statuses(root, figures)
     last_status = figures.family("osms_body_last_status_timestamp_seconds",
                                  "The latest day D (midnight Almaty) the body wrote a status for.", "body")
     failed_run = figures.family("osms_body_failed_days_in_a_row",
                                 "Consecutive days up to the latest one run on which the body failed (no status, an"
                                 " unreadable one, or a feed failed).", "body")
+    latest_seen = max(seen) if seen else None
+    for body in bodies:
+        reported = [d for d in days if layout.status(root, d, body).is_file()]
+        if not reported:
+            continue
+        latest = reported[0]
+        last_status.add(day_timestamp(latest), body)
+        failed_run.add(_failed_streak(status, body, latest_seen, seen, packages), body)
+        st = status(latest, body)
+        if isinstance(st, BodyStatus):
+            _latest_day_figures(figures, status, st, latest)
+
+
+def _failed_streak(status: _Statuses, body: str, latest_seen: dt.date | None, seen: set[dt.date],
+                   packages: set[dt.date]) -> int:
+    """Calendar days back from the latest day anything ran on which the body failed; a day nothing ran ends it.
+
+    A missing status is a failure once the day is over for the pipeline (its package built, or a later day
+    begun); on the latest day, while the body may still be running, it is not counted either way.
+    """
+    streak, day = 0, latest_seen
+    while day is not None and day in seen and streak < STREAK_DAYS:
+        st = status(day, body)
+        if st is None and day == latest_seen and day not in packages:
+            day -= dt.timedelta(days=1)  # still running: the streak is that of the days before
+            continue
+        if not isinstance(st, BodyStatus) or any(
+                c.feed_status(s) == "failed" for c in st.categories for s in (c.feeds or {"": {}})):
+            streak += 1
+            day -= dt.timedelta(days=1)
+            continue
+        break
+    return streak
+
+
+def _latest_day_figures(figures: _Figures, status: _Statuses, st: BodyStatus, latest: dt.date) -> None:
+    """Per category and feed of the body's latest day: rows, verdicts, and how long each feed is held back."""
     rows = {k: figures.family(f"osms_category_rows_{k}", f"Rows {t} of the body's category on its latest day.",
                               "body", "category")
             for k, t in (("in", "in"), ("published", "published"), ("quarantined", "quarantined"),
@@ -156,81 +227,66 @@ def _statuses(root: Path, figures: _Figures) -> None:
     held_streak = figures.family("osms_feed_held_back_days_in_a_row",
                                  "Consecutive days up to the body's latest one on which the feed was held back.",
                                  "body", "system", "category")
-    latest_seen = max(seen) if seen else None
+    body = st.body
+    for c in st.categories:
+        held = sum(c.feed_rows_in(s) or 0 for s in c.feeds if c.feed_status(s) == "held_back")
+        rows["in"].add(c.rows_in, body, c.category)
+        rows["published"].add(c.rows_published, body, c.category)
+        rows["quarantined"].add(c.rows_quarantined, body, c.category)
+        rows["held_back"].add(held if c.feeds else (c.rows_in if c.status == "held_back" else 0), body, c.category)
+        for v in STATUS_VERDICTS:
+            verdict.add(1 if c.status == v else 0, body, c.category, v)
+        for system in sorted(c.feeds):
+            now = c.feed_status(system)
+            for v in FEED_VERDICTS:
+                feed_verdict.add(1 if now == v else 0, body, system, c.category, v)
+            feed_rows.add(c.feed_rows_in(system), body, system, c.category)
+            held_streak.add(_held_back_streak(status, body, latest, c.category, system), body, system, c.category)
 
-    for body in bodies:
-        reported = [d for d in days if (root / "status" / d.isoformat() / f"{body}.json").is_file()]
-        if not reported:
-            continue
-        latest = reported[0]
-        last_status.add(day_timestamp(latest), body)
-        # failed streak: calendar days back from the latest day anything ran; a day nothing ran ends it. A missing
-        # status is a failure once the day is over for the pipeline (its package built, or a later day begun); on
-        # the latest day, while the body may still be running, it is not counted either way
-        streak, day = 0, latest_seen
-        while day is not None and day in seen and streak < STREAK_DAYS:
-            st = status(day, body)
-            if st is None and day == latest_seen and day not in packages:
-                day -= dt.timedelta(days=1)  # still running: the streak is that of the days before
-                continue
-            if st is None or st == "unreadable" or any(
-                    c.feed_status(s) == "failed" for c in st.categories for s in (c.feeds or {"": {}})):
-                streak += 1
-                day -= dt.timedelta(days=1)
-                continue
+
+def _held_back_streak(status: _Statuses, body: str, latest: dt.date, category: str, system: str) -> int:
+    """Consecutive days up to ``latest`` on which the feed was held back."""
+    streak, day = 0, latest
+    while streak < STREAK_DAYS:
+        earlier = status(day, body)
+        if not isinstance(earlier, BodyStatus):
             break
-        failed_run.add(streak, body)
-        st = status(latest, body)
-        if st is None or st == "unreadable":
-            continue
-        for c in st.categories:
-            held = sum(c.feed_rows_in(s) or 0 for s in c.feeds if c.feed_status(s) == "held_back")
-            rows["in"].add(c.rows_in, body, c.category)
-            rows["published"].add(c.rows_published, body, c.category)
-            rows["quarantined"].add(c.rows_quarantined, body, c.category)
-            rows["held_back"].add(held if c.feeds else (c.rows_in if c.status == "held_back" else 0), body,
-                                  c.category)
-            for v in CATEGORY_VERDICTS:
-                verdict.add(1 if c.status == v else 0, body, c.category, v)
-            for system in sorted(c.feeds):
-                now = c.feed_status(system)
-                for v in FEED_VERDICTS:
-                    feed_verdict.add(1 if now == v else 0, body, system, c.category, v)
-                feed_rows.add(c.feed_rows_in(system), body, system, c.category)
-                streak, day = 0, latest
-                while streak < STREAK_DAYS:
-                    earlier = status(day, body)
-                    if earlier is None or earlier == "unreadable":
-                        break
-                    try:
-                        cat = earlier.category(c.category)
-                    except KeyError:
-                        break
-                    if system not in cat.feeds or cat.feed_status(system) != "held_back":
-                        break
-                    streak += 1
-                    day -= dt.timedelta(days=1)
-                held_streak.add(streak, body, system, c.category)
+        try:
+            cat = earlier.category(category)
+        except KeyError:
+            break
+        if system not in cat.feeds or cat.feed_status(system) != "held_back":
+            break
+        streak += 1
+        day -= dt.timedelta(days=1)
+    return streak
 
 
 # --------------------------------------------------------------------------- packages and the chain
 
 
 def _packages(root: Path, figures: _Figures, today: dt.date) -> None:
-    from osms.core.documents import MANIFEST, QUALITY, RECEIPT
-
-    built = sorted(((d, p) for d, p in layout.dated_dirs(root / "packages") if (p / MANIFEST).is_file()),
+    built = sorted(((d, p) for d, p in layout.dated_dirs(layout.packages_root(root)) if (p / MANIFEST).is_file()),
                    reverse=True)
     delivered = {d for d, p in built if (p / RECEIPT).is_file()}
-    start_doc = _read_json(layout.chain_start(root), figures, "chain_start")
-    start = None
-    if isinstance(start_doc, dict):
-        try:
-            start = dt.date.fromisoformat(str(start_doc.get("start")))
-        except ValueError:
-            figures.unreadable["chain_start"] += 1
-    if start is None and built:
-        start = built[-1][0]  # a chain from before the start was a setting: its first package
+    _chain_figures(figures, _chain_start(root, figures, built), built, delivered, today)
+    _per_day_figures(root, figures, built, delivered)
+    if built:
+        _latest_package_figures(figures, *built[0])
+
+
+def _chain_start(root: Path, figures: _Figures, built: list[tuple[dt.date, Path]]) -> dt.date | None:
+    """The chain's first day: its start document's, else (a chain from before the start was a setting) its first
+    package's."""
+    start = _read(layout.chain_start(root), ChainStart, figures, "chain_start")
+    if start is not None:
+        return start.start
+    return built[-1][0] if built else None
+
+
+def _chain_figures(figures: _Figures, start: dt.date | None, built: list[tuple[dt.date, Path]],
+                   delivered: set[dt.date], today: dt.date) -> None:
+    """The chain's start, the last built and delivered days, the days owed and the deadline of the oldest."""
     if start is not None:
         figures.family("osms_chain_start_timestamp_seconds", "The delivery chain's first day (midnight Almaty).").add(
             day_timestamp(start))
@@ -253,7 +309,13 @@ def _packages(root: Path, figures: _Figures, today: dt.date) -> None:
                            "The deadline (D+1 07:00 Almaty) of the oldest day D from the chain's start whose package"
                            " has no receipt.", "day").add(due_timestamp(oldest), oldest.isoformat())
 
-    # the last days that have packages (a catch-up or a soak runs past days: the window follows the data)
+
+def _per_day_figures(root: Path, figures: _Figures, built: list[tuple[dt.date, Path]], delivered: set[dt.date]
+                     ) -> None:
+    """Rows, bytes, receipt and build and delivery time of the packages of the last days that have one.
+
+    The window follows the data: a catch-up or a soak runs past days.
+    """
     window = [(d, p) for d, p in built if d > built[0][0] - dt.timedelta(days=WINDOW_DAYS)] if built else []
     per_day = {k: figures.family(f"osms_package_{k}", t, "day") for k, t in (
         ("rows", "Rows of the package of day D."),
@@ -265,26 +327,25 @@ def _packages(root: Path, figures: _Figures, today: dt.date) -> None:
     )}
     for day, folder in window:
         label = day.isoformat()
-        manifest = _read_json(folder / MANIFEST, figures, "manifest")
-        if isinstance(manifest, dict):
-            files = [f for f in manifest.get("files", []) if isinstance(f, dict)]
-            per_day["bytes"].add(sum(int(f.get("bytes") or 0) for f in files), label)
-            per_day["rows"].add(next((f.get("rows") for f in files if f.get("name") == "records.parquet"), None),
-                                label)
-        receipt = _read_json(folder / RECEIPT, figures, "receipt") if day in delivered else None
-        per_day["delivered"].add(1 if isinstance(receipt, dict) else 0, label)
-        if isinstance(receipt, dict):
-            per_day["received_timestamp_seconds"].add(_timestamp(receipt.get("received_at")), label)
+        manifest = _read(folder / MANIFEST, Manifest, figures, "manifest")
+        if manifest is not None:
+            records = manifest.file(RECORDS)
+            per_day["bytes"].add(sum(f.bytes for f in manifest.files), label)
+            per_day["rows"].add(records.rows if records is not None else None, label)
+        receipt = _read(folder / RECEIPT, Receipt, figures, "receipt") if day in delivered else None
+        per_day["delivered"].add(1 if receipt is not None else 0, label)
+        if receipt is not None:
+            per_day["received_timestamp_seconds"].add(_timestamp(receipt.received_at), label)
         for task, key in (("build_package", "build_seconds"), ("deliver", "delivery_seconds")):
-            cost = _read_json(root / "metrics" / label / "osms_daily_package" / f"{task}.json", figures, "task_metrics")
+            cost = _read_json(layout.task_metrics(root, day, PACKAGE_DAG, task), figures, "task_metrics")
             if isinstance(cost, dict):
                 per_day[key].add(cost.get("wall_seconds"), label)
 
-    if not built:
-        return
-    day, folder = built[0]
-    quality = _read_json(folder / QUALITY, figures, "quality")
-    if not isinstance(quality, dict):
+
+def _latest_package_figures(figures: _Figures, day: dt.date, folder: Path) -> None:
+    """Per category of the latest package: rows, records and whether it is carried forward, and for how long."""
+    quality = _read(folder / QUALITY, QualityDocument, figures, "quality")
+    if quality is None:
         return
     cat_rows = figures.family("osms_package_category_rows", "Rows of the category in the latest package.", "category")
     cat_carried = figures.family("osms_package_records_carried_forward",
@@ -295,19 +356,13 @@ def _packages(root: Path, figures: _Figures, today: dt.date) -> None:
     body_days = figures.family("osms_package_carried_forward_days",
                                "For how many days the latest package carries the body's category forward"
                                " (0: its data is of the day).", "body", "category")
-    for code, cat in sorted((quality.get("categories") or {}).items()):
-        if not isinstance(cat, dict):
-            continue
-        cat_rows.add(cat.get("rows"), code)
-        cat_carried.add(cat.get("records_carried_forward"), code)
-        cat_status.add(1 if cat.get("status") == "carried_forward" else 0, code)
-        for body, b in sorted((cat.get("bodies") or {}).items()):
-            source = b.get("carried_forward_from") if isinstance(b, dict) else None
-            try:
-                days = (day - dt.date.fromisoformat(source)).days if source else 0
-            except ValueError:
-                days = None
-            body_days.add(days, body, code)
+    for code, cat in sorted(quality.categories.items()):
+        cat_rows.add(cat.rows, code)
+        cat_carried.add(cat.records_carried_forward, code)
+        cat_status.add(1 if cat.status == "carried_forward" else 0, code)
+        for body, b in sorted(cat.bodies.items()):
+            source = b.carried_forward_from
+            body_days.add((day - source).days if source else 0, body, code)
 
 
 def _timestamp(text: Any) -> float | None:
@@ -322,7 +377,7 @@ def _timestamp(text: Any) -> float | None:
 
 
 def _tasks(root: Path, figures: _Figures) -> None:
-    days = sorted((d for d, _ in layout.dated_dirs(root / "metrics")), reverse=True)
+    days = sorted((d for d, _ in layout.dated_dirs(layout.metrics_root(root))), reverse=True)
     per_day = {k: figures.family(f"osms_day_{k}", t, "day") for k, t in (
         ("task_wall_seconds", "Wall seconds of every task of day D, added up (their last tries)."),
         ("span_seconds", "From the first task's start to the last task's end, for day D."),
@@ -335,7 +390,7 @@ def _tasks(root: Path, figures: _Figures) -> None:
         if day <= days[0] - dt.timedelta(days=WINDOW_DAYS):
             break
         costs = []
-        for path in sorted((root / "metrics" / day.isoformat()).glob("*/*.json")):
+        for path in sorted((layout.metrics_root(root) / day.isoformat()).glob("*/*.json")):
             cost = _read_json(path, figures, "task_metrics")
             if isinstance(cost, dict):
                 costs.append(cost)

@@ -9,7 +9,6 @@ name can reach a page. Nothing here writes.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,7 +17,17 @@ from typing import Any
 
 from osms.core import layout
 from osms.core.decisions import Decision, Decisions
-from osms.core.documents import MANIFEST, QUALITY, Problem
+from osms.core.documents import (
+    MANIFEST,
+    QUALITY,
+    RECEIPT,
+    ChainStart,
+    DocumentError,
+    Manifest,
+    Problem,
+    QualityDocument,
+    Receipt,
+)
 from osms.core.i18n import DEFAULT, local_name
 from osms.core.files import sha256_file
 from osms.core.registry import Edition, NoEditionInForce, default_registry
@@ -44,7 +53,8 @@ def parse_day(text: str) -> dt.date:
 
 def available_days(root: Path) -> list[dt.date]:
     """Dates with a status or a package, newest first."""
-    return sorted({d for kind in ("status", "packages") for d, _ in layout.dated_dirs(root / kind)}, reverse=True)
+    return sorted({d for parent in (layout.status_root(root), layout.packages_root(root))
+                   for d, _ in layout.dated_dirs(parent)}, reverse=True)
 
 
 @dataclass(frozen=True)
@@ -251,7 +261,7 @@ def day_report(root: Path, day: dt.date, language: str = DEFAULT) -> DayReport:
             statuses[b.code], unreadable[b.code] = None, f"its status file is unreadable: {exc.problem}"
     units = plan_units(root, day, edition)
     decisions = Decisions(root)
-    quality = _read_json(layout.package_dir(root, day) / QUALITY) or {}
+    quality = _read(layout.package_dir(root, day) / QUALITY, QualityDocument) if has_package else None
     rows = []
     for ec in edition.categories:
         cat_units = [u for u in units if u.category == ec.code]
@@ -269,11 +279,11 @@ def day_report(root: Path, day: dt.date, language: str = DEFAULT) -> DayReport:
                 feeds=tuple(_feed_row(root, day, edition, u, reported, decisions, language) for u in mine),
                 body_name=local_name(edition.body(body), language),
             ))
-        q_cat = (quality.get("categories") or {}).get(ec.code) or {}
+        q_cat = quality.categories.get(ec.code) if quality is not None else None
         rows.append(CategoryRow(
             row=ec.row, code=ec.code, name=local_name(ec.category, language), provisional=ec.provisional,
             status=category_verdict(cat_units), units=tuple(unit_rows),
-            package_rows=q_cat.get("rows") if has_package else None,
+            package_rows=q_cat.rows if q_cat is not None else None,
         ))
     return DayReport(
         day=day, edition=edition, edition_error=None, categories=tuple(rows),
@@ -371,46 +381,49 @@ class PackageView:
 
     day: dt.date
     exists: bool
-    manifest: dict[str, Any] | None
+    manifest: Manifest | None  # None: none, or one that does not read as a manifest (``problems`` says why)
     manifest_sha256: str | None
     problems: tuple[Problem, ...]
     files: tuple[dict[str, Any], ...]  # manifest entries with "ok" (checksum and size) added
     signature_ok: bool | None  # None: no public key to check with
     chain: dict[str, Any]
-    receipt: dict[str, Any] | None
+    receipt: Receipt | None  # None: not delivered (or a receipt.json that does not read as one)
     public_key: str | None
-    chain_start: dict[str, Any] | None = None  # the delivery chain's start: start, set_by, set_at (None: not yet)
+    chain_start: ChainStart | None = None  # the delivery chain's start (None: not yet)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form of the page (``/osms/api/package/<D>``)."""
+        start = self.chain_start
         return {
-            "day": self.day.isoformat(), "exists": self.exists, "manifest": self.manifest,
-            "manifest_sha256": self.manifest_sha256, "problems": [str(p) for p in self.problems], "files": list(self.files),
-            "signature_ok": self.signature_ok, "chain": self.chain, "receipt": self.receipt,
-            "chain_start": self.chain_start,
+            "day": self.day.isoformat(), "exists": self.exists,
+            "manifest": self.manifest.model_dump(mode="json", by_alias=True) if self.manifest is not None else None,
+            "manifest_sha256": self.manifest_sha256, "problems": [str(p) for p in self.problems],
+            "files": list(self.files), "signature_ok": self.signature_ok, "chain": self.chain,
+            "receipt": self.receipt.as_dict() if self.receipt is not None else None,
+            "chain_start": {"start": start.start.isoformat(), "set_by": start.set_by, "set_at": start.set_at}
+            if start is not None else None,
         }
 
 
 def package_view(root: Path, day: dt.date, public_key: Path | None) -> PackageView:
     """Read and check the package of D (nothing is checked against the receiver)."""
-    from osms.core.documents import RECEIPT
     from osms.package.build import verify_package
 
     pdir = layout.package_dir(root, day)
     manifest_path = pdir / MANIFEST
-    start = _read_json(layout.chain_start(root))
-    start = {k: start.get(k) for k in ("start", "set_by", "set_at")} if isinstance(start, dict) else None
+    start = _read(layout.chain_start(root), ChainStart)
+    receipt = _read(pdir / RECEIPT, Receipt)
     if not manifest_path.is_file():
-        return PackageView(day, False, None, None, (), (), None, {}, _read_json(pdir / RECEIPT), None, start)
-    manifest = _read_json(manifest_path)
+        return PackageView(day, False, None, None, (), (), None, {}, receipt, None, start)
+    manifest = _read(manifest_path, Manifest)
     key = public_key.read_bytes() if public_key is not None and public_key.is_file() else None
     problems = tuple(verify_package(pdir, key))
     signature_ok = None if key is None else not any(p.kind in ("signature", "key") for p in problems)
     files = []
-    for entry in (manifest or {}).get("files", []):
-        name = str(entry.get("name", "?"))
-        bad = [str(p) for p in problems if p.kind == "file" and p.file == name]
-        files.append({**entry, "ok": not bad, "problems": bad})
-    previous = (manifest or {}).get("previous_manifest_sha256")
+    for entry in manifest.files if manifest is not None else ():
+        bad = [str(p) for p in problems if p.kind == "file" and p.file == entry.name]
+        files.append({**entry.model_dump(mode="json"), "ok": not bad, "problems": bad})
+    previous = manifest.previous_manifest_sha256 if manifest is not None else None
     broken = [str(p) for p in problems if p.kind == "chain"]
     chain = {
         "previous_manifest_sha256": previous,
@@ -420,7 +433,7 @@ def package_view(root: Path, day: dt.date, public_key: Path | None) -> PackageVi
     }
     return PackageView(
         day=day, exists=True, manifest=manifest, manifest_sha256=sha256_file(manifest_path), problems=problems,
-        files=tuple(files), signature_ok=signature_ok, chain=chain, receipt=_read_json(pdir / RECEIPT),
+        files=tuple(files), signature_ok=signature_ok, chain=chain, receipt=receipt,
         public_key=public_key.name if public_key is not None and public_key.is_file() else None, chain_start=start,
     )
 
@@ -435,8 +448,9 @@ def _previous_day(root: Path, day: dt.date, sha: str | None) -> str | None:
     return previous.name
 
 
-def _read_json(path: Path) -> Any:
+def _read(path: Path, model: Any) -> Any:
+    """A document through its model; None when it is absent or does not read as one (a page shows what it can)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
+        return model.parse(path.read_bytes())
+    except (OSError, DocumentError):
         return None
