@@ -14,9 +14,9 @@ every public name of both is importable from here.
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
+from osms.core import settings
 from osms.core.registry_models import (
     Body,
     Category,
@@ -58,9 +58,9 @@ __all__ = [
 
 def default_seed_dir() -> Path:
     """``include/seeds`` of this checkout, or ``$OSMS_SEED_DIR`` when set."""
-    env = os.environ.get("OSMS_SEED_DIR")
-    if env:
-        return Path(env)
+    configured = settings.current().seed_dir
+    if configured:
+        return configured
     return Path(__file__).resolve().parents[3] / "include" / "seeds"
 
 
