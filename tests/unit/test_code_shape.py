@@ -61,8 +61,10 @@ def _environment_reads(tree: ast.AST) -> Iterator[tuple[int, str]]:
                     yield node.lineno, f"from os import {alias.name}"
 
 
-def _report(offenders: list[str], what: str) -> str:
-    return f"{len(offenders)} {what}:\n  " + "\n  ".join(offenders)
+def _fail_listing(offenders: list[str], what: str) -> None:
+    """Fail with every offender on a line of its own (no traceback: the list is the message)."""
+    if offenders:
+        pytest.fail(f"{len(offenders)} {what}:\n  " + "\n  ".join(offenders), pytrace=False)
 
 
 def test_no_module_of_the_library_is_over_600_lines() -> None:
@@ -71,7 +73,7 @@ def test_no_module_of_the_library_is_over_600_lines() -> None:
         lines = len(path.read_text(encoding="utf-8").splitlines())
         if lines > MAX_MODULE_LINES:
             offenders.append(f"{_name(path)}: {lines} lines")
-    assert not offenders, _report(offenders, f"module(s) over {MAX_MODULE_LINES} lines")
+    _fail_listing(offenders, f"module(s) over {MAX_MODULE_LINES} lines")
 
 
 def test_no_function_of_the_library_is_over_80_lines() -> None:
@@ -81,7 +83,7 @@ def test_no_function_of_the_library_is_over_80_lines() -> None:
             lines = (node.end_lineno or node.lineno) - node.lineno + 1
             if lines > MAX_FUNCTION_LINES:
                 offenders.append(f"{_name(path)}:{node.lineno} {name}: {lines} lines")
-    assert not offenders, _report(offenders, f"function(s) over {MAX_FUNCTION_LINES} lines")
+    _fail_listing(offenders, f"function(s) over {MAX_FUNCTION_LINES} lines")
 
 
 def test_only_the_settings_module_and_the_launchers_read_the_environment() -> None:
@@ -90,7 +92,7 @@ def test_only_the_settings_module_and_the_launchers_read_the_environment() -> No
         if path == SETTINGS_MODULE or LAUNCHERS in path.parents:
             continue
         offenders += [f"{_name(path)}:{line} {what}" for line, what in sorted(_environment_reads(_tree(path)))]
-    assert not offenders, _report(offenders, "environment read(s) outside osms.core.settings and osms/dev/")
+    _fail_listing(offenders, "environment read(s) outside osms.core.settings and osms/dev/")
 
 
 def test_the_checks_see_what_they_look_for() -> None:
