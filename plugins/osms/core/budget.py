@@ -16,27 +16,17 @@ in Arrow, sorted and grouped, its package rows and its changes), beside DuckDB's
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass
+
+from osms.core import settings
+from osms.core.settings import BUDGET_ENV, parse_bytes
 
 __all__ = ["BUDGET_ENV", "DEFAULT_BUDGET", "Budget", "parse_bytes", "task_budget"]
 
-BUDGET_ENV = "OSMS_TASK_MEMORY_BUDGET"
 DEFAULT_BUDGET = 2 * 2**30
 # What is already resident before a task does anything: the interpreter with
 # Airflow's task runner, pyarrow, pandas and Great Expectations imported.
 BASELINE = 600 * 2**20
-_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "KIB": 2**10, "M": 10**6, "MB": 10**6, "MIB": 2**20,
-          "G": 10**9, "GB": 10**9, "GIB": 2**30}
-
-
-def parse_bytes(text: str) -> int:
-    """``2GiB``, ``1536MiB``, ``800MB`` or a plain number of bytes, as bytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
-    if m is None or m.group(2).upper() not in _UNITS:
-        raise ValueError(f"{text!r} is not a size (e.g. 2GiB, 1536MiB, 2147483648)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 @dataclass(frozen=True)
@@ -106,5 +96,5 @@ def _round_rows(rows: int) -> int:
 
 def task_budget() -> Budget:
     """The budget of this task: ``$OSMS_TASK_MEMORY_BUDGET`` or 2 GiB."""
-    raw = os.environ.get(BUDGET_ENV)
-    return Budget(parse_bytes(raw)) if raw else Budget()
+    total = settings.current().memory_budget
+    return Budget(total) if total is not None else Budget()

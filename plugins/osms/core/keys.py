@@ -14,10 +14,10 @@ environment; the distributed shape keeps it in the variable ``osms_signing_priva
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
+from osms.core import settings
 from osms.core.files import write_bytes_atomic
 
 __all__ = ["DEMO_ENV", "DEV_MARK", "KEY_FILE_ENV", "SigningKeyRefused", "check_signing_key", "default_key_dir",
@@ -26,8 +26,8 @@ __all__ = ["DEMO_ENV", "DEV_MARK", "KEY_FILE_ENV", "SigningKeyRefused", "check_s
 PRIVATE_NAME = "osms_dev_ed25519.pem"
 PUBLIC_NAME = "osms_dev_ed25519.pub.pem"
 DEV_MARK = b"OSMS development signing key: for development and demos only, never for a real deployment"
-DEMO_ENV = "OSMS_DEMO"  # true: this deployment is a demo, the development key is allowed
-KEY_FILE_ENV = "OSMS_SIGNING_KEY_FILE"  # the embedded runs: the private key's path (0600)
+DEMO_ENV = settings.DEMO_ENV  # true: this deployment is a demo, the development key is allowed
+KEY_FILE_ENV = settings.KEY_FILE_ENV  # the embedded runs: the private key's path (0600)
 
 
 class SigningKeyRefused(ValueError):
@@ -37,7 +37,7 @@ class SigningKeyRefused(ValueError):
 
 def default_key_dir() -> Path:
     """``$OSMS_KEY_DIR``, else ``~/.osms/keys``: never inside the checkout."""
-    return Path(os.environ.get("OSMS_KEY_DIR") or Path.home() / ".osms" / "keys")
+    return settings.current().key_dir
 
 
 def ensure_dev_keypair(key_dir: Path | None = None) -> tuple[Path, Path]:
@@ -88,7 +88,7 @@ def _pem_block(data: bytes) -> bytes:
 
 def demo_mode() -> bool:
     """Whether ``OSMS_DEMO`` says this deployment is a demo."""
-    return os.environ.get(DEMO_ENV, "").strip().lower() in ("true", "1", "yes", "on")
+    return settings.current().demo
 
 
 def check_signing_key(pem: bytes | str, *, where: str) -> None:

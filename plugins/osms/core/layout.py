@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
+
+from osms.core import settings
 
 
 def data_dir() -> Path:
     """The working data root: ``$OSMS_DATA_DIR`` or ``./data``."""
-    return Path(os.environ.get("OSMS_DATA_DIR", "data")).resolve()
+    return settings.current().data_dir.resolve()
 
 
 def dated_dirs(parent: Path) -> list[tuple[dt.date, Path]]:

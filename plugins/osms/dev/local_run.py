@@ -307,27 +307,10 @@ def _worker(answer_fd: int) -> int:
     # until the first DAG's log takes over, what the worker prints goes to a log of its own, never to the answers
     startup = Path(os.environ.get("AIRFLOW_HOME", ".")) / "logs" / "workers" / f"worker-{os.getpid()}.log"
     startup.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(startup, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
+    _output_to(startup)
     from airflow.utils.providers_configuration_loader import providers_configuration_loaded
 
-    # loaded now, while the database migrates and the other DAGs parse, not by the first task that needs them
-    import duckdb  # noqa: F401
-    import pandas  # noqa: F401
-    import pyarrow.parquet  # noqa: F401
-
-    import airflow.providers.openlineage.plugins.adapter  # noqa: F401 (the lineage listener's, once per worker)
-    import osms.quality.runner
-
-    osms.quality.runner.warm_up()
-    try:  # dag.test()'s in-process Execution API: building its FastAPI app costs seconds, once per process
-        from airflow.sdk.execution_time.supervisor import in_process_api_server
-
-        in_process_api_server().app  # noqa: B018
-    except Exception:  # noqa: BLE001: only a warm-up; the first task builds it otherwise
-        pass
+    _warm_up()
 
     def bundle() -> Any:
         from airflow.dag_processing.bundles.manager import DagBundlesManager
@@ -367,10 +350,7 @@ def _worker(answer_fd: int) -> int:
         job = json.loads(line)
         sys.stdout.flush()
         sys.stderr.flush()
-        fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
+        _output_to(job["log"])
         try:
             ok = prepare() if job.get("prepare") else run(job["dag_id"], dt.date.fromisoformat(job["day"]),
                                                           job.get("conf") or {})
@@ -385,6 +365,32 @@ def _worker(answer_fd: int) -> int:
         release_memory()
         answers.write(json.dumps({"dag_id": job.get("dag_id"), "ok": ok, "rss_bytes": _rss()}) + "\n")
     return 0
+
+
+def _output_to(log: Path | str) -> None:
+    """Send this process's stdout and stderr (the file descriptors, so child processes' too) to ``log``, afresh."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _warm_up() -> None:
+    """Load now what every task needs, while the database migrates and the other DAGs parse, not in the first task."""
+    import duckdb  # noqa: F401
+    import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+    import airflow.providers.openlineage.plugins.adapter  # noqa: F401 (the lineage listener's, once per worker)
+    import osms.quality.runner
+
+    osms.quality.runner.warm_up()
+    try:  # dag.test()'s in-process Execution API: building its FastAPI app costs seconds, once per process
+        from airflow.sdk.execution_time.supervisor import in_process_api_server
+
+        in_process_api_server().app  # noqa: B018
+    except Exception:  # noqa: BLE001: only a warm-up; the first task builds it otherwise
+        pass
 
 
 def _rss() -> int:

@@ -13,10 +13,11 @@ What it does, in order:
    of the morning (through the Data quality API, as the ``qa`` user), a REST backfill of the day for
    every agency DAG, the day's process faults (the scheduler SIGKILLed mid-day and restarted), then a
    REST backfill of the package DAG for the day (D waits for D-1: the chain);
-4. audits (:func:`audit`) and writes ``soak.json``; exits 1 when a difference is unexplained or a run
+4. audits (:mod:`osms.dev.soak_audit`) and writes ``soak.json``; exits 1 when a difference is unexplained or a run
    is left unfinished.
 
-Only the embedded shape: ``SHAPE=cluster`` is not implemented.
+Only the embedded shape: ``SHAPE=cluster`` is not implemented. The plan (1) is :mod:`osms.dev.soak_plan`, the
+audit (4) :mod:`osms.dev.soak_audit`; this module runs the days.
 """
 
 from __future__ import annotations
@@ -25,302 +26,48 @@ import argparse
 import contextlib
 import datetime as dt
 import json
-import random
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-PACKAGE_DAG = "osms_daily_package"
+# The plan and the audit live in modules of their own; their names are importable from here too.
+from osms.dev.soak_audit import (
+    DayFacts,
+    is_terminal,
+    audit_soak,
+    baseline_notices,
+    check_ledger,
+    compare_days,
+    differing_categories,
+    non_published,
+    runs_from_database,
+    sent_from_outbox,
+)
+from osms.dev.soak_plan import (
+    CATALOGUE,
+    DATA_FAULTS,
+    DEFAULT_START,
+    PACKAGE_DAG,
+    RECEIVER_FAILURES,
+    expected_effects,
+    make_plan,
+    mock_day_faults,
+    parse_faults,
+)
+
+__all__ = ["CATALOGUE", "DATA_FAULTS", "DEFAULT_START", "PACKAGE_DAG", "RECEIVER_FAILURES", "DayFacts", "Soak",
+           "baseline_notices", "check_ledger", "compare_days", "differing_categories", "expected_effects", "main",
+           "make_plan", "mock_day_faults", "non_published", "parse_faults", "reaudit", "run_reference",
+           "runs_from_database", "sent_from_outbox", "webhook"]
+
 QA_USER = "qa"
-# The fault catalogue: what each does and the effect it must have (see expected_effects).
-CATALOGUE: dict[str, str] = {
-    "source_down": "a source system answers 503 to every request for day D (back the next day)",
-    "schema_change": "a source system renames a required column (period_start) for day D only",
-    "volume_drop": "a source system withholds 90 % of day D's records; QA releases the held-back feeds the next"
-                   " morning (the next package follows the release)",
-    "receiver_down": "the State Corporation answers 503 to D's first uploads; the delivery retries and succeeds",
-    "scheduler_kill": "the scheduler and its task processes are SIGKILLed while D's agency tasks run, then restarted",
-}
-# Faults that change what D's package holds (the others must leave it byte-identical to a clean run).
-DATA_FAULTS = ("source_down", "schema_change", "volume_drop")
-# Systems one body reads (one feed each in the 2022 edition): a fault's effect stays one body's.
-SINGLE_FEED_SYSTEMS = ("disability_db", "egov_portal", "judicial_is", "labour_market", "legal_statistics",
-                       "migration_police", "penal_db", "pregnancy_register", "students_abroad", "tsa_db")
-# Feeds large enough at scale 0.001 that losing 90 % is seen by the volume rule.
-VOLUME_SYSTEMS = ("disability_db", "pregnancy_register", "penal_db")
-VOLUME_DROP = 0.9
-VOLUME_HISTORY = 3  # days of history the volume rule needs before it judges (quality.validate)
-RENAMED_COLUMN = ("period_start", "start_of_period")
-RECEIVER_FAILURES = 3  # uploads answered 503 before the receiver is back
 BACKFILL_ATTEMPTS = 12  # a backfill refused while SQLite is locked is asked for again
 RUN_TIMEOUT = 900.0  # seconds for one day's runs to end
-DEFAULT_START = dt.date(2025, 6, 1)
-
-
-# --------------------------------------------------------------------------- the plan
-
-
-def _edition_feeds(day: dt.date) -> list[tuple[str, str, str]]:
-    """(category, body, system) of every feed in force on D."""
-    from osms.core.registry import default_registry
-
-    return sorted((f.category, f.body, f.system) for f in default_registry().edition_on(day).feeds)
-
-
-def expected_effects(kind: str, day: dt.date, system: str | None) -> dict[str, Any]:
-    """What a fault of ``kind`` on D must do: feed verdicts on D, QA decisions for D+1, notices (kind, dag)."""
-    feeds = [(c, b, s) for c, b, s in _edition_feeds(day) if s == system]
-    bodies = sorted({b for _, b, _ in feeds})
-    effect: dict[str, Any] = {"feeds": {}, "released_next_day": [], "notices": [], "identical": kind not in DATA_FAULTS,
-                              "next_day_may_differ": []}
-    if kind == "source_down":
-        # the extract gives up after its retries: the feed failed, the body's run failed
-        effect["feeds"] = {f"{c}/{b}/{s}": "failed" for c, b, s in feeds}
-        effect["notices"] = sorted([["feeds_not_published", f"agency_{b}"] for b in bodies]
-                                   + [["agency_run_failed", f"agency_{b}"] for b in bodies])
-    elif kind in ("schema_change", "volume_drop"):
-        # a schema change is held back (kind schema_change) by the extract, a drop by the volume rule
-        effect["feeds"] = {f"{c}/{b}/{s}": "held_back" for c, b, s in feeds}
-        effect["notices"] = sorted([["feeds_not_published", f"agency_{b}"] for b in bodies]
-                                   + [["qa_decision_waiting", PACKAGE_DAG]])
-        if kind == "volume_drop":
-            effect["released_next_day"] = [f"{b}.{s}.{c}" for c, b, s in feeds]
-    if kind in DATA_FAULTS:
-        # D+1 keeps D's rows of a record it quarantines (per-record protection): where D lacked the feed's rows,
-        # D+1 may differ from the clean run in these categories, and only in them
-        effect["next_day_may_differ"] = sorted({c for c, _, _ in feeds})
-    return effect
-
-
-def make_plan(seed: int, start: dt.date, days: int, *, kinds: Sequence[str] = tuple(CATALOGUE),
-              fixed: Sequence[tuple[str, int]] = ()) -> dict[str, Any]:
-    """The seeded chaos plan: the same seed, start, days and faults give the same plan.
-
-    ``fixed`` names the faults instead of drawing them: (kind, day number from 1); the systems are still drawn.
-    """
-    unknown = sorted(set(kinds) - set(CATALOGUE) | {k for k, _ in fixed} - set(CATALOGUE))
-    if unknown:
-        raise ValueError(f"unknown fault(s) {unknown}; the catalogue: {', '.join(CATALOGUE)}")
-    rng = random.Random(seed)
-    dates = [start + dt.timedelta(days=i) for i in range(days)]
-    wanted: list[list[str]] = [[] for _ in dates]
-    if fixed:
-        for kind, number in fixed:
-            if not 1 <= number <= days:
-                raise ValueError(f"{kind}:{number}: the day number must be within 1..{days}")
-            wanted[number - 1].append(kind)
-    else:
-        for i in range(days):
-            possible = [k for k in kinds if _fits(k, i, days)]
-            wanted[i] = rng.sample(possible, k=min(len(possible), rng.choice((0, 1, 1, 2, 3))))
-    faults: list[dict[str, Any]] = []
-    for i, day in enumerate(dates):
-        taken: set[str] = set()
-        for kind in sorted(wanted[i]):
-            if not _fits(kind, i, days):
-                raise ValueError(f"{kind} cannot be on day {i + 1} of {days}"
-                                 f" (volume_drop needs {VOLUME_HISTORY} days before it and one after)")
-            system = None
-            if kind in DATA_FAULTS:
-                pool = [s for s in (VOLUME_SYSTEMS if kind == "volume_drop" else SINGLE_FEED_SYSTEMS)
-                        if s not in taken]
-                system = rng.choice(pool)
-                taken.add(system)
-            faults.append({"day": day.isoformat(), "kind": kind, "system": system, "what": CATALOGUE[kind],
-                           "expect": expected_effects(kind, day, system)})
-    return {"seed": seed, "start": start.isoformat(), "days": [d.isoformat() for d in dates], "faults": faults}
-
-
-def _fits(kind: str, index: int, days: int) -> bool:
-    """Whether ``kind`` can be on day ``index`` (0-based): a volume drop needs history before and a morning after."""
-    return kind != "volume_drop" or (index >= VOLUME_HISTORY and index + 1 < days)
-
-
-def parse_faults(text: str) -> tuple[list[str], list[tuple[str, int]]]:
-    """``FAULTS``: kinds to draw from (``a,b``) or faults fixed to days (``schema_change:1,scheduler_kill:2``)."""
-    items = [x.strip() for x in (text or "").split(",") if x.strip()]
-    fixed = [(k, int(n)) for k, _, n in (x.partition(":") for x in items) if n]
-    kinds = [x for x in items if ":" not in x]
-    if fixed and kinds:
-        raise ValueError("FAULTS is either kinds to draw from or kind:day pairs, not both")
-    return kinds or list(CATALOGUE), fixed
-
-
-def mock_day_faults(plan: dict[str, Any]) -> dict[dt.date, dict[str, Any]]:
-    """The mocks' faults keyed to their day (mocks.config.MockConfig.day_faults)."""
-    from mocks.faults import SystemFaults
-
-    out: dict[dt.date, dict[str, Any]] = {}
-    for f in plan["faults"]:
-        settings = {"source_down": {"down": True}, "schema_change": {"rename_columns": dict([RENAMED_COLUMN])},
-                    "volume_drop": {"volume_drop": VOLUME_DROP}}.get(f["kind"])
-        if settings is not None:
-            out.setdefault(dt.date.fromisoformat(f["day"]), {})[f["system"]] = SystemFaults.from_mapping(settings)
-    return out
-
-
-# --------------------------------------------------------------------------- the audit
-
-
-def non_published(quality: dict[str, Any]) -> dict[str, str]:
-    """``category/body/system`` -> verdict of every feed of a package that is not plainly published."""
-    return {f"{c}/{b}/{s}": feed["status"]
-            for c, cat in sorted(quality["categories"].items()) for b, body in sorted(cat["bodies"].items())
-            for s, feed in sorted(body["feeds"].items()) if feed["status"] != "published"}
-
-
-def baseline_notices(quality: dict[str, Any]) -> set[tuple[str, str]]:
-    """The notices a clean day's package implies (its own held-back or failed feeds)."""
-    notices: set[tuple[str, str]] = set()
-    for key, verdict in non_published(quality).items():
-        body = key.split("/")[1]
-        if verdict in ("held_back", "failed"):
-            notices.add(("feeds_not_published", f"agency_{body}"))
-        if verdict == "held_back" and not any(d.get("action") for d in quality.get("decisions", [])):
-            notices.add(("qa_decision_waiting", PACKAGE_DAG))
-        if verdict == "failed":
-            notices.add(("agency_run_failed", f"agency_{body}"))
-    return notices
-
-
-@dataclass
-class DayFacts:
-    """What one day left behind in the soak and in the reference (None: missing)."""
-
-    day: str
-    records: bytes | None
-    reference_records: bytes | None
-    quality: dict[str, Any] | None
-    reference_quality: dict[str, Any] | None
-
-
-def compare_days(plan: dict[str, Any], facts: Sequence[DayFacts],
-                 sent: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
-    """The audit's comparisons: records identical where no data fault was, verdicts and notices as planned.
-
-    ``sent``: the notices the webhook received, as (day, kind, dag_id).
-    """
-    by_day: dict[str, list[dict[str, Any]]] = {}
-    for f in plan["faults"]:
-        by_day.setdefault(f["day"], []).append(f)
-    released: dict[str, list[str]] = {}
-    may_differ: dict[str, set[str]] = {}
-    for f in plan["faults"]:
-        nxt = (dt.date.fromisoformat(f["day"]) + dt.timedelta(days=1)).isoformat()
-        may_differ.setdefault(nxt, set()).update(f["expect"].get("next_day_may_differ", []))
-    for f in plan["faults"]:
-        if f["expect"]["released_next_day"]:
-            nxt = (dt.date.fromisoformat(f["day"]) + dt.timedelta(days=1)).isoformat()
-            released.setdefault(nxt, []).extend(f["expect"]["released_next_day"])
-    unexplained: list[str] = []
-    identical, expected_notices = [], set()
-    for fact in facts:
-        faults = by_day.get(fact.day, [])
-        if fact.records is None or fact.quality is None:
-            unexplained.append(f"{fact.day}: no package")
-            continue
-        if fact.reference_records is None or fact.reference_quality is None:
-            unexplained.append(f"{fact.day}: no reference package")
-            continue
-        same = fact.records == fact.reference_records
-        if same:
-            identical.append(fact.day)
-        elif all(f["expect"]["identical"] for f in faults):
-            differing = differing_categories(fact.records, fact.reference_records)
-            allowed = may_differ.get(fact.day, set())
-            if not differing <= allowed or not allowed:
-                unexplained.append(f"{fact.day}: records.parquet differs from the clean run's"
-                                   f" (faults: {', '.join(f['kind'] for f in faults) or 'none'}; categories"
-                                   f" {sorted(differing)}, the day before's data faults allow {sorted(allowed)})")
-        want = non_published(fact.reference_quality)
-        for f in faults:
-            want.update(f["expect"]["feeds"])
-        got = non_published(fact.quality)
-        if got != want:
-            extra = {k: v for k, v in got.items() if want.get(k) != v}
-            missing = {k: v for k, v in want.items() if got.get(k) != v}
-            unexplained.append(f"{fact.day}: quality.json verdicts differ from the plan's: not planned {extra},"
-                               f" planned but absent {missing}")
-        decided = sorted(d["feed"] for d in fact.quality.get("decisions", []) if d.get("action") == "release")
-        if decided != sorted(released.get(fact.day, [])):
-            unexplained.append(f"{fact.day}: releases named {decided}, the plan's {sorted(released.get(fact.day, []))}")
-        day_notices = baseline_notices(fact.reference_quality)
-        for f in faults:
-            day_notices |= {(k, d) for k, d in f["expect"]["notices"]}
-        expected_notices |= {(fact.day, k, d) for k, d in day_notices}
-    counted = Counter(sent)
-    got_notices = set(counted)
-    for day, kind, dag in sorted(expected_notices - got_notices):
-        unexplained.append(f"{day}: notice {kind} of {dag} expected, not sent")
-    for day, kind, dag in sorted(got_notices - expected_notices):
-        unexplained.append(f"{day}: notice {kind} of {dag} sent, not expected")
-    for (day, kind, dag), n in sorted(counted.items()):
-        if n > 1:
-            unexplained.append(f"{day}: notice {kind} of {dag} sent {n} times")
-    return {
-        "identical_days": identical,
-        "faulted_days": sorted(by_day),
-        "notices": {"expected": len(expected_notices), "sent": sum(counted.values()),
-                    "expected_list": [list(x) for x in sorted(expected_notices)],
-                    "sent_list": [list(x) for x in sorted(counted)]},
-        "unexplained": unexplained,
-    }
-
-
-def differing_categories(ours: bytes, theirs: bytes) -> set[str]:
-    """The categories whose rows differ between two records.parquet files (every category if unreadable)."""
-    import io
-
-    import pyarrow.parquet as pq
-
-    try:
-        a, b = pq.read_table(io.BytesIO(ours)), pq.read_table(io.BytesIO(theirs))
-    except Exception:  # noqa: BLE001 (a file that is not Parquet differs everywhere)
-        return {"<unreadable>"}
-
-    def rows(t: Any) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {}
-        for r in t.to_pylist():
-            out.setdefault(r["category"], []).append(json.dumps(r, sort_keys=True, default=str))
-        return out
-
-    ra, rb = rows(a), rows(b)
-    return {c for c in set(ra) | set(rb) if ra.get(c) != rb.get(c)} or ({"<schema>"} if a.schema != b.schema else set())
-
-
-def check_ledger(ledger: Sequence[dict[str, Any]], manifests: dict[str, dict[str, Any]],
-                 days: Sequence[str]) -> tuple[list[str], bool, bool, list[str]]:
-    """(delivered days, in order, chained, problems) from the receiver's ledger and its stored manifests."""
-    delivered = [e["receipt"]["logical_date"] for e in ledger]
-    problems = []
-    in_order = delivered == list(days)
-    if not in_order:
-        problems.append(f"the ledger holds {delivered}, not each of {list(days)} once in order")
-    chained = True
-    previous = None
-    for entry in ledger:
-        r = entry["receipt"]
-        manifest = manifests.get(r["logical_date"]) or {}
-        if manifest.get("previous_manifest_sha256") != previous:
-            chained = False
-            problems.append(f"{r['logical_date']}: manifest names {manifest.get('previous_manifest_sha256')},"
-                            f" the previous commit was {previous}")
-        previous = r["manifest_sha256"]
-    return delivered, in_order, chained, problems
-
-
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))], 1)
 
 
 # --------------------------------------------------------------------------- the run
@@ -390,10 +137,6 @@ def run_reference(ref: Path, days: Sequence[dt.date], config: Any, say: Callable
                 failed = [r.dag_id for r in results if not r.ok]
                 raise RuntimeError(f"the reference of {day} was not delivered (runs failed: {failed})")
             say(f"  reference {day}: {time.perf_counter() - started:,.0f} s")
-
-
-def _terminal(state: str | None) -> bool:
-    return state in ("success", "failed")
 
 
 class Soak:
@@ -538,7 +281,7 @@ class Soak:
         def ended() -> bool:
             af.check_alive()
             runs = self._day_runs(af, dag_ids, day)
-            return len(runs) == len(dag_ids) and all(_terminal(r["state"]) for r in runs)
+            return len(runs) == len(dag_ids) and all(is_terminal(r["state"]) for r in runs)
 
         af.poll(ended, timeout=RUN_TIMEOUT, interval=2, what=f"the runs of {day} ({len(dag_ids)}) to end")
 
@@ -593,105 +336,9 @@ class Soak:
         return {"runs": runs, "task_instances": tis}
 
     # the audit -------------------------------------------------------------------------------------------
-
     def audit(self, ref: Path, runs: dict[str, Any], received: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """The figures of soak.json."""
-        from osms.core import layout
-        from osms.orchestration.task_metrics import read_metrics
-
-        receiver = self.data / "mocks" / "state" / "state_corp"
-        ledger_path = receiver / "ledger.jsonl"
-        ledger = [json.loads(x) for x in ledger_path.read_text().splitlines() if x.strip()] \
-            if ledger_path.is_file() else []
-        manifests = {}
-        for entry in ledger:
-            r = entry["receipt"]
-            path = receiver / "packages" / r["package_id"] / "manifest.json"
-            if path.is_file():
-                manifests[r["logical_date"]] = json.loads(path.read_text())
-        delivered, in_order, chained, ledger_problems = check_ledger(ledger, manifests, self.plan["days"])
-        answers = receiver / "audit.jsonl"  # the receiver's log of every request's outcome
-        refused = Counter(json.loads(x).get("package_id") for x in answers.read_text().splitlines()
-                          if x.strip() and json.loads(x).get("status") == 503) if answers.is_file() else Counter()
-
-        def read(path: Path) -> bytes | None:
-            return path.read_bytes() if path.is_file() else None
-
-        def quality(path: Path) -> dict[str, Any] | None:
-            return json.loads(path.read_text()) if path.is_file() else None
-
-        facts = [DayFacts(day=d.isoformat(),
-                          records=read(layout.package_dir(self.data, d) / "records.parquet"),
-                          reference_records=read(layout.package_dir(ref, d) / "records.parquet"),
-                          quality=quality(layout.package_dir(self.data, d) / "quality.json"),
-                          reference_quality=quality(layout.package_dir(ref, d) / "quality.json"))
-                 for d in self.days]
-        sent = [(n["day"], n["kind"], n["dag_id"]) for n in received]
-        compared = compare_days(self.plan, facts, sent)
-        stuck = [f"{r['dag_id']} {r['dag_run_id']}: {r['state']}" for r in runs["runs"] if not _terminal(r["state"])]
-        unfinished = [f"{t['dag_id']}.{t['task_id']} {t['dag_run_id']}: {t['state']}" for t in runs["task_instances"]
-                      if t["state"] in ("running", "queued", "scheduled", "up_for_retry", "up_for_reschedule",
-                                        "deferred", "restarting")]
-        retries = sum(max(0, int(t.get("try_number") or 0) - 1) for t in runs["task_instances"])
-        peaks = [m for d in self.days for m in read_metrics(self.data, d.isoformat()) if m.get("peak_rss_bytes")]
-        peak = max(peaks, key=lambda m: m["peak_rss_bytes"]) if peaks else None
-        seconds = list(self.day_seconds.values())
-        unexplained = ledger_problems + compared["unexplained"]
-        expected_actions = sum(len(f["expect"]["released_next_day"]) for f in self.plan["faults"])
-        if len(self.human_actions) != expected_actions:
-            unexplained.append(f"{len(self.human_actions)} human actions, the plan's {expected_actions}")
-        return {
-            "shape": "embedded",
-            "seed": self.plan["seed"],
-            "scale": self.scale,
-            "days": len(self.days),
-            "delivered": len(delivered),
-            "in_order": in_order,
-            "chained": chained,
-            "identical_days": len(compared["identical_days"]),
-            "faulted_days": len(compared["faulted_days"]),
-            "faults": [[f["day"], f["kind"], f["system"]] for f in self.plan["faults"]],
-            "unexplained_differences": len(unexplained),
-            "unexplained": unexplained,
-            "human_actions": self.human_actions,
-            "notices": compared["notices"],
-            "stuck_runs": len(stuck) + len(unfinished),
-            "stuck": stuck + unfinished,
-            "runs": len(runs["runs"]),
-            "runs_failed": sorted(f"{r['dag_id']} {r['dag_run_id']}" for r in runs["runs"] if r["state"] == "failed"),
-            "seconds_per_day": {"p50": _percentile(seconds, 0.5), "p95": _percentile(seconds, 0.95),
-                                "each": {k: round(v, 1) for k, v in self.day_seconds.items()}},
-            "task_peak_memory_mib": round(peak["peak_rss_bytes"] / 2**20, 1) if peak else None,
-            "task_peak_memory_task": f"{peak['dag_id']}.{peak['task_id']}" if peak else None,
-            "retries": retries,
-            "receiver_failures_injected": RECEIVER_FAILURES * sum(
-                1 for f in self.plan["faults"] if f["kind"] == "receiver_down"),
-            "receiver_503_by_package": dict(sorted(refused.items())),
-            "kills": self.kills,
-            "identical": compared["identical_days"],
-        }
-
-
-def runs_from_database(db: Path) -> dict[str, Any]:
-    """Every run and task instance, read from the embedded SQLite database (the audit of a stopped soak)."""
-    import sqlite3
-
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-        runs = [{"dag_id": d, "dag_run_id": r, "state": st}
-                for d, r, st in conn.execute("SELECT dag_id, run_id, state FROM dag_run ORDER BY id")]
-        tis = [{"dag_id": d, "task_id": t, "dag_run_id": r, "state": st, "try_number": n}
-               for d, t, r, st, n in conn.execute("SELECT dag_id, task_id, run_id, state, try_number"
-                                                   " FROM task_instance")]
-    return {"runs": runs, "task_instances": tis}
-
-
-def sent_from_outbox(data: Path) -> list[dict[str, Any]]:
-    """The notices the webhook accepted, from the outbox (``alerts/D/*.json`` marked ``.sent``)."""
-    out = []
-    for path in sorted((data / "alerts").glob("*/*.json")):
-        if path.with_suffix(".sent").exists():
-            out.append(json.loads(path.read_text())["notice"])
-    return out
+        """The figures of soak.json (:func:`osms.dev.soak_audit.audit_soak`)."""
+        return audit_soak(self, ref, runs, received)
 
 
 def reaudit(out: Path, scale: float) -> dict[str, Any]:

@@ -51,6 +51,7 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
+from osms.core import settings
 from osms.core.i18n import DEFAULT, LANGUAGES, N_, STATUS_LABELS, gettext_for, local_name
 
 __all__ = ["KINDS", "Notice", "OsmsNotifier", "failure_notifiers", "flush_outbox", "notice_of", "run_of",
@@ -171,12 +172,12 @@ class OsmsNotifier(BaseNotifier):
 def failure_notifiers(kind: str) -> list[BaseNotifier]:
     """A DAG's failure callbacks: the OSMS notice, and Airflow's SmtpNotifier when ``OSMS_ALERT_EMAIL`` is set."""
     notifiers: list[BaseNotifier] = [OsmsNotifier(kind)]
-    recipients = [a.strip() for a in os.environ.get(EMAIL_ENV, "").split(",") if a.strip()]
+    recipients = list(settings.current().alert_email)
     if recipients:
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
         notifiers.append(SmtpNotifier(
-            to=recipients, smtp_conn_id=os.environ.get(SMTP_CONN_ENV, "smtp_default"),
+            to=recipients, smtp_conn_id=settings.current().alert_smtp_conn,
             subject="OSMS: {{ dag.dag_id }} failed ({{ run_id }})",
             html_content="<p>{{ dag.dag_id }}: the run {{ run_id }} failed. See it in Airflow; the OSMS notice"
                          " webhook has the details.</p>"))

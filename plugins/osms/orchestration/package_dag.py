@@ -10,7 +10,6 @@ package back to the bodies' DAGs; they never schedule it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -28,7 +27,7 @@ from airflow.sdk import (
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.task.trigger_rule import TriggerRule
 
-from osms.core import layout
+from osms.core import layout, settings
 from osms.orchestration.alerts import PackageDue, package_deadline_missed
 from osms.orchestration.assets import package_asset, status_asset
 from osms.orchestration.dag_factory import OWNER, START_DATE
@@ -225,15 +224,13 @@ def signing_key_pem(variable: str | None) -> bytes:
     The distributed shape (an executor other than the embedded LocalExecutor) refuses the
     development key unless ``OSMS_DEMO`` is true (:func:`osms.core.keys.check_signing_key`).
     """
-    from pathlib import Path
-
     from osms.core.keys import KEY_FILE_ENV, check_signing_key, read_key_file
     from osms.package.build import PackageError
 
     if variable:
         pem, where = variable.encode(), f"the variable {SIGNING_KEY_VARIABLE}"
-    elif os.environ.get(KEY_FILE_ENV):
-        path = Path(os.environ[KEY_FILE_ENV])
+    elif (key_file := settings.current().signing_key_file) is not None:
+        path = key_file
         try:
             pem = read_key_file(path)
         except FileNotFoundError:

@@ -11,24 +11,15 @@ an existing pool keeps the size an engineer gave it (Admin → Pools), like a pa
 
 from __future__ import annotations
 
-import os
+from osms.core import settings
+from osms.core.settings import DEFAULT_POOL_SLOTS, POOL_SLOTS_ENV
 
-POOL_SLOTS_ENV = "OSMS_SOURCE_POOL_SLOTS"
-DEFAULT_POOL_SLOTS = 2
+__all__ = ["DEFAULT_POOL_SLOTS", "POOL_SLOTS_ENV", "ensure_source_pools", "pool_slots", "source_pools"]
 
 
 def pool_slots() -> int:
     """The size of a new source system's pool: ``OSMS_SOURCE_POOL_SLOTS``, a whole number from 1."""
-    text = os.environ.get(POOL_SLOTS_ENV, "").strip()
-    if not text:
-        return DEFAULT_POOL_SLOTS
-    try:
-        slots = int(text)
-    except ValueError:
-        slots = 0
-    if slots < 1:
-        raise ValueError(f"{POOL_SLOTS_ENV} must be a whole number from 1, not {text!r}")
-    return slots
+    return settings.current().pool_slots
 
 
 def source_pools() -> dict[str, str]:

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
+from osms.core import settings
 from osms.core.registry import EditionCategory, default_registry
 
 __all__ = [
@@ -44,8 +44,8 @@ _AGE_PARAM = re.compile(r"^(earliest_birth_under|latest_birth_for_age)_(\d+)$")
 
 def expectations_dir() -> Path:
     """``expectations/`` of this checkout, or ``$OSMS_EXPECTATIONS_DIR`` when set."""
-    env = os.environ.get("OSMS_EXPECTATIONS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "expectations"
+    configured = settings.current().expectations_dir
+    return configured if configured else Path(__file__).resolve().parents[3] / "expectations"
 
 
 def read_suite_file(name: str, directory: Path | None = None) -> dict[str, Any]:

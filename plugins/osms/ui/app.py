@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from markupsafe import Markup
 
-from osms.core import layout
+from osms.core import layout, settings
 from osms.core.decisions import DecisionRefused, record
 from osms.core.i18n import COOKIE, LANGUAGES, N_, STATUS_LABELS, choose, gettext_for, translations
 from osms.ui import assets as ui_assets
@@ -104,7 +103,7 @@ def data_root() -> Path:
 
 def public_key_path() -> Path | None:
     """The PEM public key packages are checked against, or None when there is none."""
-    configured = os.environ.get("OSMS_SIGNING_PUBLIC_KEY")
+    configured = settings.current().signing_public_key
     if configured:
         return Path(configured)
     from osms.core.keys import PUBLIC_NAME, default_key_dir
@@ -128,7 +127,7 @@ def airflow_authorization() -> Authorize:
 
 def qa_deciders() -> set[str]:
     """The user ids allowed to decide besides the permission (``OSMS_QA_DECIDERS``); empty: the permission decides."""
-    return {u.strip() for u in os.environ.get(DECIDERS_ENV, "").split(",") if u.strip()}
+    return set(settings.current().qa_deciders)
 
 
 def may_decide(manager: Any, user: Any) -> bool:

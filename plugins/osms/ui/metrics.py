@@ -42,7 +42,6 @@ import datetime as dt
 import hmac
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from osms.core import layout
+from osms.core import layout, settings
 from osms.core.dates import almaty
 from osms.core.documents import (
     FEED_VERDICTS,
@@ -501,10 +500,10 @@ def render(root: Path, now: dt.datetime | None = None) -> bytes:
 
 def scrape_token() -> str | None:
     """The scrape token: ``$OSMS_METRICS_TOKEN``, or the first line of ``$OSMS_METRICS_TOKEN_FILE``; None: off."""
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    if not token and os.environ.get(TOKEN_FILE_ENV):
+    token = settings.current().metrics_token or ""
+    if not token and (token_file := settings.current().metrics_token_file) is not None:
         try:
-            token = Path(os.environ[TOKEN_FILE_ENV]).read_text(encoding="utf-8").strip()
+            token = token_file.read_text(encoding="utf-8").strip()
         except OSError:
             token = ""
     return token or None
