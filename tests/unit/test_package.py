@@ -18,6 +18,7 @@ from osms.core import iin
 from osms.core import layout
 
 from osms.package import build as package
+from osms.package import gate
 from osms.core.files import write_bytes_atomic, write_parquet_atomic
 from osms.package.build import (
     PACKAGE_SCHEMA,
@@ -527,7 +528,7 @@ def test_the_package_suite_checks_iins_and_the_row_count(tmp_path):
 
 
 def test_a_duplicate_across_a_chunk_boundary_is_caught(tmp_path, monkeypatch):
-    monkeypatch.setattr(package, "GATE_CHUNK_ROWS", 2)
+    monkeypatch.setattr(gate, "GATE_CHUNK_ROWS", 2)
     iins = sorted(person(n)["iin"] for n in range(60, 64))
     path = _records_file(tmp_path / "records.parquet", [("children", i) for i in [iins[0], iins[1], iins[1], iins[2]]])
 
