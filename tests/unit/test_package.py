@@ -497,6 +497,19 @@ def test_verify_names_a_missing_file(tmp_path, keys):
     assert verify_package(result.path, keys[1]) == ["changes.parquet: listed in manifest.json but missing"]
 
 
+def test_verify_names_a_manifest_outside_its_contract_and_still_checks_its_signature(tmp_path, keys):
+    _two_bodies(tmp_path)
+    result = build(tmp_path, D1, keys)
+    manifest = json.loads((result.path / "manifest.json").read_bytes())
+    del manifest["producer"]["version"]
+    (result.path / "manifest.json").write_bytes(canonical_json(manifest))
+
+    problems = verify_package(result.path, keys[1])
+
+    assert [p.kind for p in problems] == ["manifest", "signature"]
+    assert problems[0] == "manifest.json: does not fit the manifest's contract (producer.version: field required)"
+
+
 # --------------------------------------------------------------------------- the package suite (gate)
 
 
