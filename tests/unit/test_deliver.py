@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
+from osms.core.documents import PACKAGE_SCHEMA
 from osms.package.deliver import (
     DeliveryError,
     DeliveryWaiting,
@@ -73,13 +74,18 @@ def build_package(
     for name, data in files.items():
         (directory / name).write_bytes(data)
     manifest = {
+        "schema": PACKAGE_SCHEMA,
         "package_id": package_id or f"OSMS-{date}",
         "logical_date": date,
+        "edition": {"code": "2022", "provisional": False,
+                    "decree": {"number": "660", "date": "2021-06-01", "title": "a decree for tests"}},
         "previous_manifest_sha256": previous,
         "files": [
             {"name": n, "sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d), "rows": 1}
             for n, d in sorted(files.items())
         ],
+        "categories": {},
+        "producer": {"name": "osms-pipeline", "version": "test"},
     }
     manifest_bytes = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     (directory / "manifest.json").write_bytes(manifest_bytes)
@@ -425,6 +431,21 @@ def test_a_manifest_naming_a_path_outside_the_package_is_refused(tmp_path: Path,
     manifest["files"][0]["name"] = name
     (package / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DeliveryError, match=r"read manifest failed: files\[0\] needs a plain file 'name'"):
+        deliver_package(package, endpoint, session=session_with(NoNetwork()))
+
+
+@pytest.mark.parametrize(("field", "value", "named"), [
+    ("sha256", "not-a-hash", r"files\.0\.sha256"),
+    ("bytes", "many", r"files\.0\.bytes"),
+])
+def test_a_manifest_outside_its_contract_is_refused_naming_the_field(tmp_path: Path, key, endpoint, field, value,
+                                                                     named) -> None:
+    package = build_package(tmp_path, "2025-06-01", key)
+    manifest = json.loads((package / "manifest.json").read_bytes())
+    manifest["files"][0][field] = value
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DeliveryError, match=rf"package 2025-06-01: read manifest failed: .*manifest\.json does not"
+                                            rf" fit the manifest's contract \({named}"):
         deliver_package(package, endpoint, session=session_with(NoNetwork()))
 
 

@@ -18,6 +18,7 @@ from osms.core import iin
 from osms.core import layout
 
 from osms.package import build as package
+from osms.package import gate
 from osms.core.files import write_bytes_atomic, write_parquet_atomic
 from osms.package.build import (
     PACKAGE_SCHEMA,
@@ -496,6 +497,19 @@ def test_verify_names_a_missing_file(tmp_path, keys):
     assert verify_package(result.path, keys[1]) == ["changes.parquet: listed in manifest.json but missing"]
 
 
+def test_verify_names_a_manifest_outside_its_contract_and_still_checks_its_signature(tmp_path, keys):
+    _two_bodies(tmp_path)
+    result = build(tmp_path, D1, keys)
+    manifest = json.loads((result.path / "manifest.json").read_bytes())
+    del manifest["producer"]["version"]
+    (result.path / "manifest.json").write_bytes(canonical_json(manifest))
+
+    problems = verify_package(result.path, keys[1])
+
+    assert [p.kind for p in problems] == ["manifest", "signature"]
+    assert problems[0] == "manifest.json: does not fit the manifest's contract (producer.version: field required)"
+
+
 # --------------------------------------------------------------------------- the package suite (gate)
 
 
@@ -527,7 +541,7 @@ def test_the_package_suite_checks_iins_and_the_row_count(tmp_path):
 
 
 def test_a_duplicate_across_a_chunk_boundary_is_caught(tmp_path, monkeypatch):
-    monkeypatch.setattr(package, "GATE_CHUNK_ROWS", 2)
+    monkeypatch.setattr(gate, "GATE_CHUNK_ROWS", 2)
     iins = sorted(person(n)["iin"] for n in range(60, 64))
     path = _records_file(tmp_path / "records.parquet", [("children", i) for i in [iins[0], iins[1], iins[1], iins[2]]])
 

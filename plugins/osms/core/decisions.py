@@ -27,7 +27,6 @@ and a later change of mind shapes only packages not built yet.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import logging
 import re
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from pathlib import Path
 
 from osms.core import layout
 from osms.core.documents import MANIFEST, Decision, DecisionAction, DecisionLog, DocumentError
-from osms.core.files import private_dir, write_bytes_atomic
+from osms.core.files import locked, private_dir, write_bytes_atomic
 
 __all__ = ["ACTIONS", "Decision", "DecisionRefused", "Decisions", "baseline_start", "check_reason", "read_log",
            "record"]
@@ -174,7 +173,9 @@ def record(root: Path, *, day: dt.date, body: str, system: str, category: str, a
     if action == "release" and not validated:
         raise DecisionRefused(f"{feed} on {day}: no validated rows to release (the feed's data did not reach"
                               " validation; its body must send it again)", "not_releasable", feed=feed, day=day)
-    with _exclusive(root / "locks" / f"decisions-{day.isoformat()}-{body}.lock"):
+    lock = root / "locks" / f"decisions-{day.isoformat()}-{body}.lock"
+    private_dir(lock.parent)
+    with locked(lock):
         existing = read_log(root, day, body) or DecisionLog(body=body, day=day)
         with _first_unbuilt_package(root, day) as applies_from:
             decision = Decision(feed=feed, day=day, action=action, reason=reason, by=who, at=at,
@@ -194,27 +195,11 @@ def _first_unbuilt_package(root: Path, day: dt.date) -> Iterator[dt.date]:
         candidate = day + dt.timedelta(days=k)
         lock = layout.package_lock(root, candidate)
         private_dir(lock.parent)
-        with lock.open("a") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with locked(lock, wait=False) as held:
+            if not held:
                 continue  # that package is being built or delivered now: it cannot take the decision
-            try:
-                if (layout.package_dir(root, candidate) / MANIFEST).is_file():
-                    continue  # built: it never changes
-                yield candidate
-                return
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+            if (layout.package_dir(root, candidate) / MANIFEST).is_file():
+                continue  # built: it never changes
+            yield candidate
+            return
     raise DecisionRefused(f"no package from {day} on for {_MAX_AHEAD} days is free to take the decision")
-
-
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    private_dir(path.parent)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

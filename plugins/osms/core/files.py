@@ -1,4 +1,4 @@
-"""Atomic file writes: write aside, then rename, so no reader sees a partial file.
+"""Atomic file writes: write aside, then rename, so no reader sees a partial file; and the one file lock.
 
 Every file written here is its owner's only (0600) and every folder made here 0700, whatever
 the process's umask: the data root holds the name and IIN of every covered person.
@@ -6,6 +6,7 @@ the process's umask: the data root holds the name and IIN of every covered perso
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
@@ -138,6 +139,26 @@ def remove_temporaries(path: Path) -> list[Path]:
             tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
+
+
+@contextmanager
+def locked(path: Path, *, wait: bool = True, create: bool = True) -> Iterator[bool]:
+    """Hold an exclusive advisory lock (``flock``) on ``path`` for the block; yield whether it is held.
+
+    ``wait=False`` does not wait for another holder: the block then runs with False and must leave
+    alone what the lock guards. ``create=False`` locks an existing file (opened for reading: the file
+    the holder works on); otherwise ``path`` is created if need be, in a folder the caller made.
+    """
+    with Path(path).open("a" if create else "rb") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def sha256_file(path: Path) -> str:

@@ -331,18 +331,15 @@ def _pending_entry(path: Path) -> Path:
 def _post_one(path: Path, webhook: Any, conn_id: str, language: str, now: dt.datetime, *, session: Any,
               backoff: float | None, due_only: bool) -> str:
     """One try (with the client's retries) of one notice, under a lock so that two senders never both post it."""
-    import fcntl
-
+    from osms.core.files import locked
     from osms.orchestration.alerts import AlertNotPosted, send_alert
 
-    with path.open("rb") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with locked(path, wait=False, create=False) as held:  # the notice's own file: it exists, and is never created
+        if not held:
             return "being sent by another process"
         if path.with_suffix(".sent").exists():
             return "already sent"
-        record = json.loads(fh.read())
+        record = json.loads(path.read_bytes())
         state = _read_json(path.with_suffix(".tries")) or {"attempts": 0}
         queued = dt.datetime.fromisoformat(record["queued_at"])
         if due_only and state.get("next") and dt.datetime.fromisoformat(state["next"]) > now:

@@ -12,7 +12,7 @@ Rules, in the decree's words:
 
 - A (body, category) **unit** that is not ``published`` on D is carried forward
   from its last published date, so a missing or failed body never makes its
-  persons look removed.
+  persons look removed (:mod:`osms.package.plan`).
 - When feeds disagree about a person, person fields take the value reported by
   the most source records (a missing value is not a vote; ties go to the
   smallest value), ``period_start`` the earliest, ``period_end`` NULL if any
@@ -29,23 +29,27 @@ are built in bounded memory. Nothing in a package depends on the wall clock: the
 same D and inputs give the same bytes.
 DuckDB, pyarrow, GX and cryptography are imported inside functions: the package
 DAG imports this module at parse time.
+
+This module builds and writes the files (quality.json, the manifest, the signature) and places
+the package; which data go in is :mod:`osms.package.plan`, the gate :mod:`osms.package.gate`,
+verification :mod:`osms.package.verify`. Their public names are importable from here too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from osms.core import layout
+from osms.core.decisions import Decision
 from osms.core.documents import (
     CHANGES,
     MANIFEST,
@@ -56,12 +60,12 @@ from osms.core.documents import (
     RECEIPT,
     RECORDS,
     SIGNATURE,
-    DocumentError,
     Manifest,
-    Problem,
     QualityDocument,
     canonical_json,
 )
+from osms.core.files import fsync_dir, locked, private_dir, sha256_file, write_bytes_atomic
+from osms.core.registry import default_registry
 from osms.package.consolidate import (
     CONFLICT_FIELDS,
     CategorySources,
@@ -69,14 +73,13 @@ from osms.package.consolidate import (
     changes_schema,
     records_schema,
 )
-from osms.core.decisions import Decision, Decisions
-from osms.core.files import fsync_dir, private_dir, sha256_file, write_bytes_atomic
-from osms.core.registry import default_registry
-from osms.core.status import StatusUnreadable, read_status
+from osms.package.errors import PackageError, PackageGateError
+from osms.package.gate import run_package_suite
+from osms.package.plan import Unit, plan_units, shaping_decisions, units_verdict
+from osms.package.verify import verify_package
 
 if TYPE_CHECKING:
     import duckdb
-    import pyarrow as pa
 
     from osms.core.registry import Edition
 
@@ -97,23 +100,6 @@ PRODUCER = "osms-pipeline"
 # Fixed row groups make the bytes independent of how DuckDB batches its output;
 # half a million rows keeps a row group of records.parquet near 60 MB in memory.
 ROW_GROUP_ROWS = 500_000
-# The package suite's row-level rules run on chunks of this many rows; None: the
-# task budget's (GX on pandas holds several copies of a frame per expectation).
-GATE_CHUNK_ROWS: int | None = None
-
-# a feed's verdict on D; "released": held back, and QA's release of D shapes this package
-UnitStatus = Literal["published", "released", "held_back", "failed", "missing"]
-USED_AS_PUBLISHED = ("published", "released")
-CategoryVerdict = Literal["published", "carried_forward", "partial", "missing"]
-
-
-class PackageError(RuntimeError):
-    """A package cannot be built or would change a delivered one; the message says why."""
-
-
-class PackageGateError(PackageError):
-    """The package suite failed: no package is written."""
-
 
 @dataclass(frozen=True)
 class PackageResult:
@@ -127,147 +113,9 @@ class PackageResult:
     categories: dict[str, dict[str, Any]]
 
 
-@dataclass(frozen=True)
-class Unit:
-    """One feed (body, system, category) of the edition and the data it contributes to D's package."""
-
-    body: str
-    system: str
-    category: str
-    status: UnitStatus  # the feed's verdict on D ("missing": its body did not report, or not for this feed)
-    reason: str | None
-    counts: dict[str, Any] = field(default_factory=dict)  # the feed's rows_in, rows_published, ... on D
-    source_day: dt.date | None = None  # D when published, L when carried forward, None: nothing to use
-    # the body's verdict on the whole category on D (published, partial, held_back, failed; "missing") and its counts
-    body_status: str = "missing"
-    body_reason: str | None = None
-    body_counts: dict[str, Any] = field(default_factory=dict)
-    decision: Decision | None = None  # QA's decision on the feed's verdict of D that this package follows
-    source_decision: Decision | None = None  # the release that made the day carried forward from count
-
-    @property
-    def carried_forward_from(self) -> dt.date | None:
-        """The date whose validated data stands in for D, when the feed is carried forward."""
-        return self.source_day if self.status not in USED_AS_PUBLISHED else None
-
-
-# --------------------------------------------------------------------------- small public helpers
-
-
 def package_id(day: dt.date) -> str:
     """The package id of a logical date: ``OSMS-<YYYY-MM-DD>``."""
     return f"OSMS-{day.isoformat()}"
-
-
-# --------------------------------------------------------------------------- units and carry forward
-
-
-class _Statuses:
-    """Bodies' statuses by day, read once; a damaged file is a body that did not report, named."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self._cache: dict[tuple[dt.date, str], tuple[Any, str | None]] = {}
-
-    def get(self, day: dt.date, body: str) -> tuple[Any, str | None]:
-        """(the status or None, why there is none when its file is unreadable)."""
-        if (day, body) not in self._cache:
-            try:
-                self._cache[(day, body)] = (read_status(self.data_dir, day, body), None)
-            except StatusUnreadable as exc:
-                log.warning("status of %s for %s is unreadable: %s", body, day, exc)
-                self._cache[(day, body)] = (None, f"its status file is unreadable: {exc.path.name}: {exc.problem}")
-        return self._cache[(day, body)]
-
-
-def plan_units(data_dir: Path, day: dt.date, edition: Edition, *, earliest: dt.date | None = None) -> list[Unit]:
-    """Every feed of the edition with its verdict on D and the date its data comes from.
-
-    QA's decisions count as the package of D follows them (:mod:`osms.core.decisions`): a feed
-    held back on D and released counts as published (``released``), and a day QA released
-    counts as published when the data to carry forward is looked for.
-    """
-    earliest = earliest or min(e.effective_from for e in default_registry().editions)
-    earlier_days = sorted((d for d, _ in layout.dated_dirs(data_dir / "status") if earliest <= d < day), reverse=True)
-    statuses = _Statuses(data_dir)
-    decisions = Decisions(data_dir)
-    units = []
-    for f in sorted(edition.feeds, key=lambda f: (f.body, f.category, f.system)):
-        status, unreadable = statuses.get(day, f.body)
-        verdict, reason, counts = _verdict(status, f.category, f.system)
-        if unreadable:
-            reason = unreadable
-        decision = decisions.effective(day, f.id, day) if verdict == "held_back" else None
-        if decision is not None and decision.action == "release":
-            verdict = "released"
-        if verdict in USED_AS_PUBLISHED and not layout.validated(data_dir, day, f.body, f.category).is_file():
-            verdict, reason = "failed", f"{verdict}, but its validated file is missing"
-        source = day if verdict in USED_AS_PUBLISHED else None
-        source_decision = None
-        if source is None:
-            for d in earlier_days:
-                v, _, _ = _verdict(statuses.get(d, f.body)[0], f.category, f.system)
-                released = decisions.effective(d, f.id, day) if v == "held_back" else None
-                if released is not None and released.action != "release":
-                    released = None
-                if (v == "published" or released) and layout.validated(data_dir, d, f.body, f.category).is_file():
-                    source, source_decision = d, released
-                    break
-        body_status, body_reason, body_counts = _body_verdict(status, f.category)
-        units.append(Unit(body=f.body, system=f.system, category=f.category, status=verdict, reason=reason,
-                          counts=counts, source_day=source, body_status=body_status,
-                          body_reason=unreadable or body_reason, body_counts=body_counts, decision=decision,
-                          source_decision=source_decision))
-    return units
-
-
-def shaping_decisions(data_dir: Path, day: dt.date, units: list[Unit]) -> list[Decision]:
-    """The QA decisions that shaped D's package: on D's verdicts, releases of the days carried forward from,
-    and every decision whose first package is D's; in the order of day, feed and time made."""
-    decisions = Decisions(data_dir)
-    found = {(d.day, d.feed, d.at): d for u in units for d in (u.decision, u.source_decision) if d is not None}
-    for path in sorted((data_dir / "decisions").glob("*/*.json")) if (data_dir / "decisions").is_dir() else ():
-        try:
-            decided = dt.date.fromisoformat(path.parent.name)
-        except ValueError:
-            continue
-        if decided > day:
-            continue
-        log_ = decisions.log_of(decided, path.stem)
-        for d in log_.decisions if log_ else ():
-            if d.applies_from == day:
-                found[(d.day, d.feed, d.at)] = d
-    return [found[k] for k in sorted(found)]
-
-
-def _body_verdict(status: Any, category: str) -> tuple[str, str | None, dict[str, Any]]:
-    """The body's verdict on a whole category, why, and its counts."""
-    if status is None:
-        return "missing", "the body did not report for this date", {}
-    try:
-        c = status.category(category)
-    except KeyError:
-        return "missing", "the body's status names no such category", {}
-    counts = {"rows_in": c.rows_in, "rows_published": c.rows_published, "rows_quarantined": c.rows_quarantined,
-              "quarantined_by_rule": dict(sorted(c.quarantined_by_rule.items()))}
-    return c.status, c.reason, counts
-
-
-def _verdict(status: Any, category: str, system: str) -> tuple[UnitStatus, str | None, dict[str, Any]]:
-    """A feed's verdict, why, and its counts, from its body's status for a day."""
-    if status is None:
-        return "missing", "the body did not report for this date", {}
-    try:
-        c = status.category(category)
-    except KeyError:
-        return "missing", "the body's status names no such category", {}
-    if c.feeds and system not in c.feeds:
-        return "missing", "the body's status names no such feed", {}
-    info = c.feeds.get(system) or {}
-    counts = {k: info.get(k, 0) for k in ("rows_in", "rows_published", "rows_quarantined")}
-    counts["quarantined_by_rule"] = dict(sorted((info.get("quarantined_by_rule") or {}).items()))
-    verdict = c.feed_status(system)
-    return verdict, c.feed_reason(system) if verdict != "published" else None, counts
 
 
 # --------------------------------------------------------------------------- build
@@ -362,16 +210,10 @@ def _build(day: dt.date, data_dir: Path, key: Any, producer_version: str, memory
 @contextmanager
 def _build_lock(data_dir: Path, day: dt.date) -> Iterator[None]:
     """One build (or delivery) of a date at a time: an exclusive lock on ``locks/package-<D>.lock``."""
-    import fcntl
-
     path = layout.package_lock(Path(data_dir), day)
     private_dir(path.parent)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with locked(path):
+        yield
 
 
 package_lock = _build_lock  # the delivery takes the same lock
@@ -518,7 +360,7 @@ def _quality_doc(
                 },
             }
         categories[cat] = {
-            "status": category_verdict(cat_units),
+            "status": units_verdict(cat_units),
             "rows": stats.rows.get(cat, 0),
             "decree_row": edition.category(cat).row,
             "records_carried_forward": stats.kept.get(cat, 0),
@@ -546,16 +388,6 @@ def _quality_doc(
     })
 
 
-def category_verdict(units: list[Unit]) -> CategoryVerdict:
-    """A category's verdict from its feeds: published, partial, carried_forward or missing (a release publishes)."""
-    published = [u for u in units if u.status in USED_AS_PUBLISHED]
-    if len(published) == len(units):
-        return "published"
-    if not any(u.source_day is not None for u in units):
-        return "missing"  # nothing published today and nothing ever before
-    return "partial" if published else "carried_forward"
-
-
 def _manifest_doc(
     day: dt.date, edition: Edition, work: Path, quality: QualityDocument, previous: Path | None, version: str
 ) -> Manifest:
@@ -581,239 +413,3 @@ def _manifest_doc(
         "categories": {k: {"status": v.status, "rows": v.rows} for k, v in quality.categories.items()},
         "producer": {"name": PRODUCER, "version": version},
     })
-
-
-# --------------------------------------------------------------------------- the package suite (GX)
-
-
-def run_package_suite(records_path: Path, *, expected_rows: int, categories: Sequence[str]) -> None:
-    """Run ``expectations/package.json`` over records.parquet; :class:`PackageGateError` naming the failed rules.
-
-    Table-level rules see the whole file (its ``category`` column only); row-level
-    rules run on chunks of the file cut where (category, iin) changes. The file is
-    sorted by (category, iin), which is checked here, so a duplicate key always
-    falls inside one chunk and the per-chunk uniqueness is uniqueness of the file.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from osms.core.budget import task_budget
-    from osms.quality.frames import columns_used, to_frame
-    from osms.quality.runner import rule_results, run_expectations
-    from osms.quality.suites import load_suite_dict
-
-    chunk_rows = GATE_CHUNK_ROWS or task_budget().gate_chunk_rows
-    suite = load_suite_dict("package")
-    parameters = {"expected_rows": int(expected_rows), "edition_categories": sorted(categories)}
-    table_rules = [e for e in suite["expectations"] if e.get("meta", {}).get("scope") == "table"]
-    row_rules = [e for e in suite["expectations"] if e not in table_rules]
-    failures: dict[str, dict[str, Any]] = {}
-
-    def run(expectations: list[dict[str, Any]], table: pa.Table) -> None:
-        if not expectations:
-            return
-        results = rule_results(expectations, table.num_rows)
-        for res in run_expectations(suite["name"], expectations, to_frame(table, columns_used(expectations) or
-                                                                          table.column_names), parameters)["results"]:
-            results[res["expectation_config"]["meta"]["rule"]].add(res)
-        for r in results.values():
-            if r.success and r.exception is None:
-                continue
-            f = failures.setdefault(r.rule, {"unexpected": 0, "exception": None})
-            f["unexpected"] += r.unexpected_count
-            f["exception"] = f["exception"] or r.exception
-
-    pf = pq.ParquetFile(records_path)
-    run(table_rules, pq.read_table(records_path, columns=["category"]))
-
-    unsorted = 0
-    carry: pa.Table | None = None
-    last_key: tuple[str, str] | None = None
-    batches = pf.iter_batches(batch_size=chunk_rows, columns=["iin", "category"])
-    for batch in [*batches, None]:
-        if batch is not None:
-            incoming = pa.Table.from_batches([batch])
-            chunk = incoming if carry is None else pa.concat_tables([carry, incoming])
-            if chunk.num_rows < chunk_rows:
-                carry = chunk
-                continue
-            cut = _key_boundary(chunk, chunk_rows)
-            if cut >= chunk.num_rows:  # the last key may go on in the next batch
-                carry = chunk
-                continue
-            chunk, carry = chunk.slice(0, cut), chunk.slice(cut)
-        else:
-            chunk, carry = carry, None
-            if chunk is None or chunk.num_rows == 0:
-                break
-        chunk = chunk.combine_chunks()
-        cat, iin = chunk.column("category"), chunk.column("iin")
-        if chunk.num_rows > 1:
-            a_cat, b_cat = cat.slice(0, chunk.num_rows - 1), cat.slice(1)
-            a_iin, b_iin = iin.slice(0, chunk.num_rows - 1), iin.slice(1)
-            ordered = pc.or_(pc.less(a_cat, b_cat), pc.and_(pc.equal(a_cat, b_cat), pc.less_equal(a_iin, b_iin)))
-            unsorted += chunk.num_rows - 1 - pc.sum(pc.fill_null(ordered, False).cast(pa.int64())).as_py()
-        first = (cat[0].as_py(), iin[0].as_py())
-        if last_key is not None and first < last_key:
-            unsorted += 1
-        last_key = (cat[-1].as_py(), iin[-1].as_py())
-        run(row_rules, chunk)
-
-    problems = [
-        # GX's exception text can quote a cell value (an IIN): it stays out of the message
-        f"{rule}: {f['unexpected']:,} rows failed" if f["exception"] is None else f"{rule}: could not be evaluated"
-        for rule, f in sorted(failures.items())
-    ]
-    if unsorted:
-        problems.append(f"records.parquet is not sorted by (category, iin) at {unsorted:,} places")
-    if problems:
-        raise PackageGateError(
-            f"the package suite failed for {records_path.parent.name}, no package is written: " + "; ".join(problems)
-        )
-
-
-def _key_boundary(chunk: pa.Table, at: int) -> int:
-    """The first position at or after ``at`` where (category, iin) differs from the row before."""
-    cat, iin = chunk.column("category"), chunk.column("iin")
-    cut = at
-    while cut < chunk.num_rows and cat[cut] == cat[cut - 1] and iin[cut] == iin[cut - 1]:
-        cut += 1
-    return cut
-
-
-# --------------------------------------------------------------------------- verification
-
-
-def verify_package(package_dir: Path, public_key_pem: bytes | None, *,
-                   previous_manifest: Path | None = None) -> list[Problem]:
-    """Every problem with a package, one :class:`~osms.core.documents.Problem` each (a sentence naming the file,
-    with its kind); [] when all is well.
-
-    Without a public key (``None``) the signature is not checked; everything else is.
-    """
-    package_dir = Path(package_dir)
-    manifest_path = package_dir / MANIFEST
-    if not manifest_path.is_file():
-        return [Problem("manifest", MANIFEST, f"missing from {package_dir}")]
-    manifest_bytes = manifest_path.read_bytes()
-    try:
-        manifest = json.loads(manifest_bytes)
-    except ValueError as exc:
-        return [Problem("manifest", MANIFEST, f"not valid JSON ({exc})")]
-    problems: list[Problem] = []
-    if not isinstance(manifest, dict) or manifest.get("schema") != PACKAGE_SCHEMA:
-        got = manifest.get("schema") if isinstance(manifest, dict) else None
-        return [Problem("manifest", MANIFEST, f"schema is {got!r}, not {PACKAGE_SCHEMA!r}")]
-    try:
-        Manifest.parse(manifest)
-    except DocumentError as exc:
-        problems.append(Problem("manifest", MANIFEST, f"does not fit the manifest's contract ({exc})"))
-    if canonical_json(manifest) != manifest_bytes:
-        problems.append(Problem("manifest", MANIFEST, "not in canonical JSON form"))
-
-    problems += _verify_files(package_dir, manifest)
-    if public_key_pem is not None:
-        problems += _verify_signature(package_dir, manifest_bytes, public_key_pem)
-    problems += _verify_chain(package_dir, manifest, previous_manifest)
-    return problems
-
-
-def _verify_files(package_dir: Path, manifest: dict[str, Any]) -> list[Problem]:
-    import pyarrow.parquet as pq
-
-    problems = []
-    listed = {f.get("name") for f in manifest.get("files", [])}
-    for name in PACKAGE_FILES:
-        if name not in listed:
-            problems.append(Problem("file", name, f"not listed in {MANIFEST}"))
-    for entry in manifest.get("files", []):
-        name = entry.get("name", "?")
-        path = package_dir / name
-        if Path(name).name != name or name in (MANIFEST, SIGNATURE, RECEIPT):
-            problems.append(Problem("file", name, "not a file a manifest may list"))
-            continue
-        if not path.is_file():
-            problems.append(Problem("file", name, f"listed in {MANIFEST} but missing"))
-            continue
-        if path.stat().st_size != entry.get("bytes"):
-            size = path.stat().st_size
-            problems.append(Problem("file", name,
-                                    f"size {size} bytes differs from the manifest ({entry.get('bytes')})"))
-        if sha256_file(path) != entry.get("sha256"):
-            problems.append(Problem("file", name, "SHA-256 differs from the manifest"))
-        elif name.endswith(".parquet"):
-            rows = pq.ParquetFile(path).metadata.num_rows
-            if rows != entry.get("rows"):
-                problems.append(Problem("file", name, f"{rows} rows, the manifest says {entry.get('rows')}"))
-    return problems
-
-
-def _verify_signature(package_dir: Path, manifest_bytes: bytes, public_key_pem: bytes) -> list[Problem]:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    sig_path = package_dir / SIGNATURE
-    if not sig_path.is_file():
-        return [Problem("signature", SIGNATURE, "missing")]
-    try:
-        key = serialization.load_pem_public_key(public_key_pem)
-    except (ValueError, TypeError) as exc:
-        return [Problem("key", "public key", f"not a PEM public key ({exc})")]
-    if not isinstance(key, Ed25519PublicKey):
-        return [Problem("key", "public key", f"must be Ed25519, not {type(key).__name__}")]
-    signature = sig_path.read_bytes()
-    if len(signature) != 64:
-        return [Problem("signature", SIGNATURE, f"{len(signature)} bytes, an Ed25519 signature is 64")]
-    try:
-        key.verify(signature, manifest_bytes)
-    except InvalidSignature:
-        return [Problem("signature", SIGNATURE, f"the signature does not match {MANIFEST}")]
-    return []
-
-
-def _verify_chain(package_dir: Path, manifest: dict[str, Any], previous_manifest: Path | None) -> list[Problem]:
-    claimed = manifest.get("previous_manifest_sha256")
-    if previous_manifest is not None:
-        previous_manifest = Path(previous_manifest)
-        shown = _short_path(previous_manifest)
-        if not previous_manifest.is_file():
-            return [_chain(f"{shown} does not exist")]
-        actual = sha256_file(previous_manifest)
-        if claimed is None:
-            return [_chain(f"previous_manifest_sha256 is null, but {shown} was given as the previous package")]
-        if claimed != actual:
-            return [_chain(f"previous_manifest_sha256 {claimed} does not match {shown} (its SHA-256 is {actual})")]
-        return []
-    # Without an explicit previous manifest: look among the package's siblings.
-    try:
-        day = dt.date.fromisoformat(str(manifest.get("logical_date")))
-    except ValueError:
-        return [Problem("manifest", MANIFEST, f"logical_date {manifest.get('logical_date')!r} is not a date")]
-    earlier = sorted(
-        ((d, p) for d, p in layout.dated_dirs(package_dir.resolve().parent) if d < day and (p / MANIFEST).is_file()),
-        reverse=True,
-    )
-    if claimed is None:
-        delivered = [p for _, p in earlier if (p / RECEIPT).is_file()]
-        if delivered:
-            return [_chain(f"previous_manifest_sha256 is null, but {_short_path(delivered[0] / MANIFEST)}"
-                           " was delivered before")]
-        return []
-    if not earlier:
-        return []  # a package on its own (copied out): the link cannot be checked here
-    for _, p in earlier:
-        if sha256_file(p / MANIFEST) == claimed:
-            return []
-    return [_chain(f"previous_manifest_sha256 {claimed} does not match {_short_path(earlier[0][1] / MANIFEST)}"
-                   " nor any earlier manifest beside this package")]
-
-
-def _chain(message: str) -> Problem:
-    return Problem("chain", "chain", message)
-
-
-def _short_path(path: Path) -> str:
-    """``packages/<D>/manifest.json`` style: the last three parts of a path."""
-    return "/".join(Path(path).parts[-3:])

@@ -48,7 +48,7 @@ from typing import Any
 
 import requests
 
-from osms.core.documents import MANIFEST, RECEIPT, SIGNATURE, Receipt
+from osms.core.documents import MANIFEST, RECEIPT, SIGNATURE, DocumentError, Manifest, ManifestFile, Receipt
 from osms.core.files import write_bytes_atomic
 from osms.sources.connections import HTTP_EXTRAS, HttpEndpoint
 from osms.sources.http_client import Answer, HttpClient, Refused, Transient
@@ -174,71 +174,66 @@ def _sha256_file(path: Path) -> tuple[str, int]:
 @dataclass(frozen=True)
 class _Package:
     directory: Path
-    package_id: str
-    manifest_bytes: bytes
+    manifest: Manifest
+    manifest_bytes: bytes  # what is signed and committed, as it is on disk
     manifest_sha256: str
-    logical_date: str | None
-    previous: str | None
-    files: tuple[dict[str, Any], ...]  # {name, sha256, bytes} as the manifest lists them
+
+    @property
+    def package_id(self) -> str:
+        """The id the manifest names."""
+        return self.manifest.package_id
+
+    @property
+    def previous(self) -> str | None:
+        """The predecessor's manifest hash, or None for the chain's first package."""
+        return self.manifest.previous_manifest_sha256
+
+    @property
+    def files(self) -> list[ManifestFile]:
+        """The files the manifest lists, in its order."""
+        return self.manifest.files
 
 
 def _load_package(package_dir: Path) -> _Package:
+    """The package's manifest, read through :class:`~osms.core.documents.Manifest`; DeliveryError when not."""
+    path = package_dir / MANIFEST
     label = package_dir.name  # until the manifest names the package
     try:
-        manifest_bytes = (package_dir / MANIFEST).read_bytes()
+        manifest_bytes = path.read_bytes()
     except OSError as exc:
-        raise DeliveryError(label, "read manifest", f"{package_dir / MANIFEST} cannot be read"
+        raise DeliveryError(label, "read manifest", f"{path} cannot be read"
                             f" ({exc.strerror or type(exc).__name__})") from None
     try:
-        manifest = json.loads(manifest_bytes)
-    except (ValueError, UnicodeDecodeError):
-        raise DeliveryError(label, "read manifest", f"{package_dir / MANIFEST} is not valid JSON") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("package_id"), str) \
-            or not manifest["package_id"]:
-        raise DeliveryError(label, "read manifest", f"{package_dir / MANIFEST} names no package_id")
-    package_id = manifest["package_id"]
-    entries = manifest.get("files")
-    if not isinstance(entries, list) or not entries:
-        raise DeliveryError(package_id, "read manifest", "the manifest lists no files")
-    files = []
-    for position, entry in enumerate(entries):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        ok = (
-            isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
-            and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64
-            and isinstance(entry.get("bytes"), int) and not isinstance(entry.get("bytes"), bool)
-        )
-        if not ok:
-            raise DeliveryError(package_id, "read manifest", f"files[{position}] needs a plain file 'name',"
-                                " 'sha256' (64 hex digits) and 'bytes' (integer)")
-        files.append({"name": name, "sha256": entry["sha256"].lower(), "bytes": entry["bytes"]})
-    previous = manifest.get("previous_manifest_sha256")
-    logical_date = manifest.get("logical_date")
-    return _Package(
-        directory=package_dir,
-        package_id=package_id,
-        manifest_bytes=manifest_bytes,
-        manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
-        logical_date=logical_date if isinstance(logical_date, str) else None,
-        previous=previous.lower() if isinstance(previous, str) else None,
-        files=tuple(files),
-    )
+        manifest = Manifest.parse(manifest_bytes)
+    except DocumentError as exc:
+        raise DeliveryError(label, "read manifest", f"{path} does not fit the manifest's contract ({exc})") from None
+    if not manifest.package_id:
+        raise DeliveryError(label, "read manifest", f"{path} names no package_id")
+    if not manifest.files:
+        raise DeliveryError(manifest.package_id, "read manifest", "the manifest lists no files")
+    for position, entry in enumerate(manifest.files):
+        # each file is read here and stored by the receiver under its name: a path could reach outside the package
+        if entry.name in ("", ".", "..") or Path(entry.name).name != entry.name or "\\" in entry.name:
+            raise DeliveryError(manifest.package_id, "read manifest",
+                                f"files[{position}] needs a plain file 'name', not {entry.name!r}")
+    return _Package(directory=package_dir, manifest=manifest, manifest_bytes=manifest_bytes,
+                    manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest())
 
 
 def _check_files(package: _Package) -> bytes:
     """Every listed file is on disk with the manifest's size and hash; returns the signature bytes."""
     for entry in package.files:
-        path = package.directory / entry["name"]
-        step = f"check {entry['name']}"
+        path = package.directory / entry.name
+        step = f"check {entry.name}"
         try:
             sha256, size = _sha256_file(path)
         except OSError as exc:
             raise DeliveryError(package.package_id, step, f"{path} cannot be read"
                                 f" ({exc.strerror or type(exc).__name__}); nothing was uploaded") from None
-        if size != entry["bytes"] or sha256 != entry["sha256"]:
+        if size != entry.bytes or sha256 != entry.sha256:
             raise DeliveryError(
                 package.package_id, step,
-                f"{path} does not match the manifest (manifest: {entry['bytes']} bytes, sha256 {entry['sha256']};"
+                f"{path} does not match the manifest (manifest: {entry.bytes} bytes, sha256 {entry.sha256};"
                 f" on disk: {size} bytes, sha256 {sha256}); the file was changed after the package was built,"
                 " nothing was uploaded",
             )
@@ -398,20 +393,20 @@ def _opener(path: Path) -> Callable[[], Any]:
     return lambda: open(path, "rb")  # noqa: SIM115: closed by the HTTP client after each attempt
 
 
-def _upload(client: _Client, package: _Package, entry: dict[str, Any]) -> None:
-    name = entry["name"]
+def _upload(client: _Client, package: _Package, entry: ManifestFile) -> None:
+    name = entry.name
     step = f"upload {name}"
     url = f"{client.package_url}/files/{urllib.parse.quote(name, safe='')}"
     started, retries = time.monotonic(), client.retries
     try:
         client.request(step, "PUT", url, ok=(200, 201), body=_opener(package.directory / name),
-                       headers={SHA256_HEADER: entry["sha256"], "Content-Type": "application/octet-stream"})
+                       headers={SHA256_HEADER: entry.sha256, "Content-Type": "application/octet-stream"})
     except Refused as exc:
         raise _refused(package, step, exc) from None
     except OSError as exc:  # the file vanished or became unreadable after it was checked
         raise DeliveryError(package.package_id, step, f"{package.directory / name} cannot be read"
                             f" ({exc.strerror or type(exc).__name__})") from None
-    log.info("package %s: %s: %d bytes in %.2f s, %d retries", package.package_id, step, entry["bytes"],
+    log.info("package %s: %s: %d bytes in %.2f s, %d retries", package.package_id, step, entry.bytes,
              time.monotonic() - started, client.retries - retries)
 
 
@@ -477,11 +472,11 @@ def deliver_package(
             return held, False
         sent = 0
         for entry in package.files:
-            if stored.get(entry["name"]) == (entry["sha256"], entry["bytes"]):
-                log.info("package %s: upload %s: already stored by the receiver, skipped", pid, entry["name"])
+            if stored.get(entry.name) == (entry.sha256, entry.bytes):
+                log.info("package %s: upload %s: already stored by the receiver, skipped", pid, entry.name)
                 continue
             _upload(client, package, entry)
-            sent += entry["bytes"]
+            sent += entry.bytes
         receipt = _commit(client, package, signature)
     finally:
         client.close()

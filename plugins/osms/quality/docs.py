@@ -45,11 +45,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from osms.core.files import locked
 from osms.quality.scrub import scrub_validation_result
 
 if TYPE_CHECKING:
@@ -112,7 +111,9 @@ def build_data_docs(data_dir: Path, as_of: dt.date) -> Path:
     """
     day = as_of.isoformat()
     site = _site_dir(data_dir, as_of)
-    with _locked(site.parent / f".{day}.lock"):
+    lock = site.parent / f".{day}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with locked(lock):
         reports = [
             scrub_validation_result(json.loads(p.read_text(encoding="utf-8")))  # scrubbed again: only counts go in
             for p in _reports(data_dir, as_of)
@@ -203,20 +204,6 @@ def _context(site: Path, outcomes: list[dict[str, Any]]) -> EphemeralDataContext
         },
     )
     return EphemeralDataContext(project_config=config)
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (created if need be) for the block."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- results from reports

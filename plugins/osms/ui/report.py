@@ -242,7 +242,7 @@ def day_report(root: Path, day: dt.date, language: str = DEFAULT) -> DayReport:
 
     Names of categories, bodies and systems are the registry's in ``language``.
     """
-    from osms.package.build import category_verdict, plan_units
+    from osms.package.plan import plan_units, units_verdict
 
     has_package = (layout.package_dir(root, day) / MANIFEST).is_file()
     # the docs page renders them when a report is newer: reports are enough
@@ -282,7 +282,7 @@ def day_report(root: Path, day: dt.date, language: str = DEFAULT) -> DayReport:
         q_cat = quality.categories.get(ec.code) if quality is not None else None
         rows.append(CategoryRow(
             row=ec.row, code=ec.code, name=local_name(ec.category, language), provisional=ec.provisional,
-            status=category_verdict(cat_units), units=tuple(unit_rows),
+            status=units_verdict(cat_units), units=tuple(unit_rows),
             package_rows=q_cat.rows if q_cat is not None else None,
         ))
     return DayReport(
