@@ -30,6 +30,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -150,6 +151,9 @@ def run_scale(data: Path, scale: float, day: dt.date) -> dict[str, Any]:
     dags_wall = next((float(line.split()[3].replace(",", "")) for line in text.splitlines()
                       if line.strip().startswith("all DAGs in")), None)
     workers = {p: r for p, r in sampler.peak_rss.items() if "local_run worker" in sampler.names.get(p, "")}
+    # each DAG run's seconds as osms run prints them ("[3/9] agency_labour  done in 41 s")
+    dag_seconds = {m.group(1): float(m.group(2).replace(",", ""))
+                   for m in re.finditer(r"\[\d+/\d+\]\s+(\S+)\s+(?:done|FAILED) in ([\d,.]+) s", text)}
     return {
         "scale": scale, "exit_code": code, "wall_seconds": wall, "dags_wall_seconds": dags_wall,
         "load_mean": statistics.fmean(sampler.loads) if sampler.loads else None,
@@ -158,6 +162,7 @@ def run_scale(data: Path, scale: float, day: dt.date) -> dict[str, Any]:
         "mocks_peak_rss": sampler.peak_rss.get(proc.pid),
         "worker_peak_rss": max(workers.values()) if workers else None,
         "worker_cpu_seconds": sum(sampler.cpu.get(p, 0.0) for p in workers),
+        "dag_seconds": dag_seconds,
         "log": str(log),
     }
 
@@ -328,6 +333,12 @@ def print_scale(fig: dict[str, Any]) -> None:
         print(f"{stage:<15} {s['tasks']:>5} {s['task_seconds']:>8.1f} {s['span_seconds'] or 0:>7.1f}"
               f" {s['cpu_seconds']:>8.1f} {s['rows'] or 0:>12,} {_rate(s['rows_per_second']):>12} {_mib(s['peak_rss']):>10}"
               f" {_mib(s['own_rss']):>10}")
+    dag_total = sum(run.get("dag_seconds", {}).values())
+    task_total = fig.get("task_seconds_all") or 0.0
+    if dag_total:
+        print(f"where the DAG runs' {dag_total:,.0f} s went: tasks {task_total:,.0f} s"
+              f" ({100 * task_total / dag_total:.0f} %), Airflow's own (parsing, scheduling loops, task start-up and"
+              f" its listeners) {dag_total - task_total:,.0f} s ({100 * (dag_total - task_total) / dag_total:.0f} %)")
     print("biggest tasks:")
     for t in fig["biggest"]:
         rate = t["rows"] / t["wall_seconds"] if t["rows"] and t["wall_seconds"] else None
@@ -379,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         run = run_scale(data, scale, day)
         tasks = task_figures(data, day)
         fig = {"run": run, "population_seconds": population, "stages": stage_figures(tasks),
+               "task_seconds_all": sum(t["wall_seconds"] for t in tasks),
                "biggest": sorted(tasks, key=lambda t: -t["wall_seconds"])[:8],
                "io_floor": io_floor(data, day), "validation": validation_reference(data, day)}
         figures.append(fig)
