@@ -37,19 +37,6 @@ from bench_national import ROOT, STAGES, Sampler, prepare  # noqa: E402
 GIB = 2**30
 
 
-class _KeptWarm:
-    """The pool of warm workers lent to one day's run, which would otherwise close it when the day is done."""
-
-    def __init__(self, pool: Any) -> None:
-        self.pool = pool
-
-    def __enter__(self) -> Any:
-        return self.pool
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def day_figures(data: Path, day: dt.date, results: list[Any], wall: float) -> dict[str, Any]:
     """One day's figures from its DAG runs and its task metrics."""
     from osms.core import layout
@@ -103,11 +90,12 @@ def run(days: int, scale: float, start: dt.date, root: Path, workers: int | None
             for i in range(days):
                 day = start + dt.timedelta(days=i)
                 t0 = time.perf_counter()
-                results, _ = run_day_dags(day, data, env, pool=_KeptWarm(pool), say=lambda _: None)
+                results, _ = run_day_dags(day, data, env, pool=pool, say=lambda _: None)
                 fig = day_figures(data, day, results, time.perf_counter() - t0)
                 per_day.append(fig)
                 s = fig["stage_task_seconds"]
-                print(f"  {fig['day']}  {fig['wall_seconds']:7.1f} s  {'delivered' if fig['delivered'] else 'NOT delivered'}"
+                delivered = "delivered" if fig["delivered"] else "NOT delivered"
+                print(f"  {fig['day']}  {fig['wall_seconds']:7.1f} s  {delivered}"
                       f"  DAGs {fig['dags_ok']}/{fig['dags']}  task-s: extract {s['extract']:.0f}"
                       f" validate {s['validate']:.0f} package {s['package']:.0f} deliver {s['deliver']:.0f};"
                       f" Airflow's own {fig['airflow_seconds']:.0f} s", flush=True)

@@ -347,7 +347,8 @@ def run(day: dt.date | None, data_dir: str, scale: float | None, workers: int | 
             raise
         click.echo(f"running the DAGs for {day.isoformat()} (logs in {root / 'airflow' / 'logs' / f'run-{day}'}):")
         started = time.perf_counter()
-        results, statuses = run_day_dags(day, root, env, pool=pool, say=click.echo)
+        with pool:
+            results, statuses = run_day_dags(day, root, env, pool=pool, say=click.echo)
         click.echo(f"  all DAGs in {time.perf_counter() - started:,.0f} s")
     package = layout.package_dir(root, day)
     _print_summary(edition, statuses, _document(package / QUALITY, QualityDocument))

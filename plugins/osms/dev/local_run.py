@@ -16,6 +16,7 @@ and each task's cost in ``<data>/metrics/<D>/`` (see :mod:`osms.orchestration.ta
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -256,7 +257,8 @@ def run_day_dags(day: dt.date, data_dir: Path, env: dict[str, str], *, package: 
     """Run every body's agency DAG for D on warm workers, then the package DAG; return the runs and the statuses.
 
     ``pool``: workers started earlier (they load Airflow and the pipeline's libraries while the
-    metadata database migrates); by default they are started here, one per core.
+    metadata database migrates), lent for this day and still the lender's to close, so one pool can
+    serve day after day; by default they are started here, one per core, and stopped when the day is done.
     """
     from osms.orchestration.package_dag import DAG_ID, PREVIOUS_WAIT_CONF, START_CHAIN_CONF, STATUS_WAIT_CONF
 
@@ -274,7 +276,8 @@ def run_day_dags(day: dt.date, data_dir: Path, env: dict[str, str], *, package: 
         say(f"  [{count}/{total}] {r.dag_id:<22} {'done' if r.ok else 'FAILED'} in {r.seconds:,.0f} s"
             + ("" if r.ok else f" (log: {r.log})"))
 
-    with pool or DagWorkers(env, workers or default_workers()) as pool:
+    lent = pool is not None
+    with contextlib.nullcontext(pool) if lent else DagWorkers(env, workers or default_workers()) as pool:
         pool.prepare(log_dir / "prepare.log")
         results = pool.run([(b.dag_id, day, log_dir / f"{b.dag_id}.log") for b in bodies], on_done=done)
         if package:

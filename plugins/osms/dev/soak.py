@@ -119,7 +119,7 @@ def run_reference(ref: Path, days: Sequence[dt.date], config: Any, say: Callable
     """
     from mocks.service import start_mocks
     from osms.core import layout
-    from osms.dev.local_run import DagWorkers, airflow_env, default_workers, migrate, run_day_dags, signing_env
+    from osms.dev.local_run import airflow_env, migrate, run_day_dags, signing_env
 
     todo = [d for d in days if not (layout.package_dir(ref, d) / "records.parquet").is_file()]
     if not todo:
@@ -131,8 +131,8 @@ def run_reference(ref: Path, days: Sequence[dt.date], config: Any, say: Callable
         migrate(env)
         for day in todo:
             started = time.perf_counter()
-            # warm workers per day (run_day_dags closes its pool when the day is done)
-            results, _ = run_day_dags(day, ref, env, pool=DagWorkers(env, default_workers()), say=lambda _: None)
+            # warm workers per day: run_day_dags starts them and stops them when the day is done
+            results, _ = run_day_dags(day, ref, env, say=lambda _: None)
             if not (layout.package_dir(ref, day) / "receipt.json").is_file():
                 failed = [r.dag_id for r in results if not r.ok]
                 raise RuntimeError(f"the reference of {day} was not delivered (runs failed: {failed})")
