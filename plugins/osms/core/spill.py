@@ -16,7 +16,7 @@ from osms.core.files import private_dir, private_umask
 if TYPE_CHECKING:
     import duckdb
 
-__all__ = ["spilling_duckdb"]
+__all__ = ["iin_range_sql", "spilling_duckdb"]
 
 
 @contextmanager
@@ -34,3 +34,19 @@ def spilling_duckdb(spill: Path, memory_limit: str) -> Iterator[duckdb.DuckDBPyC
             yield con
         finally:
             con.close()
+
+
+def iin_range_sql(lo: str | None, hi: str | None) -> tuple[str, list[str]]:
+    """SQL over ``iin`` for [lo, hi), and its parameters; the last range (``hi`` None) also holds missing IINs, so
+    ranges that split a file by IIN between them hold every row once."""
+    parts, params = [], []
+    if lo is not None:
+        parts.append("iin >= ?")
+        params.append(lo)
+    if hi is not None:
+        parts.append("iin < ?")
+        params.append(hi)
+    if not parts:
+        return "true", []
+    cond = " AND ".join(parts)
+    return (f"({cond} OR iin IS NULL)" if hi is None else cond), params

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from osms.core.spill import spilling_duckdb
+from osms.core.spill import iin_range_sql, spilling_duckdb
 
 if TYPE_CHECKING:
     import duckdb
@@ -193,21 +193,6 @@ def _value_counts(column: pa.ChunkedArray) -> tuple[list[Any], list[int]]:
 # --------------------------------------------------------------------------- one range
 
 
-def _range_condition(lo: str | None, hi: str | None) -> tuple[str, list[str]]:
-    """SQL over ``iin`` for [lo, hi) (the last range also holds missing IINs), and its parameters."""
-    parts, params = [], []
-    if lo is not None:
-        parts.append("iin >= ?")
-        params.append(lo)
-    if hi is not None:
-        parts.append("iin < ?")
-        params.append(hi)
-    if not parts:
-        return "true", []
-    cond = " AND ".join(parts)
-    return (f"({cond} OR iin IS NULL)" if hi is None else cond), params
-
-
 def _prefix_counts(con: duckdb.DuckDBPyConnection, cat: CategorySources, prev: str | None) -> dict[str | None, int]:
     """Rows per IIN prefix of the category: its sources' and the previous package's."""
     selects, params = [], []
@@ -239,7 +224,7 @@ def _read_range(con: duckdb.DuckDBPyConnection, cat: CategorySources, lo: str | 
     """The source records of the category's units with IINs in [lo, hi), sorted by (iin, source)."""
     import pyarrow as pa
 
-    where, range_params = _range_condition(lo, hi)
+    where, range_params = iin_range_sql(lo, hi)
     cols = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in _SOURCE_COLUMNS)
     selects, params = [], []
     for body, system, validated, _ in cat.units:
@@ -261,7 +246,7 @@ def _consolidate_range(con: duckdb.DuckDBPyConnection, cat: CategorySources, pre
     package's rows of the range)."""
     import pyarrow as pa
 
-    where, range_params = _range_condition(lo, hi)
+    where, range_params = iin_range_sql(lo, hi)
     import pyarrow.compute as pc
 
     feed_of = pc.binary_join_element_wise(src.column("body"), src.column("system"), "/")

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from osms.core.spill import iin_range_sql
+
 if TYPE_CHECKING:
     import duckdb
     import numpy as np
@@ -92,21 +94,14 @@ class Landing:
 
         parts, positions = [], []
         for path, start, present, _ in self._files:
-            where, params = [], []
             if "iin" in present:
-                if lo is not None:
-                    where.append("iin >= ?")
-                    params.append(lo)
-                if hi is not None:
-                    where.append("iin < ?")
-                    params.append(hi)
-                if where and hi is None:
-                    where = [f"({' AND '.join(where)} OR iin IS NULL)"]
+                where, params = iin_range_sql(lo, hi)
             elif hi is not None:
                 continue  # no IIN at all: every row is missing one, so it belongs to the last range
+            else:
+                where, params = "true", []
             sql = (f"SELECT * EXCLUDE (file_row_number), file_row_number AS {_POS}"
-                   f" FROM read_parquet(?, file_row_number = true)"
-                   + (f" WHERE {' AND '.join(where)}" if where else ""))
+                   f" FROM read_parquet(?, file_row_number = true) WHERE {where}")
             rows = con.sql(sql, params=[str(path), *params]).to_arrow_table()
             rows = rows.sort_by(_POS)
             positions.append(rows.column(_POS).to_numpy().astype(np.int64) + start)
