@@ -20,7 +20,7 @@ import functools
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["DEFAULT_POOL_SLOTS", "POOL_SLOTS_ENV", "VARIABLES", "Settings", "current", "parse_bytes"]
@@ -71,7 +71,7 @@ class Settings:
     qa_deciders: frozenset[str]  # OSMS_QA_DECIDERS, comma-separated user ids; empty: the permission decides
     alert_email: tuple[str, ...]  # OSMS_ALERT_EMAIL, comma-separated recipients of failed runs' mail
     alert_smtp_conn: str  # OSMS_ALERT_SMTP_CONN, default smtp_default: that mail's SMTP connection
-    metrics_token: str | None  # OSMS_METRICS_TOKEN: the Prometheus scrape token
+    metrics_token: str | None = field(repr=False)  # OSMS_METRICS_TOKEN: the scrape token, never in a repr
     metrics_token_file: Path | None  # OSMS_METRICS_TOKEN_FILE: a file holding it (read when the token is unset)
     memory_budget_text: str | None  # OSMS_TASK_MEMORY_BUDGET as written: see memory_budget
     pool_slots_text: str  # OSMS_SOURCE_POOL_SLOTS as written: see pool_slots
