@@ -474,20 +474,26 @@ class LocalAirflow:
             self._tokens[user] = r.json()["access_token"]
         return self._tokens[user]
 
-    def api(self, method: str, path: str, *, ok: Sequence[int] = (200,), **kwargs: Any) -> Any:
-        """Call the REST API; return the JSON answer, or None for a status outside ``ok`` that is 404."""
+    def api(self, method: str, path: str, *, ok: Sequence[int] = (200,), retry_for: float = 120,
+            **kwargs: Any) -> Any:
+        """Call the REST API; return the JSON answer, or None for a status outside ``ok`` that is 404.
+
+        An API server on SQLite answers one writer at a time: while the scheduler and the DAG processor write
+        (at start, every DAG at once, slower still on a loaded machine) an answer can take long. Reads and
+        idempotent writes are asked again after a timeout until ``retry_for`` seconds have passed; a POST is
+        asked once.
+        """
         import httpx
 
-        # An API server on SQLite answers one writer at a time: while the scheduler and the DAG processor write
-        # (at start, every DAG at once) an answer can take long. Reads and idempotent writes are asked again once.
         idempotent = method.upper() in ("GET", "PUT", "PATCH", "DELETE")
-        for attempt in (1, 2):
+        give_up = time.monotonic() + retry_for
+        while True:
             try:
                 r = httpx.request(method, f"{self.url}{path}", headers={"Authorization": f"Bearer {self.token()}"},
                                   timeout=60, **kwargs)
                 break
             except httpx.TimeoutException:
-                if not idempotent or attempt == 2:
+                if not idempotent or time.monotonic() >= give_up:
                     raise
         if r.status_code in ok:
             return r.json() if r.content else None

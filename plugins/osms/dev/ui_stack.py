@@ -111,9 +111,11 @@ def airflow_stack(data_dir: Path, *, port: int = DEFAULT_PORT, use_job_schedule:
         try:
             af.start(ALL_COMPONENTS, timeout=start_timeout)
             for dag_id in dag_ids():
-                af.wait_for_dag(dag_id, timeout=start_timeout)
-                # an operator's backfill never runs on a paused DAG: every DAG is on
-                af.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+                dag = af.wait_for_dag(dag_id, timeout=start_timeout)
+                # an operator's backfill never runs on a paused DAG: every DAG is on (new DAGs are created on;
+                # one paused in an earlier session of this data dir is turned on again)
+                if dag.get("is_paused", True):
+                    af.api("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False}, retry_for=start_timeout)
             yield Stack(airflow=af, mocks=mocks, data_dir=data_dir)
         finally:
             af.stop()
