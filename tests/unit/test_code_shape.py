@@ -1,4 +1,5 @@
-"""The library's shape (issue 22): no module over 600 lines, no function over 80, the environment read in one place.
+"""The library's shape (issue 22): no module over 600 lines, no function over 80, the environment read in one place,
+a path of the data dir spelled in one place (:class:`osms.core.layout.Paths`).
 
 Each test lists every offender (path, name, lines) in its message, so a failure says all that is left, not
 only the first. The launchers' layer (``plugins/osms/dev/``) builds child processes' environments and may read
@@ -23,6 +24,32 @@ MAX_FUNCTION_LINES = 80
 SETTINGS_MODULE = LIBRARY / "core" / "settings.py"
 LAUNCHERS = LIBRARY / "dev"
 _ENV_NAMES = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}
+# Where a path may be spelled: the layout (Paths), and the launchers (their own dev dirs, child processes' files).
+LAYOUT_MODULE = LIBRARY / "core" / "layout.py"
+# Paths of the code's own files, and the settings' defaults: not in the data dir, so not Paths's. Each allowance is
+# (module, the expression as ast.unparse writes it): a new spelling anywhere fails, and so does an allowance no
+# longer used (the list stays true).
+PATH_ALLOWANCES = {
+    # the gettext catalogues shipped beside the code
+    ("plugins/osms/core/i18n.py", "Path(__file__).resolve().parents[1] / 'locale'"),
+    # the registry's seed files shipped with the project (include/seeds/*.yaml) and their four file names
+    ("plugins/osms/core/registry.py", "Path(__file__).resolve().parents[3] / 'include' / 'seeds'"),
+    ("plugins/osms/core/registry_seeds.py", "seed_dir / 'bodies.yaml'"),
+    ("plugins/osms/core/registry_seeds.py", "seed_dir / 'systems.yaml'"),
+    ("plugins/osms/core/registry_seeds.py", "seed_dir / 'categories.yaml'"),
+    ("plugins/osms/core/registry_seeds.py", "seed_dir / 'editions.yaml'"),
+    # the signing key's default folder, in the user's home (a setting, never under the data dir)
+    ("plugins/osms/core/settings.py", "_home(environ) / '.osms' / 'keys'"),
+    # the GX expectation suites shipped with the project (expectations/<suite>.json), read and written by name
+    ("plugins/osms/quality/suites.py", "Path(__file__).resolve().parents[3] / 'expectations'"),
+    ("plugins/osms/quality/suites.py", "(directory or expectations_dir()) / f'{name}.json'"),
+    ("plugins/osms/quality/suites.py", "directory / f'{category.code}.json'"),
+    # the UI's templates and static files shipped beside its code
+    ("plugins/osms/ui/app.py", "Path(__file__).with_name('templates')"),
+    ("plugins/osms/ui/assets.py", "Path(__file__).resolve().parent / 'static'"),
+}
+_PATH_METHODS = {"joinpath", "with_name", "with_suffix", "with_stem"}
+_PATH_TYPES = {"Path", "PurePath", "PosixPath", "PurePosixPath"}
 
 
 def _modules() -> list[Path]:
@@ -61,6 +88,34 @@ def _environment_reads(tree: ast.AST) -> Iterator[tuple[int, str]]:
                     yield node.lineno, f"from os import {alias.name}"
 
 
+def _spelled_paths(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """(line, expression) of every path spelled with a literal: ``x / "a"``, ``x / f"..."``, ``Path("a")``,
+    ``Path(f"...")``, ``x.joinpath("a")``, ``x.with_name("a")``, ``x.with_suffix(".a")``. The outermost expression
+    only (``a / "b" / "c"`` is one), so that an allowance names it whole."""
+    def literal(node: ast.AST) -> bool:
+        return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
+
+    def spelled(node: ast.AST) -> bool:
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            return literal(node.right) or spelled(node.left)
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if name in _PATH_TYPES or (name in _PATH_METHODS and isinstance(func, ast.Attribute)):
+                return any(literal(a) for a in node.args)
+        return False
+
+    inner: set[int] = set()  # the left operands of a spelled division: part of the outer expression
+    for node in ast.walk(tree):
+        if id(node) in inner or not spelled(node):
+            continue
+        left = node
+        while isinstance(left, ast.BinOp) and isinstance(left.op, ast.Div):
+            inner.add(id(left.left))
+            left = left.left
+        yield node.lineno, ast.unparse(node)
+
+
 def _fail_listing(offenders: list[str], what: str) -> None:
     """Fail with every offender on a line of its own (no traceback: the list is the message)."""
     if offenders:
@@ -95,6 +150,22 @@ def test_only_the_settings_module_and_the_launchers_read_the_environment() -> No
     _fail_listing(offenders, "environment read(s) outside osms.core.settings and osms/dev/")
 
 
+def test_no_path_of_the_data_dir_is_spelled_outside_paths() -> None:
+    """Every path the library builds from a literal is Paths's (osms.core.layout), or a listed file of the code."""
+    offenders, used = [], set()
+    for path in _modules():
+        if path == LAYOUT_MODULE or LAUNCHERS in path.parents:
+            continue
+        for line, expression in sorted(_spelled_paths(_tree(path))):
+            if (_name(path), expression) in PATH_ALLOWANCES:
+                used.add((_name(path), expression))
+            else:
+                offenders.append(f"{_name(path)}:{line} {expression}")
+    offenders += [f"{module}: allowance no longer used: {expression}"
+                  for module, expression in sorted(PATH_ALLOWANCES - used)]
+    _fail_listing(offenders, "path(s) spelled outside osms.core.layout.Paths (add a Paths method and call it)")
+
+
 def test_the_checks_see_what_they_look_for() -> None:
     """The walkers find a long function, a nested one, and each spelling of an environment read (else they prove nothing)."""
     body = "\n".join(f"      x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
@@ -105,3 +176,20 @@ def test_the_checks_see_what_they_look_for() -> None:
     assert long["C.m.inner"] == MAX_FUNCTION_LINES + 1 and "C.m" in long
     assert sorted(_environment_reads(tree)) == [(2, "from os import getenv"), (MAX_FUNCTION_LINES + 6, "os.environ"),
                                                 (MAX_FUNCTION_LINES + 7, "os.getenv")]
+
+
+def test_the_path_check_sees_each_spelling() -> None:
+    """Each spelling of a path is found once, whole; a path from a Paths method or a constant is not."""
+    source = ("from pathlib import Path\n"
+              "a = root / 'tmp' / f'x-{pid}'\n"
+              "b = Path('data')\n"
+              "c = Path(f'{root}/x')\n"
+              "d = root.joinpath('x')\n"
+              "e = p.with_name('y')\n"
+              "f = p.with_suffix('.sent')\n"
+              "g = layout.Paths(root).scratch('validate', day, pid=1)\n"
+              "h = site / INDEX\n"
+              "i = (root / 'a').glob('*.json')\n")
+    assert sorted(_spelled_paths(ast.parse(source))) == [
+        (2, "root / 'tmp' / f'x-{pid}'"), (3, "Path('data')"), (4, "Path(f'{root}/x')"), (5, "root.joinpath('x')"),
+        (6, "p.with_name('y')"), (7, "p.with_suffix('.sent')"), (10, "root / 'a'")]

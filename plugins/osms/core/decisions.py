@@ -173,7 +173,7 @@ def record(root: Path, *, day: dt.date, body: str, system: str, category: str, a
     if action == "release" and not validated:
         raise DecisionRefused(f"{feed} on {day}: no validated rows to release (the feed's data did not reach"
                               " validation; its body must send it again)", "not_releasable", feed=feed, day=day)
-    lock = root / "locks" / f"decisions-{day.isoformat()}-{body}.lock"
+    lock = layout.Paths(root).decisions_lock(day, body)
     private_dir(lock.parent)
     with locked(lock):
         existing = read_log(root, day, body) or DecisionLog(body=body, day=day)

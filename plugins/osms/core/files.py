@@ -130,9 +130,11 @@ def remove_temporaries(path: Path) -> list[Path]:
     """
     import shutil
 
+    from osms.core.layout import TEMPORARIES_BESIDE, beside
+
     path = Path(path)
     removed = []
-    for tmp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
+    for tmp in path.parent.glob(beside(path, TEMPORARIES_BESIDE).name) if path.parent.is_dir() else ():
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)  # a sort's spill folder
         else:

@@ -76,7 +76,7 @@ class Paths:
 
     def decisions(self, day: dt.date, body: str) -> Path:
         """QA's decisions about a body's feeds held back on a day (who, when, why: the owner's only)."""
-        return self.root / "decisions" / day.isoformat() / f"{body}.json"
+        return self.decisions_root() / day.isoformat() / f"{body}.json"
 
     def package_lock(self, day: dt.date) -> Path:
         """The lock one build or delivery of a day's package holds (and a QA decision that may shape it)."""
@@ -94,9 +94,133 @@ class Paths:
         """One task's cost on a day (its last try)."""
         return self.metrics_root() / day.isoformat() / dag_id / f"{task_id}.json"
 
+    def tasks_metrics(self, day: dt.date | str) -> list[Path]:
+        """Every task's cost file of a day (any DAG), sorted."""
+        return sorted((self.metrics_root() / str(day)).glob("*/*.json"))
+
+    def status_asset(self, body: str) -> Path:
+        """What a body's status Asset is named by: ``status/<body>`` (an Asset's URI, no file of its own)."""
+        return self.status_root() / body
+
     def lineage(self) -> Path:
         """Where the OpenLineage file transport writes its events (one JSON file each; see config/airflow.env)."""
         return self.root / "lineage"
+
+    def feedback(self, day: dt.date, body: str) -> Path:
+        """The rows of a body held back on a day, with the rules they broke (CSV, for the body's own staff)."""
+        return self.root / "feedback" / day.isoformat() / f"{body}.csv"
+
+    def quarantine_files(self, day: dt.date, body: str) -> list[Path]:
+        """Every quarantine file of a body on a day (one per category validated), sorted."""
+        return sorted(self.quarantine(day, body, "any").parent.glob("*.parquet"))
+
+    def gx_report(self, day: dt.date, body: str, category: str) -> Path:
+        """The scrubbed GX report (counts only) of a (body, category) on a day."""
+        return self.root / "reports" / "gx" / day.isoformat() / body / f"{category}.json"
+
+    def gx_reports(self, day: dt.date) -> list[Path]:
+        """Every scrubbed GX report of a day (any body, any category), sorted."""
+        return sorted((self.root / "reports" / "gx" / day.isoformat()).glob("*/*.json"))
+
+    def data_docs(self, day: dt.date) -> Path:
+        """The GX Data Docs site of a day (GX lays out what is inside: see DATA_DOCS_INDEX, DATA_DOCS_PAGES)."""
+        return self.root / "reports" / "data_docs" / day.isoformat()
+
+    def data_docs_index(self, day: dt.date) -> Path:
+        """The Data Docs site's front page of a day."""
+        return self.data_docs(day) / DATA_DOCS_INDEX
+
+    def data_docs_lock(self, day: dt.date) -> Path:
+        """The lock one build of a day's Data Docs holds (beside the site: the site is rebuilt whole)."""
+        return self.data_docs(day).parent / f".{day.isoformat()}.lock"
+
+    def decisions_root(self) -> Path:
+        """Where QA's decisions live, one partition per date."""
+        return self.root / "decisions"
+
+    def all_decisions(self) -> list[Path]:
+        """Every decisions file of every day, sorted."""
+        root = self.decisions_root()
+        return sorted(root.glob("*/*.json")) if root.is_dir() else []
+
+    def decisions_lock(self, day: dt.date, body: str) -> Path:
+        """The lock one writer of a body's decisions of a day holds."""
+        return self.root / "locks" / f"decisions-{day.isoformat()}-{body}.lock"
+
+    def package_work(self, day: dt.date, pid: int) -> Path:
+        """A build's package folder until it is complete (beside the final one: the move into place is a rename)."""
+        return beside(self.package_dir(day), f"tmp-{pid}")
+
+    def package_aside(self, day: dt.date, pid: int) -> Path:
+        """Where a rebuild moves the day's earlier package for the instant it renames the new one into place."""
+        return beside(self.package_dir(day), f"old-{pid}")
+
+    def package_leftovers(self, day: dt.date) -> list[Path]:
+        """Every work and aside folder of a day's builds (any pid): what package_work and package_aside made."""
+        return sorted(_of_any_pid(self.package_work(day, 0)) + _of_any_pid(self.package_aside(day, 0)))
+
+    def scratch(self, kind: str, day: dt.date, *parts: str, pid: int) -> Path:
+        """A process's private scratch folder (spill files, work files) for a job of ``kind`` on a day."""
+        return self.root / "tmp" / "-".join((kind, day.isoformat(), *parts, str(pid)))
+
+    def scratches(self, kind: str, day: dt.date, *parts: str) -> list[Path]:
+        """Every scratch folder ``scratch(kind, day, *parts, pid=...)`` made, of any pid (exactly those), sorted."""
+        return _of_any_pid(self.scratch(kind, day, *parts, pid=0))
+
+    def alerts_root(self) -> Path:
+        """The notices' outbox, one partition per date."""
+        return self.root / "alerts"
+
+    def alert(self, day: dt.date | str, name: str) -> Path:
+        """A notice of a day in the outbox (its marks beside it: see alert_mark)."""
+        return self.alerts_root() / (day if isinstance(day, str) else day.isoformat()) / name
+
+    def alerts_pending(self) -> Path:
+        """The links to the notices not done yet: ``alerts/pending/<D>__<notice>``."""
+        return self.alerts_root() / ALERTS_PENDING
+
+    def pending_alerts(self) -> list[tuple[Path, Path]]:
+        """(link, notice) of each link in alerts_pending (the notice may be gone)."""
+        folder = self.alerts_pending()
+        out = []
+        for entry in folder.iterdir() if folder.is_dir() else ():
+            day, _, name = entry.name.partition("__")
+            out.append((entry, self.alert(day, name)))
+        return out
+
+    @staticmethod
+    def alert_pending_entry(alert: Path) -> Path:
+        """The link in alerts_pending to a notice of the outbox."""
+        return alert.parent.parent / ALERTS_PENDING / f"{alert.parent.name}__{alert.name}"
+
+    @staticmethod
+    def alert_mark(alert: Path, suffix: str) -> Path:
+        """A mark beside a notice: ``.sent``, ``.dropped``, ``.skipped`` (done) or ``.tries`` (its tries so far)."""
+        return alert.with_suffix(suffix)
+
+
+DATA_DOCS_INDEX = "index.html"  # GX's site layout: the front page and the folder of validation pages
+DATA_DOCS_PAGES = "validations"
+ALERTS_PENDING = "pending"
+SCRATCH_DUCKDB = "duckdb"  # the spilling DuckDB database inside a scratch folder
+ALERT_MARKS = (".sent", ".dropped", ".skipped")  # a notice with one of these is done
+
+
+def beside(path: Path, tag: str) -> Path:
+    """A hidden temporary beside ``path`` (``.<name>.<tag>``): one tag ending ``.tmp`` is cleared by
+    osms.core.files.remove_temporaries (TEMPORARIES_BESIDE)."""
+    return path.parent / f".{path.name}.{tag}"
+
+
+TEMPORARIES_BESIDE = "*.tmp"  # beside(path, TEMPORARIES_BESIDE).name: the glob of what an atomic write leaves
+
+
+def _of_any_pid(made: Path) -> list[Path]:
+    """The siblings named as ``made`` (whose name ends in pid 0) with any pid in its place, sorted."""
+    prefix = made.name.removesuffix("0")
+    if not made.parent.is_dir():
+        return []
+    return sorted(p for p in made.parent.iterdir() if p.name.startswith(prefix) and p.name[len(prefix):].isdigit())
 
 
 # The same places as functions of a root, for the callers that hold a root and not a Paths.

@@ -22,9 +22,9 @@ GROUP = "osms"
 
 def status_asset(body: str) -> Asset:
     """The Asset of a body's status: ``file://<data root>/status/<body>``."""
-    return Asset(name=f"osms.status.{body}", uri=f"file://{layout.data_dir() / 'status' / body}", group=GROUP)
+    return Asset(name=f"osms.status.{body}", uri=f"file://{layout.paths().status_asset(body)}", group=GROUP)
 
 
 def package_asset() -> Asset:
     """The Asset of the daily package: ``file://<data root>/packages``."""
-    return Asset(name="osms.package", uri=f"file://{layout.data_dir() / 'packages'}", group=GROUP)
+    return Asset(name="osms.package", uri=f"file://{layout.paths().packages_root()}", group=GROUP)

@@ -51,7 +51,7 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
-from osms.core import settings
+from osms.core import layout, settings
 from osms.core.i18n import DEFAULT, LANGUAGES, N_, STATUS_LABELS, gettext_for, local_name
 
 __all__ = ["KINDS", "Notice", "OsmsNotifier", "failure_notifiers", "flush_outbox", "notice_of", "run_of",
@@ -68,7 +68,7 @@ WAIT_SECONDS = 30.0
 RETRY_FIRST = dt.timedelta(minutes=1)
 RETRY_MAX = dt.timedelta(hours=1)
 GIVE_UP_AFTER = dt.timedelta(days=3)
-PENDING = "pending"  # alerts/pending/<D>__<notice>: a link to each notice not done yet
+PENDING = layout.ALERTS_PENDING  # alerts/pending/<D>__<notice>: a link to each notice not done yet
 OUTBOX_BATCH = 20  # notices retried per send, oldest first: a send stays bounded
 
 # The message of each kind, with named fields; {body} and {feeds} are given in the reader's language
@@ -156,7 +156,7 @@ class OsmsNotifier(BaseNotifier):
 
     def notify(self, context: Any) -> None:
         """Post the notice of a failed run (names only), once per run; never raises."""
-        from osms.core import layout
+        from osms.core.documents import RECEIPT
         from osms.core.redact import quote
 
         dag_id, run_id, day = run_of(context)
@@ -164,7 +164,7 @@ class OsmsNotifier(BaseNotifier):
         if dag_id.startswith("agency_"):
             fields["body"] = dag_id.removeprefix("agency_")
         if self.kind == "package_run_failed":  # a sensor may fail a run whose package was delivered
-            fields["delivered"] = (layout.package_dir(layout.data_dir(), day) / "receipt.json").is_file()
+            fields["delivered"] = (layout.paths().package_dir(day) / RECEIPT).is_file()
         send_notice(Notice(kind=self.kind, dag_id=dag_id, run_id=run_id, day=day, fields=fields,
                            details={"reason": quote(context.get("reason") or "", 200)}))
 
@@ -217,7 +217,6 @@ def send_notice(notice: Notice, *, session: Any = None, wait: float = WAIT_SECON
 
     Returns what happened, in a few words. ``session`` and ``backoff`` are for tests.
     """
-    from osms.core import layout
 
     try:
         root = layout.data_dir()
@@ -233,7 +232,6 @@ def send_notice(notice: Notice, *, session: Any = None, wait: float = WAIT_SECON
 
 def flush_outbox(*, session: Any = None, wait: float = WAIT_SECONDS, backoff: float | None = None) -> str:
     """Try again the notices not accepted yet (those due); never raises."""
-    from osms.core import layout
 
     try:
         return _deliver_soon(layout.data_dir(), first=None, session=session, wait=wait, backoff=backoff)
@@ -244,7 +242,7 @@ def flush_outbox(*, session: Any = None, wait: float = WAIT_SECONDS, backoff: fl
 
 def _outbox_path(root: Path, notice: Notice) -> Path:
     name = f"{notice.dag_id}.{notice.kind}.{_safe(notice.run_id)}.json"
-    return root / "alerts" / notice.day.isoformat() / name
+    return layout.Paths(root).alert(notice.day, name)
 
 
 def _enqueue(path: Path, notice: Notice) -> bool:
@@ -312,11 +310,8 @@ def _post_due(root: Path, first: Path | None, webhook: Any, conn_id: str, langua
 
 def _pending(root: Path) -> list[Path]:
     """Notices not accepted, dropped or skipped yet (listed in ``alerts/pending/``), oldest first."""
-    folder = root / "alerts" / PENDING
     out = []
-    for entry in folder.iterdir() if folder.is_dir() else ():
-        day, _, name = entry.name.partition("__")
-        path = root / "alerts" / day / name
+    for entry, path in layout.Paths(root).pending_alerts():
         if path.is_file():
             out.append(path)
         else:
@@ -325,7 +320,7 @@ def _pending(root: Path) -> list[Path]:
 
 
 def _pending_entry(path: Path) -> Path:
-    return path.parent.parent / PENDING / f"{path.parent.name}__{path.name}"
+    return layout.Paths.alert_pending_entry(path)
 
 
 def _post_one(path: Path, webhook: Any, conn_id: str, language: str, now: dt.datetime, *, session: Any,
@@ -337,10 +332,10 @@ def _post_one(path: Path, webhook: Any, conn_id: str, language: str, now: dt.dat
     with locked(path, wait=False, create=False) as held:  # the notice's own file: it exists, and is never created
         if not held:
             return "being sent by another process"
-        if path.with_suffix(".sent").exists():
+        if layout.Paths.alert_mark(path, ".sent").exists():
             return "already sent"
         record = json.loads(path.read_bytes())
-        state = _read_json(path.with_suffix(".tries")) or {"attempts": 0}
+        state = _read_json(layout.Paths.alert_mark(path, ".tries")) or {"attempts": 0}
         queued = dt.datetime.fromisoformat(record["queued_at"])
         if due_only and state.get("next") and dt.datetime.fromisoformat(state["next"]) > now:
             return "not due yet"
@@ -364,7 +359,7 @@ def _post_one(path: Path, webhook: Any, conn_id: str, language: str, now: dt.dat
                           attempts, GIVE_UP_AFTER, exc)
                 return "dropped"
             delay = min(RETRY_FIRST * 2 ** (attempts - 1), RETRY_MAX)
-            _write_json(path.with_suffix(".tries"), {"attempts": attempts, "next": (now + delay).isoformat()})
+            _write_json(layout.Paths.alert_mark(path, ".tries"), {"attempts": attempts, "next": (now + delay).isoformat()})
             log.error("notice %s of run %s not accepted (%s); kept, tried again from %s on", notice.kind,
                       notice.run_id, exc, (now + delay).isoformat())
             return f"not accepted yet: {exc}"
@@ -376,7 +371,7 @@ def _post_one(path: Path, webhook: Any, conn_id: str, language: str, now: dt.dat
 
 def _mark(path: Path, suffix: str, what: dict[str, Any]) -> None:
     """Mark a notice done (sent, dropped or skipped): it leaves the pending list."""
-    _write_json(path.with_suffix(suffix), {**what, "at": _now().isoformat()})
+    _write_json(layout.Paths.alert_mark(path, suffix), {**what, "at": _now().isoformat()})
     _pending_entry(path).unlink(missing_ok=True)
 
 

@@ -141,15 +141,16 @@ def _write(ti: Any, metrics: dict[str, Any]) -> None:
     from osms.core.files import write_bytes_atomic
 
     day = run_day(ti.get_template_context())
-    path = layout.data_dir() / "metrics" / day.isoformat() / ti.dag_id / f"{ti.task_id}.json"
+    path = layout.paths().task_metrics(day, ti.dag_id, ti.task_id)
     write_bytes_atomic((json.dumps(metrics, sort_keys=True) + "\n").encode(), path, mode=0o644)
 
 
 def read_metrics(data_dir: Path, day: Any) -> list[dict[str, Any]]:
     """Every task's recorded cost for D."""
-    root = Path(data_dir) / "metrics" / str(day)
+    from osms.core import layout
+
     out = []
-    for path in sorted(root.glob("*/*.json")):
+    for path in layout.Paths(Path(data_dir)).tasks_metrics(day):
         try:
             out.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError):

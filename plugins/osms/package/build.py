@@ -164,8 +164,8 @@ def _build(day: dt.date, data_dir: Path, key: Any, producer_version: str, memory
     budget = task_budget()
     final = layout.package_dir(data_dir, day)
     pid = os.getpid()
-    work = final.parent / f".{day.isoformat()}.tmp-{pid}"
-    spill = data_dir / "tmp" / f"package-{day.isoformat()}-{pid}"
+    work = layout.Paths(data_dir).package_work(day, pid)
+    spill = layout.Paths(data_dir).scratch("package", day, pid=pid)
     for d in (work, spill):
         shutil.rmtree(d, ignore_errors=True)
         private_dir(d)  # 0700: the package folder is this one renamed, its files 0600
@@ -221,12 +221,10 @@ package_lock = _build_lock  # the delivery takes the same lock
 
 def _remove_leftovers(data_dir: Path, day: dt.date) -> None:
     """What a killed build of D left: work folders and spill folders (under the lock, no build of D is running)."""
-    parent = layout.package_dir(data_dir, day).parent
-    for pattern, root in ((f".{day.isoformat()}.tmp-*", parent), (f".{day.isoformat()}.old-*", parent),
-                          (f"package-{day.isoformat()}-*", data_dir / "tmp")):
-        for path in root.glob(pattern) if root.is_dir() else ():
-            log.warning("removing %s, left by an earlier build of %s that did not finish", path, day)
-            shutil.rmtree(path, ignore_errors=True)
+    paths = layout.Paths(data_dir)
+    for path in (*paths.package_leftovers(day), *paths.scratches("package", day)):
+        log.warning("removing %s, left by an earlier build of %s that did not finish", path, day)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _category_sources(con: duckdb.DuckDBPyConnection, data_dir: Path, units: list[Unit], edition: Edition,
@@ -268,7 +266,7 @@ def _place(work: Path, final: Path) -> None:
         return  # identical: the delivered package stands, the rebuild is discarded
     if final.exists():
         # A directory cannot be renamed over a non-empty one: move the old aside first.
-        aside = final.parent / f".{final.name}.old-{os.getpid()}"
+        aside = layout.beside(final, f"old-{os.getpid()}")
         shutil.rmtree(aside, ignore_errors=True)
         os.replace(final, aside)
         os.replace(work, final)

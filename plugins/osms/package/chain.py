@@ -151,7 +151,7 @@ def _write_once(path: Path, data: bytes) -> None:
     from osms.core.files import fsync_dir
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = layout.beside(path, f"tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.write_bytes(data)
     try:
         with tmp.open("rb") as fh:
@@ -166,7 +166,8 @@ def _write_once(path: Path, data: bytes) -> None:
 
 def _inferred_start(data_dir: Path) -> dt.date | None:
     """Where a chain built here before the start was a setting began: its earliest package (None: no package)."""
-    built = sorted(d for d, p in layout.dated_dirs(Path(data_dir) / "packages") if (p / MANIFEST).is_file())
+    packages = layout.Paths(Path(data_dir)).packages_root()
+    built = sorted(d for d, p in layout.dated_dirs(packages) if (p / MANIFEST).is_file())
     return built[0] if built else None
 
 

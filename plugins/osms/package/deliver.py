@@ -48,6 +48,7 @@ from typing import Any
 
 import requests
 
+from osms.core import layout
 from osms.core.documents import MANIFEST, RECEIPT, SIGNATURE, DocumentError, Manifest, ManifestFile, Receipt
 from osms.core.files import write_bytes_atomic
 from osms.sources.connections import HTTP_EXTRAS, HttpEndpoint
@@ -251,11 +252,9 @@ def _check_files(package: _Package) -> bytes:
 
 def find_predecessor(data_dir: Path, manifest_sha256: str, *, exclude: Path | None = None) -> Path | None:
     """The package directory under ``data_dir/packages`` whose manifest.json hashes to ``manifest_sha256``."""
-    from osms.core import layout
-
     wanted = manifest_sha256.lower()
     # dated folders only: a build's work folder (packages/.D.tmp-<pid>/) is never a package
-    for _, directory in sorted(layout.dated_dirs(Path(data_dir) / "packages")):
+    for _, directory in sorted(layout.dated_dirs(layout.Paths(Path(data_dir)).packages_root())):
         manifest = directory / MANIFEST
         if exclude is not None and directory.resolve() == exclude.resolve():
             continue
@@ -275,7 +274,7 @@ def _check_predecessor(package: _Package, data_dir: Path) -> None:
         raise DeliveryWaiting(
             package.package_id, "check predecessor",
             f"its predecessor (manifest sha256 {package.previous}) is not among the packages under"
-            f" {Path(data_dir) / 'packages'}; build and deliver it first",
+            f" {layout.Paths(Path(data_dir)).packages_root()}; build and deliver it first",
         )
     receipt = read_receipt(found)
     if receipt is None or receipt.manifest_sha256 != package.previous:

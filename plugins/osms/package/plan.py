@@ -87,7 +87,7 @@ def plan_units(data_dir: Path, day: dt.date, edition: Edition, *, earliest: dt.d
     counts as published when the data to carry forward is looked for.
     """
     earliest = earliest or min(e.effective_from for e in default_registry().editions)
-    earlier_days = sorted((d for d, _ in layout.dated_dirs(data_dir / "status") if earliest <= d < day), reverse=True)
+    earlier_days = sorted((d for d, _ in layout.dated_dirs(layout.Paths(data_dir).status_root()) if earliest <= d < day), reverse=True)
     statuses = _Statuses(data_dir)
     decisions = Decisions(data_dir)
     units = []
@@ -125,7 +125,7 @@ def shaping_decisions(data_dir: Path, day: dt.date, units: list[Unit]) -> list[D
     and every decision whose first package is D's; in the order of day, feed and time made."""
     decisions = Decisions(data_dir)
     found = {(d.day, d.feed, d.at): d for u in units for d in (u.decision, u.source_decision) if d is not None}
-    for path in sorted((data_dir / "decisions").glob("*/*.json")) if (data_dir / "decisions").is_dir() else ():
+    for path in layout.Paths(data_dir).all_decisions():
         try:
             decided = dt.date.fromisoformat(path.parent.name)
         except ValueError:

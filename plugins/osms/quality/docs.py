@@ -48,6 +48,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from osms.core import layout
 from osms.core.files import locked
 from osms.quality.scrub import scrub_validation_result
 
@@ -68,7 +69,7 @@ def render_day(data_dir: Path, as_of: dt.date) -> Path:
     Never raises: rendering must not fail a validation. A failure is logged as a
     warning naming the exception type only (a message could quote data).
     """
-    index = _site_dir(data_dir, as_of) / "index.html"
+    index = layout.Paths(data_dir).data_docs_index(as_of)
     try:
         return build_data_docs(data_dir, as_of)
     except Exception as exc:  # noqa: BLE001  reports are written; the docs are a view of them
@@ -77,7 +78,7 @@ def render_day(data_dir: Path, as_of: dt.date) -> Path:
 
 
 def _reports(data_dir: Path, as_of: dt.date) -> list[Path]:
-    return sorted((data_dir / "reports" / "gx" / as_of.isoformat()).glob("*/*.json"))
+    return layout.Paths(data_dir).gx_reports(as_of)
 
 
 def has_reports(data_dir: Path, as_of: dt.date) -> bool:
@@ -93,9 +94,9 @@ def current_site(data_dir: Path, as_of: dt.date) -> Path | None:
     package has not run) gets them rendered from the reports there are, once, and
     the same pages again until a report changes.
     """
-    site = _site_dir(data_dir, as_of)
+    site = layout.Paths(data_dir).data_docs(as_of)
     reports = _reports(data_dir, as_of)
-    index = site / "index.html"
+    index = layout.Paths(data_dir).data_docs_index(as_of)
     if reports and (not index.is_file() or max(p.stat().st_mtime for p in reports) > index.stat().st_mtime):
         render_day(data_dir, as_of)
     return site if index.is_file() else None
@@ -109,9 +110,8 @@ def build_data_docs(data_dir: Path, as_of: dt.date) -> Path:
     backfill beside the scheduled run). Builds of a date therefore take a lock and
     read the reports inside it: the last build sees every report written before it.
     """
-    day = as_of.isoformat()
-    site = _site_dir(data_dir, as_of)
-    lock = site.parent / f".{day}.lock"
+    site = layout.Paths(data_dir).data_docs(as_of)
+    lock = layout.Paths(data_dir).data_docs_lock(as_of)
     lock.parent.mkdir(parents=True, exist_ok=True)
     with locked(lock):
         reports = [
@@ -147,19 +147,15 @@ def _build(site: Path, reports: list[dict[str, Any]], as_of: dt.date) -> Path:
         context.suites.add(_suite(name, configs))
     urls = context.build_data_docs(site_names=[SITE_NAME])
 
-    index = site / "index.html"
+    index = site / layout.DATA_DOCS_INDEX
     # GX's SiteBuilder logs a page it could not render and carries on: a missing page is a failure here.
-    missing = [k for k in expected if not (site / "validations" / Path(*_page_parts(k))).is_file()]
+    missing = [k for k in expected if not (site / layout.DATA_DOCS_PAGES / Path(*_page_parts(k))).is_file()]
     if SITE_NAME not in urls or not index.is_file() or not index.stat().st_size or missing:
         raise RuntimeError(f"{len(missing)} validation page(s) or the index missing")
     return index
 
 
 # --------------------------------------------------------------------------- the context
-
-
-def _site_dir(data_dir: Path, as_of: dt.date) -> Path:
-    return data_dir / "reports" / "data_docs" / as_of.isoformat()
 
 
 def _context(site: Path, outcomes: list[dict[str, Any]]) -> EphemeralDataContext:

@@ -134,11 +134,11 @@ def validate_category(
     run = _Validation(body=body, category=category, as_of=as_of, landing_paths=landing_paths, data_dir=data_dir,
                       chunk_rows=int(chunk_rows or budget.validation_chunk_rows), expectations_dir=expectations_dir)
     _remove_leftovers(data_dir, as_of, body, category)
-    work = data_dir / "tmp" / f"validate-{as_of.isoformat()}-{body}-{category}-{os.getpid()}"
+    work = layout.Paths(data_dir).scratch("validate", as_of, body, category, pid=os.getpid())
     try:
         from osms.core.spill import spilling_duckdb
 
-        with spilling_duckdb(work / "duckdb", budget.duckdb_limit) as con:
+        with spilling_duckdb(work / layout.SCRATCH_DUCKDB, budget.duckdb_limit) as con:
             ranges = run.find_copies(con)
             run.write_ranges(con, ranges)
         log.info("%s/%s, %s rows in %d range(s): %s", body, category, f"{run.rows_in:,}", len(ranges), run.timer)
@@ -154,7 +154,7 @@ def _remove_leftovers(data_dir: Path, as_of: dt.date, body: str, category: str) 
     for leftover in (layout.validated(data_dir, as_of, body, category), layout.quarantine(data_dir, as_of, body,
                                                                                           category)):
         remove_temporaries(leftover)
-    for old in (data_dir / "tmp").glob(f"validate-{as_of.isoformat()}-{body}-{category}-*"):
+    for old in layout.Paths(data_dir).scratches("validate", as_of, body, category):
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -379,10 +379,9 @@ def write_feedback(body: str, as_of: dt.date, data_dir: Path) -> Path:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    day = as_of.isoformat()
     columns = ["record_id", "system", "category", "rules"]
     parts = []
-    for path in sorted((data_dir / "quarantine" / day / body).glob("*.parquet")):
+    for path in layout.Paths(data_dir).quarantine_files(as_of, body):
         t = pq.read_table(path, columns=columns)
         rules = t.column("rules")
         if pa.types.is_list(rules.type) or pa.types.is_large_list(rules.type):
@@ -393,7 +392,7 @@ def write_feedback(body: str, as_of: dt.date, data_dir: Path) -> Path:
     feedback = feedback.select(columns).sort_by([("category", "ascending"), ("system", "ascending"), ("record_id", "ascending")])
     buf = io.BytesIO()
     pcsv.write_csv(feedback, buf)
-    return write_bytes_atomic(buf.getvalue(), data_dir / "feedback" / day / f"{body}.csv")
+    return write_bytes_atomic(buf.getvalue(), layout.Paths(data_dir).feedback(as_of, body))
 
 
 # --------------------------------------------------------------------------- small pieces
@@ -488,6 +487,6 @@ def _write_report(
             "gx_runs": gx_runs,
         }
     )
-    path = data_dir / "reports" / "gx" / outcome.as_of.isoformat() / outcome.body / f"{outcome.category}.json"
+    path = layout.Paths(data_dir).gx_report(outcome.as_of, outcome.body, outcome.category)
     write_bytes_atomic((json.dumps(report, indent=2, sort_keys=True) + "\n").encode(), path)
     return path

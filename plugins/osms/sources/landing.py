@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from osms.core import layout
 from osms.core.files import RowGroupWriter, parquet_writer_atomic, replace_durably, temporary_beside
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class LandingWriter:
             replace_durably(self.tmp, self.path)
             return
         # a hidden folder beside the landing file: remove_temporaries clears one a killed try left
-        self._resort(sort_by, spill=spill or self.path.parent / f".{self.path.name}.{os.getpid()}.sort.tmp",
+        self._resort(sort_by, spill=spill or layout.beside(self.path, f"{os.getpid()}.sort.tmp"),
                      memory_limit=memory_limit or "256MiB")
 
     def _resort(self, key: str, *, spill: Path, memory_limit: str) -> None:

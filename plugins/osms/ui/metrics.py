@@ -428,7 +428,7 @@ def _notices(root: Path, figures: _Figures) -> None:
     """Notices the webhook accepted (``.sent``) and those still waiting in the outbox (see osms.orchestration.notices)."""
     sent: Counter[tuple[str, str]] = Counter()
     pending: Counter[tuple[str, str]] = Counter()
-    for _, folder in layout.dated_dirs(root / "alerts"):
+    for _, folder in layout.dated_dirs(layout.Paths(root).alerts_root()):
         for path in folder.iterdir():
             dag_id, dot, rest = path.name.partition(".")
             kind = rest.partition(".")[0]
@@ -436,8 +436,8 @@ def _notices(root: Path, figures: _Figures) -> None:
                 continue
             if path.suffix == ".sent":
                 sent[(kind, dag_id)] += 1
-            elif path.suffix == ".json" and not any(path.with_suffix(s).exists()
-                                                     for s in (".sent", ".dropped", ".skipped")):
+            elif path.suffix == ".json" and not any(layout.Paths.alert_mark(path, s).exists()
+                                                     for s in layout.ALERT_MARKS):
                 pending[(kind, dag_id)] += 1
     family = figures.family("osms_notices_sent", "Notices the webhook accepted (alerts/D/*.sent), by kind and DAG.",
                             "kind", "dag_id")

@@ -234,7 +234,7 @@ def _iso(d: dt.date | None) -> str | None:
 
 def docs_dir(root: Path, day: dt.date) -> Path:
     """The GX Data Docs site of a date (see ``osms.quality.docs``)."""
-    return root / "reports" / "data_docs" / day.isoformat()
+    return layout.Paths(root).data_docs(day)
 
 
 def day_report(root: Path, day: dt.date, language: str = DEFAULT) -> DayReport:
@@ -246,8 +246,7 @@ def day_report(root: Path, day: dt.date, language: str = DEFAULT) -> DayReport:
 
     has_package = (layout.package_dir(root, day) / MANIFEST).is_file()
     # the docs page renders them when a report is newer: reports are enough
-    has_docs = (docs_dir(root, day) / "index.html").is_file() or any((root / "reports" / "gx" / day.isoformat()).glob(
-        "*/*.json"))
+    has_docs = layout.Paths(root).data_docs_index(day).is_file() or bool(layout.Paths(root).gx_reports(day))
     try:
         edition = default_registry().edition_on(day)
     except NoEditionInForce as exc:
