@@ -359,7 +359,8 @@ def _post_one(path: Path, webhook: Any, conn_id: str, language: str, now: dt.dat
                           attempts, GIVE_UP_AFTER, exc)
                 return "dropped"
             delay = min(RETRY_FIRST * 2 ** (attempts - 1), RETRY_MAX)
-            _write_json(layout.Paths.alert_mark(path, ".tries"), {"attempts": attempts, "next": (now + delay).isoformat()})
+            _write_json(layout.Paths.alert_mark(path, ".tries"),
+                        {"attempts": attempts, "next": (now + delay).isoformat()})
             log.error("notice %s of run %s not accepted (%s); kept, tried again from %s on", notice.kind,
                       notice.run_id, exc, (now + delay).isoformat())
             return f"not accepted yet: {exc}"

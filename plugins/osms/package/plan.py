@@ -87,7 +87,8 @@ def plan_units(data_dir: Path, day: dt.date, edition: Edition, *, earliest: dt.d
     counts as published when the data to carry forward is looked for.
     """
     earliest = earliest or min(e.effective_from for e in default_registry().editions)
-    earlier_days = sorted((d for d, _ in layout.dated_dirs(layout.Paths(data_dir).status_root()) if earliest <= d < day), reverse=True)
+    statuses_root = layout.Paths(data_dir).status_root()
+    earlier_days = sorted((d for d, _ in layout.dated_dirs(statuses_root) if earliest <= d < day), reverse=True)
     statuses = _Statuses(data_dir)
     decisions = Decisions(data_dir)
     units = []
