@@ -217,7 +217,6 @@ def send_notice(notice: Notice, *, session: Any = None, wait: float = WAIT_SECON
 
     Returns what happened, in a few words. ``session`` and ``backoff`` are for tests.
     """
-
     try:
         root = layout.data_dir()
         path = _outbox_path(root, notice)
@@ -232,7 +231,6 @@ def send_notice(notice: Notice, *, session: Any = None, wait: float = WAIT_SECON
 
 def flush_outbox(*, session: Any = None, wait: float = WAIT_SECONDS, backoff: float | None = None) -> str:
     """Try again the notices not accepted yet (those due); never raises."""
-
     try:
         return _deliver_soon(layout.data_dir(), first=None, session=session, wait=wait, backoff=backoff)
     except Exception as exc:  # noqa: BLE001
