@@ -105,3 +105,53 @@ def test_the_checks_see_what_they_look_for() -> None:
     assert long["C.m.inner"] == MAX_FUNCTION_LINES + 1 and "C.m" in long
     assert sorted(_environment_reads(tree)) == [(2, "from os import getenv"), (MAX_FUNCTION_LINES + 6, "os.environ"),
                                                 (MAX_FUNCTION_LINES + 7, "os.getenv")]
+
+
+# ----------------------------------------------------------------------------- the stages take their Run
+
+# The stages: what a task runs. They take an osms.core.run.Run (the day, Paths, the edition, the budget) and
+# look none of it up themselves.
+STAGES = [LIBRARY / "sources", LIBRARY / "quality", LIBRARY / "package"]
+# What a stage may not call: each looks up what the Run carries.
+LOOKUPS = {"current": "the settings", "task_budget": "the memory budget", "default_registry": "the registry",
+           "data_dir": "the data dir", "paths": "the data dir's Paths", "default_seed_dir": "the registry's seeds"}
+# Named allowances, each for a caller that is not a day's run (module, function): why.
+LOOKUP_ALLOWANCES = {
+    ("quality/suites.py", "expectations_dir"): "the suites' folder for the suites' command line and for tests",
+    ("quality/suites.py", "main"): "the suites' command line (`make suites`): no day, no run",
+    ("package/chain.py", "first_day"): "the decree's first day, for `osms chain start` and the deploy init",
+}
+
+
+def _lookups(tree: ast.AST) -> Iterator[tuple[int, str, str]]:
+    """(line, innermost enclosing function, name) of every call of a name in LOOKUPS (``f()`` or ``module.f()``)."""
+    owner: dict[int, str] = {}
+    for name, function in _functions(tree):  # an outer function comes before its nested ones, which overwrite
+        for node in ast.walk(function):
+            owner[id(node)] = name
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            called = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+            if called in LOOKUPS:
+                yield node.lineno, owner.get(id(node), "<module>"), called
+
+
+def test_no_stage_looks_up_what_its_run_carries() -> None:
+    offenders = []
+    for stage in STAGES:
+        for path in sorted(stage.rglob("*.py")):
+            module = str(path.relative_to(LIBRARY))
+            offenders += [f"{_name(path)}:{line} {function}: {called}() looks up {LOOKUPS[called]}"
+                          for line, function, called in sorted(_lookups(_tree(path)))
+                          if (module, function.rsplit(".", 1)[-1]) not in LOOKUP_ALLOWANCES]
+    _fail_listing(offenders, "lookup(s) in a stage of what its Run carries (take a Run instead)")
+
+
+def test_the_lookup_check_sees_each_spelling() -> None:
+    source = ("from osms.core import settings, layout\nfrom osms.core.budget import task_budget\n"
+              "def stage():\n    a = settings.current()\n    b = task_budget()\n    c = layout.data_dir()\n")
+    source += "def outer():\n    def inner():\n        return default_registry()\n"
+    found = sorted((line, fn, called) for line, fn, called in _lookups(ast.parse(source)))
+    assert found == [(4, "stage", "current"), (5, "stage", "task_budget"), (6, "stage", "data_dir"),
+                     (9, "outer.inner", "default_registry")]
