@@ -90,11 +90,13 @@ def _rss_mib() -> float:
 
 
 def _extract(url: str, token: str, category: str, page_size: int, out: Path, queue: mp.Queue) -> None:
+    from osms.core.run import Run
     from osms.sources.extract import SourceEndpoint, extract_feed
 
     before = _rss_mib()
-    result = extract_feed(SourceEndpoint(url, token, page_size=page_size), body="labour", system=SYSTEM,
-                          category=category, as_of=DAY, landing_path=out)
+    result = extract_feed(SourceEndpoint(url, token, page_size=page_size), Run.of(DAY, data_dir=out.parent),
+                          body="labour", system=SYSTEM,
+                          category=category, landing_path=out)
     queue.put((result.as_dict(), before, _rss_mib(), out.stat().st_size))
 
 

@@ -60,6 +60,7 @@ def _extract(url: str, token: str, out: Path, queue: mp.Queue) -> None:
 
     from osms.core.budget import task_budget
     from osms.orchestration.failures import is_permanent
+    from osms.core.run import Run
     from osms.sources.extract import FeedExtractError, SourceEndpoint, extract_feed
 
     after_imports = _status_kib("VmRSS") * 1024
@@ -68,14 +69,15 @@ def _extract(url: str, token: str, out: Path, queue: mp.Queue) -> None:
     endpoint = SourceEndpoint(url, token, page_size=50_000)
     started = time.perf_counter()
     try:
-        extract_feed(endpoint, body="health", system=SYSTEM, category=CATEGORY, as_of=DAY, landing_path=out)
+        extract_feed(endpoint, Run.of(DAY, data_dir=out.parent),
+                     body="health", system=SYSTEM, category=CATEGORY, landing_path=out)
         message, permanent = "(the extract succeeded: the page was not refused)", False
     except FeedExtractError as exc:
         message, permanent = str(exc), is_permanent(exc)
     seconds = time.perf_counter() - started
     queue.put({"message": message, "permanent": permanent, "seconds": seconds, "after_imports": after_imports,
                "peak": _status_kib("VmHWM") * 1024, "budget": task_budget().total,
-               "page_bound": endpoint.page_bytes, "landed": out.exists()})
+               "page_bound": endpoint.page_bytes(task_budget()), "landed": out.exists()})
 
 
 def main() -> None:

@@ -263,10 +263,11 @@ import datetime as dt, json, resource, time
 from pathlib import Path
 import great_expectations, pandas, pyarrow, duckdb  # imports are not what is measured
 import osms.quality.runner, osms.quality.frames
+from osms.core.run import Run
 from osms.quality.validate import validate_category
 t0 = time.perf_counter(); c0 = time.process_time()
-o = validate_category(body={body!r}, category={category!r}, as_of=dt.date.fromisoformat({day.isoformat()!r}),
-                      landing_paths=[Path({str(landing)!r})], data_dir=Path({str(scratch)!r}))
+o = validate_category(Run.of(dt.date.fromisoformat({day.isoformat()!r}), data_dir=Path({str(scratch)!r})),
+                      body={body!r}, category={category!r}, landing_paths=[Path({str(landing)!r})])
 print(json.dumps({{"rows": o.rows_in, "seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
                   "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
 """

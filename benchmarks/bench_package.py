@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from osms.core.run import Run
 from osms.core import iin
 
 from osms.core import layout
@@ -128,7 +129,7 @@ def _build(data_dir: Path, memory_limit: str) -> None:
                             serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     t0 = time.perf_counter()
-    result = build_package(day=DAY, data_dir=data_dir, signing_key_pem=pem, producer_version="bench",
+    result = build_package(Run.of(DAY, data_dir=data_dir), signing_key_pem=pem, producer_version="bench",
                            memory_limit=memory_limit)
     took = time.perf_counter() - t0
     t1 = time.perf_counter()

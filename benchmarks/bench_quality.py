@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from osms.core.run import Run
 from osms.core import iin
 from osms.quality.validate import validate_category
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         t0 = time.perf_counter()
         outcome = validate_category(
-            body="enlightenment", category="children", as_of=DAY, landing_paths=[path], data_dir=data,
+            Run.of(DAY, data_dir=data), body="enlightenment", category="children", landing_paths=[path],
             chunk_rows=args.chunk_rows,
         )
         took = time.perf_counter() - t0

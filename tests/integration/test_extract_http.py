@@ -17,6 +17,7 @@ from mocks.defects import DefectRates
 from mocks.faults import SystemFaults
 from mocks.runner import RunningServer, serving
 from mocks.sources import SourceService, create_app
+from osms.core.run import Run
 from osms.sources.extract import FeedExtractError, SourceEndpoint, endpoint_from_connection, extract_feed
 from tests.support.fake_population import FakePopulation
 
@@ -48,7 +49,8 @@ def _endpoint(server: RunningServer, service: SourceService, **settings) -> Sour
 
 
 def _extract(endpoint: SourceEndpoint, path: Path, **kw):
-    return extract_feed(endpoint, body=BODY, system=SYSTEM, category=CATEGORY, as_of=DAY, landing_path=path, **kw)
+    return extract_feed(endpoint, Run.of(DAY, data_dir=path.parent),
+                        body=BODY, system=SYSTEM, category=CATEGORY, landing_path=path, **kw)
 
 
 def _assert_complete(path: Path, service: SourceService) -> pa.Table:

@@ -36,6 +36,7 @@ from mocks.config import MockConfig
 from mocks.runner import serving
 from mocks.service import MockServices, start_mocks
 from mocks.state_corp import Faults, StateCorpConfig, create_app
+from osms.core.run import Run
 from osms.core import layout
 from osms.package.chain import ChainBroken, ChainWaiting, link
 from osms.package.deliver import DeliveryError, ReceiverEndpoint, deliver_package, read_receipt, receiver_packages
@@ -121,7 +122,7 @@ class _Receiver:
 
 
 def _build(data: Path, day: dt.date, private_key: Path, endpoint: ReceiverEndpoint | None = None):
-    return build_package(day=day, data_dir=data, signing_key_pem=private_key.read_bytes(), producer_version="fm",
+    return build_package(Run.of(day, data_dir=data), signing_key_pem=private_key.read_bytes(), producer_version="fm",
                          receiver=_Receiver(endpoint) if endpoint else None)
 
 
@@ -286,7 +287,7 @@ def test_9_permanent_refusals_fail_at_once(world: World, tmp_path: Path) -> None
             deliver_package(result.path, endpoint, data_dir=data)
     assert bad_signature.value.status == 422 and is_permanent(bad_signature.value)
     with pytest.raises(PackageError, match="signing key") as bad_key:
-        build_package(day=D1, data_dir=data, signing_key_pem=b"-----BEGIN NOT A KEY-----", producer_version="fm")
+        build_package(Run.of(D1, data_dir=data), signing_key_pem=b"-----BEGIN NOT A KEY-----", producer_version="fm")
     assert is_permanent(bad_key.value)
     # a receiver already holding a later day (delivered as the start of a chain) but not D1's predecessor
     # nor D1: D1 can never be chained there, and waiting would not help
@@ -311,13 +312,14 @@ def test_10_a_build_killed_midway_leaves_nothing_taken_and_the_rerun_is_identica
         import datetime as dt, os, signal
         from pathlib import Path
         import osms.core.files as files
+        from osms.core.run import Run
         from osms.package.build import build_package
         real = files.RowGroupWriter.write
         def write(self, table):
             real(self, table)
             os.kill(os.getpid(), signal.SIGKILL)  # killed in the middle of writing records.parquet
         files.RowGroupWriter.write = write
-        build_package(day=dt.date(2025, 6, 1), data_dir=Path({str(data)!r}),
+        build_package(Run.of(dt.date(2025, 6, 1), data_dir=Path({str(data)!r})),
                       signing_key_pem=Path({str(world.private_key)!r}).read_bytes(), producer_version="fm")
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -359,9 +361,10 @@ def test_12_two_package_runs_for_one_date_at_once_give_one_package_and_one_deliv
             import datetime as dt
             from pathlib import Path
             from osms.package.deliver import ReceiverEndpoint, deliver_package
+            from osms.core.run import Run
             from osms.package.build import build_package, package_lock
             data = Path({str(data)!r})
-            r = build_package(day=dt.date(2025, 6, 1), data_dir=data,
+            r = build_package(Run.of(dt.date(2025, 6, 1), data_dir=data),
                               signing_key_pem=Path({str(world.private_key)!r}).read_bytes(), producer_version="fm")
             with package_lock(data, dt.date(2025, 6, 1)):
                 deliver_package(r.path, ReceiverEndpoint({endpoint.base_url!r}, {RECEIVER_TOKEN!r}), data_dir=data)
@@ -385,9 +388,11 @@ def test_13_an_extract_killed_midway_leaves_no_landing_file_and_the_retry_cleans
     code = textwrap.dedent(f"""
         import datetime as dt
         from pathlib import Path
+        from osms.core.run import Run
         from osms.sources.extract import SourceEndpoint, extract_feed
         extract_feed(SourceEndpoint({m.sources_url!r}, {m.tokens["payments"]!r}, page_size=20),
-                     body="labour", system="payments", category="pensioners", as_of=dt.date(2025, 6, 1),
+                     Run.of(dt.date(2025, 6, 1), data_dir=Path({str(landing.parent)!r})),
+                     body="labour", system="payments", category="pensioners",
                      landing_path=Path({str(landing)!r}))
     """)
     proc = subprocess.Popen([sys.executable, "-c", code])
@@ -400,8 +405,9 @@ def test_13_an_extract_killed_midway_leaves_no_landing_file_and_the_retry_cleans
     assert not landing.exists() and list(landing.parent.glob(".*.tmp"))
     m.source_service.faults["payments"] = SystemFaults()
     assert remove_temporaries(landing)  # what the extract task does first
-    result = extract_feed(SourceEndpoint(m.sources_url, m.tokens["payments"]), body="labour", system="payments",
-                          category="pensioners", as_of=D1, landing_path=landing)
+    result = extract_feed(SourceEndpoint(m.sources_url, m.tokens["payments"]), Run.of(D1, data_dir=landing.parent),
+                          body="labour", system="payments",
+                          category="pensioners", landing_path=landing)
     assert result.rows == m.source_service.served_table("payments", "pensioners", D1).num_rows
     assert not list(landing.parent.glob(".*.tmp"))
 
@@ -662,7 +668,7 @@ def test_17_a_dripped_page_fails_at_its_deadline_at_once(tmp_path: Path, start) 
     started = time.monotonic()
     with pytest.raises(FeedExtractError) as err:
         extract_feed(SourceEndpoint(m.sources_url, m.tokens["payments"], page_deadline=2.0, timeout=30),
-                     body="labour", system="payments", category="pensioners", as_of=D1, landing_path=landing)
+                     Run.of(D1, data_dir=landing.parent), body="labour", system="payments", category="pensioners", landing_path=landing)
     assert time.monotonic() - started < 10  # not the socket timeout (30 s), not the task's hour
     assert "page 1: the answer was still arriving after 2 s" in str(err.value) and "page_deadline" in str(err.value)
     assert is_permanent(err.value) and not landing.exists()

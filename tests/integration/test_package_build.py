@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from osms.core.run import Run
 from osms.core import iin
 from osms.package.build import build_package, verify_package
 
@@ -39,7 +40,7 @@ def test_a_200k_record_package_builds_within_256mb_and_verifies(tmp_path):
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
     # Act
-    result = build_package(day=bench.DAY, data_dir=tmp_path, signing_key_pem=pem, producer_version="it",
+    result = build_package(Run.of(bench.DAY, data_dir=tmp_path), signing_key_pem=pem, producer_version="it",
                            memory_limit="256MB")
 
     # Assert

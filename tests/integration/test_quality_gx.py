@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mocks.defects import DEFECT_KINDS, DefectRates, apply_defects, required_columns, summarise
+from osms.core.run import Run
 from osms.core import iin
 from osms.quality.validate import validate_category, write_feedback
 from osms.core.registry import default_registry
@@ -104,7 +105,7 @@ def test_quarantine_matches_the_injected_defects(tmp_path, category: str) -> Non
     counts = summarise(truth)
     assert counts.get("category_rule", 0) > 0 and counts.get("iin_mismatch", 0) > 0
 
-    outcome = validate_category(body=body, category=category, as_of=DAY, landing_paths=paths, data_dir=tmp_path,
+    outcome = validate_category(Run.of(DAY, data_dir=tmp_path), body=body, category=category, landing_paths=paths,
                                 trailing_counts=[len(systems) * ROWS] * 5)
 
     errors = truth.filter(pc.equal(truth.column("severity"), "error"))

@@ -30,6 +30,8 @@ LAYOUT_MODULE = LIBRARY / "core" / "layout.py"
 # (module, the expression as ast.unparse writes it): a new spelling anywhere fails, and so does an allowance no
 # longer used (the list stays true).
 PATH_ALLOWANCES = {
+    # the GX expectation suites of this checkout: the Run's default when $OSMS_EXPECTATIONS_DIR is not set
+    ("plugins/osms/core/run.py", "Path(__file__).resolve().parents[3] / 'expectations'"),
     # the gettext catalogues shipped beside the code
     ("plugins/osms/core/i18n.py", "Path(__file__).resolve().parents[1] / 'locale'"),
     # the registry's seed files shipped with the project (include/seeds/*.yaml) and their four file names
@@ -40,8 +42,7 @@ PATH_ALLOWANCES = {
     ("plugins/osms/core/registry_seeds.py", "seed_dir / 'editions.yaml'"),
     # the signing key's default folder, in the user's home (a setting, never under the data dir)
     ("plugins/osms/core/settings.py", "_home(environ) / '.osms' / 'keys'"),
-    # the GX expectation suites shipped with the project (expectations/<suite>.json), read and written by name
-    ("plugins/osms/quality/suites.py", "Path(__file__).resolve().parents[3] / 'expectations'"),
+    # the GX expectation suites (expectations/<suite>.json, of the checkout or a setting), read and written by name
     ("plugins/osms/quality/suites.py", "(directory or expectations_dir()) / f'{name}.json'"),
     ("plugins/osms/quality/suites.py", "directory / f'{category.code}.json'"),
     # the UI's templates and static files shipped beside its code
@@ -193,3 +194,53 @@ def test_the_path_check_sees_each_spelling() -> None:
     assert sorted(_spelled_paths(ast.parse(source))) == [
         (2, "root / 'tmp' / f'x-{pid}'"), (3, "Path('data')"), (4, "Path(f'{root}/x')"), (5, "root.joinpath('x')"),
         (6, "p.with_name('y')"), (7, "p.with_suffix('.sent')"), (10, "root / 'a'")]
+
+
+# ----------------------------------------------------------------------------- the stages take their Run
+
+# The stages: what a task runs. They take an osms.core.run.Run (the day, Paths, the edition, the budget) and
+# look none of it up themselves.
+STAGES = [LIBRARY / "sources", LIBRARY / "quality", LIBRARY / "package"]
+# What a stage may not call: each looks up what the Run carries.
+LOOKUPS = {"current": "the settings", "task_budget": "the memory budget", "default_registry": "the registry",
+           "data_dir": "the data dir", "paths": "the data dir's Paths", "default_seed_dir": "the registry's seeds"}
+# Named allowances, each for a caller that is not a day's run (module, function): why.
+LOOKUP_ALLOWANCES = {
+    ("quality/suites.py", "expectations_dir"): "the suites' folder for the suites' command line and for tests",
+    ("quality/suites.py", "main"): "the suites' command line (`make suites`): no day, no run",
+    ("package/chain.py", "first_day"): "the decree's first day, for `osms chain start` and the deploy init",
+}
+
+
+def _lookups(tree: ast.AST) -> Iterator[tuple[int, str, str]]:
+    """(line, innermost enclosing function, name) of every call of a name in LOOKUPS (``f()`` or ``module.f()``)."""
+    owner: dict[int, str] = {}
+    for name, function in _functions(tree):  # an outer function comes before its nested ones, which overwrite
+        for node in ast.walk(function):
+            owner[id(node)] = name
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            called = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+            if called in LOOKUPS:
+                yield node.lineno, owner.get(id(node), "<module>"), called
+
+
+def test_no_stage_looks_up_what_its_run_carries() -> None:
+    offenders = []
+    for stage in STAGES:
+        for path in sorted(stage.rglob("*.py")):
+            module = str(path.relative_to(LIBRARY))
+            offenders += [f"{_name(path)}:{line} {function}: {called}() looks up {LOOKUPS[called]}"
+                          for line, function, called in sorted(_lookups(_tree(path)))
+                          if (module, function.rsplit(".", 1)[-1]) not in LOOKUP_ALLOWANCES]
+    _fail_listing(offenders, "lookup(s) in a stage of what its Run carries (take a Run instead)")
+
+
+def test_the_lookup_check_sees_each_spelling() -> None:
+    source = ("from osms.core import settings, layout\nfrom osms.core.budget import task_budget\n"
+              "def stage():\n    a = settings.current()\n    b = task_budget()\n    c = layout.data_dir()\n")
+    source += "def outer():\n    def inner():\n        return default_registry()\n"
+    found = sorted((line, fn, called) for line, fn, called in _lookups(ast.parse(source)))
+    assert found == [(4, "stage", "current"), (5, "stage", "task_budget"), (6, "stage", "data_dir"),
+                     (9, "outer.inner", "default_registry")]

@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from osms.core.run import Run
 from osms.core import decisions, iin, layout
 from osms.core.documents import (
     FEED_VERDICTS,
@@ -115,7 +116,7 @@ def day(tmp_path_factory: pytest.TempPathFactory) -> Path:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    result = build_package(day=D, data_dir=root, signing_key_pem=pem, producer_version="test", memory_limit="256MB")
+    result = build_package(Run.of(D, data_dir=root), signing_key_pem=pem, producer_version="test", memory_limit="256MB")
     store_receipt(result.path, Receipt(receipt_id="SC-2025-06-01-0001", package_id=result.package_id,
                                        manifest_sha256=result.manifest_sha256, logical_date=D.isoformat(),
                                        received_at="2025-06-01T01:02:03+00:00", files=3))

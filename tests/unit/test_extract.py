@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 import requests
 
+from osms.core.run import Run
 from osms.sources import extract
 from osms.sources.extract import (
     ExtractResult,
@@ -321,8 +322,8 @@ def test_extract_feed_maps_a_refusal_to_a_feed_error(tmp_path: Path, monkeypatch
     session = _ScriptedSession(_response(401, b'{"error":"unauthorized","message":"the token is not valid"}'))
     monkeypatch.setattr(extract.requests, "Session", lambda: session)
     with pytest.raises(FeedExtractError) as err:
-        extract.extract_feed(SourceEndpoint("http://127.0.0.1:9", "tok"), body="labour", system="payments",
-                             category="pregnant", as_of=dt.date(2024, 3, 1), landing_path=tmp_path / "x.parquet",
+        extract.extract_feed(SourceEndpoint("http://127.0.0.1:9", "tok"),
+                             Run.of(dt.date(2024, 3, 1), data_dir=tmp_path), body="labour", system="payments", category="pregnant", landing_path=tmp_path / "x.parquet",
                              columns=COLUMNS)
     assert err.value.status == 401 and err.value.attempts == 1
     assert "HTTP 401 unauthorized: the token is not valid (not retried)" in str(err.value)

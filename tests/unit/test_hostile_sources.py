@@ -22,6 +22,8 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
+from osms.core.budget import Budget
+from osms.core.run import Run
 from osms.core.redact import MASK
 from osms.orchestration.failures import is_permanent
 from osms.sources import extract
@@ -181,9 +183,9 @@ def test_the_page_bound_and_deadline_are_connection_extras(monkeypatch: pytest.M
             "extra": {"max_page_bytes": "64MiB", "page_deadline": 20}}
     monkeypatch.setenv("AIRFLOW_CONN_OSMS_SOURCE_X", json.dumps(conn))
     ep = extract.endpoint_from_connection("osms_source_x")
-    assert ep.page_bytes == 64 << 20 and ep.page_deadline == 20.0
-    monkeypatch.setenv("OSMS_TASK_MEMORY_BUDGET", "2GiB")
-    assert SourceEndpoint("http://x", "t").page_bytes == (2048 - 600) * 2**20 // 8  # 181 MiB: fits the budget
+    assert ep.page_bytes(Budget()) == 64 << 20 and ep.page_deadline == 20.0
+    # without the extra: what the run's budget allows (181 MiB at 2 GiB)
+    assert SourceEndpoint("http://x", "t").page_bytes(Budget(2 * 2**30)) == (2048 - 600) * 2**20 // 8
 
 
 # ---------------------------------------------------------------- depth
@@ -270,7 +272,8 @@ def test_an_extract_lands_no_iin_as_a_record_id_and_logs_none(tmp_path: Path, ca
     records[2]["record_id"] = records[2]["iin"]
     adapter = Scripted((200, _page_of(records), {}))
     with caplog.at_level(logging.DEBUG):
-        result = extract_feed(_source(adapter), body="labour", system="payments", category="pregnant", as_of=DAY,
+        result = extract_feed(_source(adapter), Run.of(DAY, data_dir=tmp_path),
+                              body="labour", system="payments", category="pregnant",
                               landing_path=tmp_path / "x.parquet", columns=_columns())
     ids = pq.read_table(result.path).column("record_id").to_pylist()
     assert "withheld-iin-p1-r3" in ids and records[2]["iin"] not in ids and result.iin_record_ids == 1
@@ -302,8 +305,9 @@ def _restore_client() -> Any:
 def test_the_feed_error_of_a_huge_page_names_the_limit_and_is_permanent(tmp_path: Path) -> None:
     adapter = Scripted((200, _page_of([_record(0, last_name="A" * (2 << 20))]), {}))
     with pytest.raises(FeedExtractError) as err:
-        extract_feed(_source(adapter, max_page_bytes=1 << 20), body="labour", system="payments",
-                     category="pregnant", as_of=DAY, landing_path=tmp_path / "x.parquet", columns=_columns())
+        extract_feed(_source(adapter, max_page_bytes=1 << 20), Run.of(DAY, data_dir=tmp_path),
+                     body="labour", system="payments",
+                     category="pregnant", landing_path=tmp_path / "x.parquet", columns=_columns())
     message = str(err.value)
     assert "page 1: the answer is larger than the limit of 1 MiB" in message and "max_page_bytes" in message
     assert is_permanent(err.value) and not (tmp_path / "x.parquet").exists()
@@ -312,8 +316,9 @@ def test_the_feed_error_of_a_huge_page_names_the_limit_and_is_permanent(tmp_path
 def test_the_feed_error_of_a_dripped_page_names_the_deadline(tmp_path: Path) -> None:
     adapter = Scripted((200, _Body(_page_of([_record(0)]), piece=5, delay=0.05), {}))
     with pytest.raises(FeedExtractError, match="page 1: the answer was still arriving after 0.3 s.*page_deadline"):
-        extract_feed(_source(adapter, page_deadline=0.3), body="labour", system="payments", category="pregnant",
-                     as_of=DAY, landing_path=tmp_path / "x.parquet", columns=_columns())
+        extract_feed(_source(adapter, page_deadline=0.3), Run.of(DAY, data_dir=tmp_path),
+                     body="labour", system="payments", category="pregnant", landing_path=tmp_path / "x.parquet",
+                     columns=_columns())
 
 
 # ---------------------------------------------------------------- an unsorted feed
@@ -330,7 +335,8 @@ def test_an_unsorted_feed_is_sorted_by_duckdb_not_in_memory_ties_in_the_order_re
     adapter = Scripted(*answers)
     # the feed is never read back whole (what the in-memory sort did): DuckDB streams it, sorted, in batches
     monkeypatch.setattr(pq, "read_table", lambda *a, **k: pytest.fail("the whole feed was read into memory"))
-    result = extract_feed(_source(adapter), body="labour", system="payments", category="pregnant", as_of=DAY,
+    result = extract_feed(_source(adapter), Run.of(DAY, data_dir=tmp_path),
+                          body="labour", system="payments", category="pregnant",
                           landing_path=tmp_path / "x.parquet", columns=_columns())
     monkeypatch.undo()
     landed = pq.read_table(result.path)

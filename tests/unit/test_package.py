@@ -13,12 +13,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from osms.core.budget import Budget
+from osms.core.run import CHECKOUT_EXPECTATIONS, Run
 from osms.core import iin
 
 from osms.core import layout
 
 from osms.package import build as package
-from osms.package import gate
 from osms.core.files import write_bytes_atomic, write_parquet_atomic
 from osms.package.build import (
     PACKAGE_SCHEMA,
@@ -35,6 +36,8 @@ pytestmark = pytest.mark.unit
 
 D0, D1, D2 = dt.date(2025, 5, 31), dt.date(2025, 6, 1), dt.date(2025, 6, 2)
 EDITION = "2022"
+# the package suite as a package run gives it: the budget's chunk, the checkout's suites
+GATE = {"chunk_rows": Budget().gate_chunk_rows, "expectations_dir": CHECKOUT_EXPECTATIONS}
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -100,7 +103,7 @@ def status(root: Path, day: dt.date, body: str, verdicts: dict[str, str]) -> Non
 
 
 def build(root: Path, day: dt.date, keys: tuple[bytes, bytes]) -> package.PackageResult:
-    return build_package(day=day, data_dir=root, signing_key_pem=keys[0], producer_version="test",
+    return build_package(Run.of(day, data_dir=root), signing_key_pem=keys[0], producer_version="test",
                          memory_limit="256MB")
 
 
@@ -438,7 +441,7 @@ def test_a_delivered_package_is_never_overwritten(tmp_path, keys):
 
 def test_a_wrong_signing_key_is_refused_clearly(tmp_path):
     with pytest.raises(PackageError, match="PEM"):
-        build_package(day=D1, data_dir=tmp_path, signing_key_pem=b"not a key", producer_version="t")
+        build_package(Run.of(D1, data_dir=tmp_path), signing_key_pem=b"not a key", producer_version="t")
 
 
 # --------------------------------------------------------------------------- verification
@@ -524,7 +527,7 @@ def test_the_package_suite_fails_on_a_duplicate_iin_and_category(tmp_path):
     path = _records_file(tmp_path / "records.parquet", sorted([("children", a), ("children", a), ("children", b)]))
 
     with pytest.raises(PackageGateError, match="iin_category_unique"):
-        run_package_suite(path, expected_rows=3, categories=["children"])
+        run_package_suite(path, expected_rows=3, categories=["children"], **GATE)
 
 
 def test_the_package_suite_checks_iins_and_the_row_count(tmp_path):
@@ -533,20 +536,19 @@ def test_the_package_suite_checks_iins_and_the_row_count(tmp_path):
     path = _records_file(tmp_path / "records.parquet", sorted([("children", bad), ("children", good)]))
 
     with pytest.raises(PackageGateError) as err:
-        run_package_suite(path, expected_rows=5, categories=["children"])
+        run_package_suite(path, expected_rows=5, categories=["children"], **GATE)
     assert "iin_valid: 1 rows failed" in str(err.value)
     assert "rows_equal_quality_json" in str(err.value)
     run_package_suite(_records_file(tmp_path / "ok.parquet", [("children", good)]), expected_rows=1,
-                      categories=["children"])
+                      categories=["children"], **GATE)
 
 
-def test_a_duplicate_across_a_chunk_boundary_is_caught(tmp_path, monkeypatch):
-    monkeypatch.setattr(gate, "GATE_CHUNK_ROWS", 2)
+def test_a_duplicate_across_a_chunk_boundary_is_caught(tmp_path):
     iins = sorted(person(n)["iin"] for n in range(60, 64))
     path = _records_file(tmp_path / "records.parquet", [("children", i) for i in [iins[0], iins[1], iins[1], iins[2]]])
 
     with pytest.raises(PackageGateError, match="iin_category_unique"):
-        run_package_suite(path, expected_rows=4, categories=["children"])
+        run_package_suite(path, expected_rows=4, categories=["children"], **(GATE | {"chunk_rows": 2}))
 
 
 def test_a_failing_gate_writes_no_package(tmp_path, keys, monkeypatch):

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from osms.core.run import Run
 from osms.core import iin
 from osms.quality.scrub import scrub_validation_result
 from osms.quality.suites import load_suite_dict, read_suite_file, render_registry_rules, suite_parameters
@@ -131,8 +132,8 @@ def clean_batch(category: str, n: int = N, system: str = "payments") -> list[dic
 
 
 def run(tmp: Path, category: str, rows: list[dict[str, Any]], **kwargs: Any) -> CategoryOutcome:
-    outcome = validate_category(body=BODY, category=category, as_of=DAY, landing_paths=[landing(tmp, category, rows)],
-                                data_dir=tmp, **kwargs)
+    outcome = validate_category(Run.of(DAY, data_dir=tmp),
+                                body=BODY, category=category, landing_paths=[landing(tmp, category, rows)], **kwargs)
     assert outcome.rows_in == outcome.rows_published + outcome.rows_quarantined  # nothing lost, ever
     return outcome
 
@@ -166,7 +167,7 @@ def test_every_category_admits_its_clean_records(tmp_path: Path, category: str) 
 def test_the_same_person_from_two_systems_of_a_body_is_normal(tmp_path: Path) -> None:
     a = landing(tmp_path, "children", clean_batch("children", 5, "nedb"), "nedb")
     b = landing(tmp_path, "children", clean_batch("children", 5, "orphans"), "orphans")  # same IINs
-    outcome = validate_category(body=BODY, category="children", as_of=DAY, landing_paths=[a, b], data_dir=tmp_path)
+    outcome = validate_category(Run.of(DAY, data_dir=tmp_path), body=BODY, category="children", landing_paths=[a, b])
     assert outcome.rows_published == 10 and outcome.rows_quarantined == 0
 
 
@@ -276,7 +277,7 @@ def test_active_measure_is_admitted_before_the_2026_edition(tmp_path: Path) -> N
     day = dt.date(2025, 6, 1)
     rows = [record("unemployed", k, active_measure="subsidised_job") for k in range(5)]
     path = landing(tmp_path, "unemployed", rows)
-    outcome = validate_category(body=BODY, category="unemployed", as_of=day, landing_paths=[path], data_dir=tmp_path)
+    outcome = validate_category(Run.of(day, data_dir=tmp_path), body=BODY, category="unemployed", landing_paths=[path])
     assert outcome.rows_quarantined == 0
 
 
@@ -465,6 +466,6 @@ def test_the_mock_sources_category_rule_defects_are_caught(tmp_path: Path, categ
                                   rates=DefectRates.from_mapping({"category_rule": 0.03}, DefectRates.none()), seed=2)
     path = tmp_path / "served.parquet"
     pq.write_table(served, path)
-    outcome = validate_category(body=BODY, category=category, as_of=DAY, landing_paths=[path], data_dir=tmp_path)
+    outcome = validate_category(Run.of(DAY, data_dir=tmp_path), body=BODY, category=category, landing_paths=[path])
     assert truth.num_rows > 0
     assert sorted(quarantined(outcome)) == sorted(truth.column("record_id").to_pylist())

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from osms.core.run import Run
 from osms.core import iin
 from osms.quality import docs
 from osms.quality.validate import CategoryOutcome, validate_category
@@ -101,7 +102,7 @@ def day(tmp_path_factory: pytest.TempPathFactory) -> Day:
         for r in rows:
             personal.update(str(r[c]) for c in ("iin", "child_iin", "last_name", "first_name", "patronymic")
                             if r.get(c))
-    outcomes = [validate_category(body=b, category=c, as_of=DAY, landing_paths=paths, data_dir=data_dir)
+    outcomes = [validate_category(Run.of(DAY, data_dir=data_dir), body=b, category=c, landing_paths=paths)
                 for (b, c), paths in landed.items()]
     docs.render_day(data_dir, DAY)  # once the bodies have reported, as the package DAG does
     return Day(data_dir, outcomes, personal)

@@ -20,6 +20,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
+from osms.core.run import Run
 from osms.core import iin
 
 from osms.core import layout
@@ -94,7 +95,7 @@ def world(tmp_path: Path) -> dict:
     _status(root, D1, "justice", children=CategoryStatus(
         "children", "held_back", reason="volume 10 is under 80 % of the trailing median 100", rows_in=10))
     private, public = _key_pair(tmp_path)
-    result = build_package(day=D1, data_dir=root, signing_key_pem=private, producer_version="test",
+    result = build_package(Run.of(D1, data_dir=root), signing_key_pem=private, producer_version="test",
                            memory_limit="256MB")
     store_receipt(result.path, Receipt(receipt_id="RCPT-TEST", package_id=result.package_id,
                                        manifest_sha256=result.manifest_sha256, logical_date=D1.isoformat(),

@@ -52,16 +52,17 @@ __all__ = [
     "arrow_type",
     "default_registry",
     "default_seed_dir",
+    "registry_in",
     "load_registry",
 ]
 
 
+CHECKOUT_SEEDS = Path(__file__).resolve().parents[3] / "include" / "seeds"
+
+
 def default_seed_dir() -> Path:
     """``include/seeds`` of this checkout, or ``$OSMS_SEED_DIR`` when set."""
-    configured = settings.current().seed_dir
-    if configured:
-        return configured
-    return Path(__file__).resolve().parents[3] / "include" / "seeds"
+    return settings.current().seed_dir or CHECKOUT_SEEDS
 
 
 @functools.lru_cache(maxsize=4)
@@ -72,6 +73,11 @@ def _cached(seed_dir: str) -> Registry:
 def default_registry() -> Registry:
     """The project's registry, loaded once per process."""
     return _cached(str(default_seed_dir()))
+
+
+def registry_in(seed_dir: Path | None) -> Registry:
+    """The registry of ``seed_dir`` (None: this checkout's include/seeds), loaded once per process."""
+    return _cached(str(seed_dir or CHECKOUT_SEEDS))
 
 
 def load_registry(seed_dir: Path | str | None = None) -> Registry:

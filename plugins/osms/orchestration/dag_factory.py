@@ -26,6 +26,7 @@ from airflow.task.trigger_rule import TriggerRule
 from osms.core import layout
 from osms.core.dates import ALMATY, SCHEDULE, run_day
 from osms.core.registry import Edition, NoEditionInForce, Registry, default_registry
+from osms.core.run import Run
 from osms.orchestration.assets import status_asset
 from osms.orchestration.notices import failure_notifiers
 
@@ -43,9 +44,10 @@ DEFAULT_ARGS: dict[str, Any] = {
 }
 
 
-def _edition_or_skip(day: dt.date) -> Edition:
+def _run_or_skip(context: dict[str, Any]) -> Run:
+    """The task's Run: its day, the settings read once, the edition in force (none: the task is skipped)."""
     try:
-        return default_registry().edition_on(day)
+        return Run.of(run_day(context))
     except NoEditionInForce as exc:
         raise AirflowSkipException(str(exc)) from None
 
@@ -63,8 +65,8 @@ PUBLISH_TIMEOUT = timedelta(minutes=15)
 @task(task_id="extract", execution_timeout=EXTRACT_TIMEOUT)
 def extract(body: str, system: str, category: str, **context: Any) -> dict[str, Any]:
     """Extract one feed for D into its landing file; return counts."""
-    day = run_day(context)
-    edition = _edition_or_skip(day)
+    run = _run_or_skip(context)
+    day, edition = run.day, run.edition
     feed = next((f for f in edition.feeds if (f.body, f.system, f.category) == (body, system, category)), None)
     if feed is None:
         raise AirflowSkipException(f"feed {body}.{system}.{category} is not in force on {day} (edition {edition.code})")
@@ -75,23 +77,14 @@ def extract(body: str, system: str, category: str, **context: Any) -> dict[str, 
     from osms.orchestration.failures import task_errors
     from osms.core.files import remove_temporaries, write_bytes_atomic
 
-    root = layout.data_dir()
     conn_id = edition.system(system).connection_id  # the registry names each system's connection
-    landing = layout.landing(root, day, body, system, category)
-    error_path = layout.extract_error(root, day, body, system, category)
+    landing = run.paths.landing(day, body, system, category)
+    error_path = run.paths.extract_error(day, body, system, category)
     error_path.unlink(missing_ok=True)
     remove_temporaries(landing)  # what a killed try of this extract left
     try:
         with task_errors():
-            result = extract_feed(
-                endpoint_from_connection(conn_id),
-                body=body,
-                system=system,
-                category=category,
-                as_of=day,
-                landing_path=landing,
-                columns=edition.category(category).record_columns,
-            )
+            result = extract_feed(endpoint_from_connection(conn_id), run, body=body, system=system, category=category)
     except Exception as exc:
         cause = exc.__cause__ if isinstance(exc, AirflowFailException) and exc.__cause__ is not None else exc
         schema_change = isinstance(cause, FeedExtractError) and cause.schema_change
@@ -120,8 +113,8 @@ def validate(body: str, category: str, **context: Any) -> dict[str, Any]:
     left out (its own verdict is written by publish_status) and the other feeds are
     validated and published.
     """
-    day = run_day(context)
-    edition = _edition_or_skip(day)
+    run = _run_or_skip(context)
+    day, edition = run.day, run.edition
     feeds = [f for f in edition.feeds if f.body == body and f.category == category]
     if not feeds:
         raise AirflowSkipException(f"category {category} is not fed by {body} on {day} (edition {edition.code})")
@@ -130,18 +123,17 @@ def validate(body: str, category: str, **context: Any) -> dict[str, Any]:
     from osms.quality.validate import validate_category
     from osms.core.status import trailing_counts
 
-    root = layout.data_dir()
+    root = run.root
     ti = context["ti"]
     extracted = [f for f in feeds if _extracted(ti, root, day, f)]
     if not extracted:
         raise AirflowSkipException(f"no feed of {category} was extracted for {day}: nothing to validate")
     with task_errors():
         outcome = validate_category(
+            run,
             body=body,
             category=category,
-            as_of=day,
-            landing_paths=[layout.landing(root, day, body, f.system, category) for f in extracted],
-            data_dir=root,
+            landing_paths=[run.paths.landing(day, body, f.system, category) for f in extracted],
             trailing_counts={f.system: trailing_counts(root, day, body, category, f.system) for f in extracted},
         )
     return outcome.as_dict()
@@ -159,13 +151,13 @@ def publish_status(body: str, **context: Any) -> dict[str, Any]:
     """Write the body's status for D, whatever happened upstream: a verdict per feed and per category."""
     import logging
 
-    day = run_day(context)
-    edition = _edition_or_skip(day)
+    run = _run_or_skip(context)
+    day, edition = run.day, run.edition
     from osms.core.status import BodyStatus, write_status
     from osms.orchestration.notices import notice_of, send_notice
 
     log = logging.getLogger(__name__)
-    root = layout.data_dir()
+    root = run.root
     ti = context["ti"]
     statuses = [_category_status(root, ti, day, edition, body, cat.code) for cat in edition.categories_of(body)]
     path = write_status(root, BodyStatus(body=body, as_of=day, edition=edition.code, categories=tuple(statuses)))

@@ -261,13 +261,14 @@ def build(**context: Any) -> dict[str, Any]:
     import osms
     from osms.package.chain import HttpReceiver
     from osms.orchestration.failures import task_errors
+    from osms.core.run import Run
     from osms.package.build import build_package
 
     day = run_day(context)
     may_start, started_by = chain_starter(context)
     with task_errors(), chain_refusals(context):
         key = signing_key_pem(Variable.get(SIGNING_KEY_VARIABLE, default=None))
-        result = build_package(day=day, data_dir=layout.data_dir(), signing_key_pem=key,
+        result = build_package(Run.of(day), signing_key_pem=key,
                                producer_version=osms.__version__,
                                receiver=HttpReceiver.from_connection(RECEIVER_CONN_ID), may_start=may_start,
                                started_by=started_by)

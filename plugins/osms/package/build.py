@@ -65,7 +65,6 @@ from osms.core.documents import (
     canonical_json,
 )
 from osms.core.files import fsync_dir, locked, private_dir, sha256_file, write_bytes_atomic
-from osms.core.registry import default_registry
 from osms.package.consolidate import (
     CONFLICT_FIELDS,
     CategorySources,
@@ -82,6 +81,7 @@ if TYPE_CHECKING:
     import duckdb
 
     from osms.core.registry import Edition
+    from osms.core.run import Run
 
 __all__ = [
     "PACKAGE_SCHEMA",
@@ -122,10 +122,12 @@ def package_id(day: dt.date) -> str:
 
 
 def build_package(
-    *, day: dt.date, data_dir: Path, signing_key_pem: bytes, producer_version: str, memory_limit: str | None = None,
+    run: Run, *, signing_key_pem: bytes, producer_version: str, memory_limit: str | None = None,
     receiver: Any = None, may_start: bool = True, started_by: str = "the first package built",
 ) -> PackageResult:
-    """Build, check, sign and place ``packages/<D>/``, chained on D-1's delivered package; never change a delivered one.
+    """Build, check, sign and place ``packages/<D>/`` of ``run``'s day, chained on D-1's delivered package.
+
+    A delivered package is never changed.
 
     ``receiver`` (an :class:`osms.package.chain.Receiver`) lets the chain recover a lost receipt
     or have a lost D-1 rebuilt; without it only local receipts count. ``may_start`` and ``started_by``: whether
@@ -135,13 +137,13 @@ def build_package(
     """
     from osms.package.chain import ChainBroken, link
 
-    data_dir = Path(data_dir)
+    day, data_dir = run.day, run.root
     key = _private_key(signing_key_pem)
     with _build_lock(data_dir, day):
         _remove_leftovers(data_dir, day)
         chain = link(data_dir, day, receiver, may_start=may_start, started_by=started_by)
         if chain.rebuild is not None:
-            rebuilt = build_package(day=chain.rebuild, data_dir=data_dir, signing_key_pem=signing_key_pem,
+            rebuilt = build_package(run.on(chain.rebuild), signing_key_pem=signing_key_pem,
                                     producer_version=producer_version, memory_limit=memory_limit, receiver=receiver)
             if rebuilt.manifest_sha256 != chain.expected_sha256:
                 raise ChainBroken(
@@ -150,28 +152,24 @@ def build_package(
                     f" from a backup to chain {day} on it")
             chain = link(data_dir, day, receiver)  # the receipt is recovered now that the package is back
         log.info("package %s %s", day, chain.how)
-        return _build(day, data_dir, key, producer_version, memory_limit, chain.previous)
+        return _build(run, key, producer_version, memory_limit, chain.previous)
 
 
-def _build(day: dt.date, data_dir: Path, key: Any, producer_version: str, memory_limit: str | None,
+def _build(run: Run, key: Any, producer_version: str, memory_limit: str | None,
            previous: Path | None) -> PackageResult:
-    from osms.core.budget import task_budget
     from osms.package.consolidate import consolidate, open_duckdb
     from osms.core.files import BackgroundWriter, RowGroupWriter
 
-    registry = default_registry()
-    edition = registry.edition_on(day)
-    budget = task_budget()
+    day, data_dir, edition, budget = run.day, run.root, run.edition, run.budget
     final = layout.package_dir(data_dir, day)
     pid = os.getpid()
-    work = layout.Paths(data_dir).package_work(day, pid)
-    spill = layout.Paths(data_dir).scratch("package", day, pid=pid)
+    work = run.paths.package_work(day, pid)
+    spill = run.paths.scratch("package", day, pid=pid)
     for d in (work, spill):
         shutil.rmtree(d, ignore_errors=True)
         private_dir(d)  # 0700: the package folder is this one renamed, its files 0600
     try:
-        earliest = min(e.effective_from for e in registry.editions)
-        units = plan_units(data_dir, day, edition, earliest=earliest)
+        units = plan_units(data_dir, day, edition, earliest=run.earliest)
         with _step("consolidate"), open_duckdb(spill, memory_limit or budget.duckdb_limit) as con:
             categories = _category_sources(con, data_dir, units, edition, previous)
             # each file compressed in a thread of its own, while the next range is consolidated
@@ -190,7 +188,8 @@ def _build(day: dt.date, data_dir: Path, key: Any, producer_version: str, memory
         write_bytes_atomic(quality.to_bytes(), work / QUALITY)
         with _step("package suite"):
             run_package_suite(
-                work / RECORDS, expected_rows=quality.totals.rows, categories=[c.code for c in edition.categories]
+                work / RECORDS, expected_rows=quality.totals.rows, categories=[c.code for c in edition.categories],
+                chunk_rows=budget.gate_chunk_rows, expectations_dir=run.expectations_dir,
             )
         manifest = _manifest_doc(day, edition, work, quality, previous, producer_version)
         manifest_bytes = manifest.to_bytes()

@@ -16,14 +16,11 @@ from osms.package.errors import PackageGateError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["GATE_CHUNK_ROWS", "run_package_suite"]
-
-# The package suite's row-level rules run on chunks of this many rows; None: the
-# task budget's (GX on pandas holds several copies of a frame per expectation).
-GATE_CHUNK_ROWS: int | None = None
+__all__ = ["run_package_suite"]
 
 
-def run_package_suite(records_path: Path, *, expected_rows: int, categories: Sequence[str]) -> None:
+def run_package_suite(records_path: Path, *, expected_rows: int, categories: Sequence[str], chunk_rows: int,
+                      expectations_dir: Path) -> None:
     """Run ``expectations/package.json`` over records.parquet; :class:`PackageGateError` naming the failed rules.
 
     Table-level rules see the whole file (its ``category`` column only); row-level
@@ -33,11 +30,9 @@ def run_package_suite(records_path: Path, *, expected_rows: int, categories: Seq
     """
     import pyarrow.parquet as pq
 
-    from osms.core.budget import task_budget
     from osms.quality.suites import load_suite_dict
 
-    chunk_rows = GATE_CHUNK_ROWS or task_budget().gate_chunk_rows
-    suite = load_suite_dict("package")
+    suite = load_suite_dict("package", expectations_dir)
     parameters = {"expected_rows": int(expected_rows), "edition_categories": sorted(categories)}
     table_rules = [e for e in suite["expectations"] if e.get("meta", {}).get("scope") == "table"]
     row_rules = [e for e in suite["expectations"] if e not in table_rules]

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from osms.core import layout
 from osms.core.decisions import Decision, Decisions
 from osms.core.documents import PackageCategoryStatus, PackageFeedStatus
-from osms.core.registry import default_registry
 from osms.core.status import StatusUnreadable, read_status
 
 if TYPE_CHECKING:
@@ -79,14 +78,13 @@ class _Statuses:
         return self._cache[(day, body)]
 
 
-def plan_units(data_dir: Path, day: dt.date, edition: Edition, *, earliest: dt.date | None = None) -> list[Unit]:
+def plan_units(data_dir: Path, day: dt.date, edition: Edition, *, earliest: dt.date) -> list[Unit]:
     """Every feed of the edition with its verdict on D and the date its data comes from.
 
     QA's decisions count as the package of D follows them (:mod:`osms.core.decisions`): a feed
     held back on D and released counts as published (``released``), and a day QA released
     counts as published when the data to carry forward is looked for.
     """
-    earliest = earliest or min(e.effective_from for e in default_registry().editions)
     statuses_root = layout.Paths(data_dir).status_root()
     earlier_days = sorted((d for d, _ in layout.dated_dirs(statuses_root) if earliest <= d < day), reverse=True)
     statuses = _Statuses(data_dir)

@@ -44,8 +44,9 @@ _AGE_PARAM = re.compile(r"^(earliest_birth_under|latest_birth_for_age)_(\d+)$")
 
 def expectations_dir() -> Path:
     """``expectations/`` of this checkout, or ``$OSMS_EXPECTATIONS_DIR`` when set."""
-    configured = settings.current().expectations_dir
-    return configured if configured else Path(__file__).resolve().parents[3] / "expectations"
+    from osms.core.run import CHECKOUT_EXPECTATIONS
+
+    return settings.current().expectations_dir or CHECKOUT_EXPECTATIONS
 
 
 def read_suite_file(name: str, directory: Path | None = None) -> dict[str, Any]:

@@ -46,14 +46,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from osms.core import layout
-from osms.core.budget import task_budget
 from osms.core.files import write_bytes_atomic
 from osms.quality.landing import Landing
 from osms.quality.runner import MIN_ROWS_TO_HOLD, RuleResult, mostly_success, rule_results, run_expectations
 from osms.quality.scrub import scrub_validation_result
 from osms.quality.suites import load_suite_dict, resolve_parameters, suite_parameters
 from osms.quality.tally import DUPLICATE_RULE, FeedTally, volume_reason
-from osms.core.registry import default_registry
 
 if TYPE_CHECKING:
     import duckdb
@@ -61,6 +59,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from osms.core.files import RowGroupWriter
+    from osms.core.run import Run
     from osms.quality.uniqueness import TableWide
 
 __all__ = ["CategoryOutcome", "DUPLICATE_RULE", "MIN_ROWS_TO_HOLD", "RuleResult", "validate_category",
@@ -112,17 +111,16 @@ class CategoryOutcome:
 
 
 def validate_category(
+    run: Run,
     *,
     body: str,
     category: str,
-    as_of: dt.date,
     landing_paths: Sequence[Path],
-    data_dir: Path,
     trailing_counts: Sequence[int] | Mapping[str, Sequence[int]] = (),
     chunk_rows: int | None = None,
     expectations_dir: Path | None = None,
 ) -> CategoryOutcome:
-    """Validate a body's landing data for one category and date; write validated, quarantine and report files.
+    """Validate a body's landing data for one category on ``run``'s day; write validated, quarantine and report files.
 
     ``landing_paths`` are the feeds whose extract succeeded, one file each
     (``landing/D/<body>/<system>/<category>.parquet``). Every verdict is a feed's: a feed
@@ -130,21 +128,23 @@ def validate_category(
     fell under its trailing median (``trailing_counts``: per system, the feed's rows on
     earlier days; a plain list is the category's, checked against all its rows).
     """
-    budget = task_budget()
-    run = _Validation(body=body, category=category, as_of=as_of, landing_paths=landing_paths, data_dir=data_dir,
-                      chunk_rows=int(chunk_rows or budget.validation_chunk_rows), expectations_dir=expectations_dir)
+    budget, data_dir, as_of = run.budget, run.root, run.day
+    validation = _Validation(run, body=body, category=category, landing_paths=landing_paths,
+                             chunk_rows=int(chunk_rows or budget.validation_chunk_rows),
+                             expectations_dir=expectations_dir or run.expectations_dir)
     _remove_leftovers(data_dir, as_of, body, category)
-    work = layout.Paths(data_dir).scratch("validate", as_of, body, category, pid=os.getpid())
+    work = run.paths.scratch("validate", as_of, body, category, pid=os.getpid())
     try:
         from osms.core.spill import spilling_duckdb
 
         with spilling_duckdb(work / layout.SCRATCH_DUCKDB, budget.duckdb_limit) as con:
-            ranges = run.find_copies(con)
-            run.write_ranges(con, ranges)
-        log.info("%s/%s, %s rows in %d range(s): %s", body, category, f"{run.rows_in:,}", len(ranges), run.timer)
+            ranges = validation.find_copies(con)
+            validation.write_ranges(con, ranges)
+        log.info("%s/%s, %s rows in %d range(s): %s", body, category, f"{validation.rows_in:,}", len(ranges),
+                 validation.timer)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return run.outcome(trailing_counts)
+    return validation.outcome(trailing_counts)
 
 
 def _remove_leftovers(data_dir: Path, as_of: dt.date, body: str, category: str) -> None:
@@ -161,13 +161,13 @@ def _remove_leftovers(data_dir: Path, as_of: dt.date, body: str, category: str) 
 class _Validation:
     """One validation of a (body, category, D), step by step: its suite and feed, and what each step found."""
 
-    def __init__(self, *, body: str, category: str, as_of: dt.date, landing_paths: Sequence[Path], data_dir: Path,
-                 chunk_rows: int, expectations_dir: Path | None) -> None:
+    def __init__(self, run: Run, *, body: str, category: str, landing_paths: Sequence[Path], chunk_rows: int,
+                 expectations_dir: Path) -> None:
         from osms.quality.uniqueness import is_table_wide
 
-        edition = default_registry().edition_on(as_of)
+        edition, as_of = run.edition, run.day
         cat = edition.category(category)
-        self.body, self.category, self.as_of, self.data_dir = body, category, as_of, data_dir
+        self.body, self.category, self.as_of, self.data_dir = body, category, as_of, run.root
         self.edition_code, self.chunk_rows = edition.code, chunk_rows
         self.suite = load_suite_dict(category, expectations_dir)
         self.parameters = suite_parameters(self.suite, as_of, edition.code)

@@ -99,6 +99,7 @@ from osms.sources.parse import (
 
 if TYPE_CHECKING:
     from osms.core.registry import Column
+    from osms.core.run import Run
 
 __all__ = [
     "ExtractResult",
@@ -204,32 +205,33 @@ class _Progress:
 
 def extract_feed(
     endpoint: SourceEndpoint,
+    run: Run,
     *,
     body: str,
     system: str,
     category: str,
-    as_of: dt.date,
-    landing_path: Path,
+    landing_path: Path | None = None,
     columns: Sequence[Column] | None = None,
 ) -> ExtractResult:
-    """Stream every page of one feed into ``landing_path`` (Parquet, zstd, typed, lineage columns), atomically."""
-    if columns is None:
-        from osms.core.registry import default_registry
+    """Stream every page of one feed of ``run``'s day into its landing file (Parquet, zstd, typed), atomically.
 
-        columns = default_registry().edition_on(as_of).category(category).record_columns
-    columns = tuple(columns)
-    landing_path = Path(landing_path)
+    The landing file is the run's (``landing/D/<body>/<system>/<category>.parquet``) unless ``landing_path``
+    names another; the columns are the run's edition's for the category unless ``columns`` are given.
+    """
+    as_of = run.day
+    columns = tuple(columns if columns is not None else run.edition.category(category).record_columns)
+    landing_path = Path(landing_path) if landing_path is not None else run.paths.landing(as_of, body, system, category)
     label = f"{body}.{system}.{category} {as_of.isoformat()}"
     started = time.perf_counter()
     progress = _Progress()
     writer = LandingWriter(landing_path, landing_schema(columns))
-    client = SourceClient(endpoint)
+    client = SourceClient(endpoint, budget=run.budget)
     ahead = _Ahead(client.pages(system, category, as_of, label=label), name=f"extract {label}")
     try:
         for page in ahead:
             progress.number = page.number
             _land(page, columns, writer, progress, lineage=(body, system, category, as_of), label=label)
-        _commit(writer, progress, label)
+        _commit(writer, progress, label, memory_limit=run.budget.duckdb_limit)
     except BaseException as exc:
         writer.abort()
         error = _feed_error(exc, progress.number, endpoint)
@@ -271,17 +273,15 @@ def _land(page: Page, columns: Sequence[Column], writer: LandingWriter, progress
     log.debug("%s page %d: %d rows, %d bytes", label, page.number, table.num_rows, len(page.data))
 
 
-def _commit(writer: LandingWriter, progress: _Progress, label: str) -> None:
+def _commit(writer: LandingWriter, progress: _Progress, label: str, *, memory_limit: str) -> None:
     """Rename the complete feed into place, sorted first if the source sent it unsorted."""
-    from osms.core.budget import task_budget
-
     if progress.withheld:
         log.warning("%s: %d record id(s) had the form of an IIN: replaced by %s<page>-r<row> (the suite's"
                     " record_id_not_iin quarantines those rows)", label, progress.withheld, WITHHELD_PREFIX)
     if not progress.sort_check.sorted:
         log.warning("%s: the source did not send rows sorted by %s; sorting the landing file (DuckDB, spilling"
                     " beyond the task's share)", label, SORT_KEY)
-    writer.commit(sort_by=None if progress.sort_check.sorted else SORT_KEY, memory_limit=task_budget().duckdb_limit)
+    writer.commit(sort_by=None if progress.sort_check.sorted else SORT_KEY, memory_limit=memory_limit)
 
 
 def _feed_error(exc: BaseException, number: int, endpoint: SourceEndpoint) -> dict[str, Any] | None:

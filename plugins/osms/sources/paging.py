@@ -23,6 +23,7 @@ from typing import Any
 
 import requests
 
+from osms.core.budget import Budget
 from osms.core.redact import quote
 from osms.sources.connections import HTTP_EXTRAS, HttpEndpoint, read_connection
 from osms.sources.http_client import Answer, HttpClient, Refused, Transient
@@ -54,14 +55,9 @@ class SourceEndpoint(HttpEndpoint):
     # for the task's hour (each socket read has ``timeout`` besides).
     page_deadline: float = PAGE_DEADLINE
 
-    @property
-    def page_bytes(self) -> int:
-        """The largest page read: the extra ``max_page_bytes``, else what the task's budget allows."""
-        if self.max_page_bytes is not None:
-            return self.max_page_bytes
-        from osms.core.budget import task_budget
-
-        return task_budget().max_page_bytes
+    def page_bytes(self, budget: Budget) -> int:
+        """The largest page read: the extra ``max_page_bytes``, else what the task's ``budget`` allows."""
+        return self.max_page_bytes if self.max_page_bytes is not None else budget.max_page_bytes
 
 
 def _size(value: Any) -> int:
@@ -117,13 +113,14 @@ class SourceClient:
         session: requests.Session | None = None,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        budget: Budget | None = None,
     ) -> None:
         self.endpoint = endpoint
         # shown_as: a source's address is no secret; a failure may name it, and where a redirect pointed
         self.http = HttpClient(token=endpoint.token, timeout=endpoint.timeout, policy=endpoint.policy,
                                session=session, sleep=sleep, log=log, headers={"Accept": "application/x-ndjson"},
                                shown_as=endpoint.base_url,
-                               max_bytes=endpoint.page_bytes, deadline=endpoint.page_deadline)
+                               max_bytes=endpoint.page_bytes(budget or Budget()), deadline=endpoint.page_deadline)
         self.session = self.http.session
 
     def close(self) -> None:

@@ -32,6 +32,7 @@ from osms.core.i18n import DEFAULT, local_name
 from osms.core.files import sha256_file
 from osms.core.registry import Edition, NoEditionInForce, default_registry
 from osms.core.status import BodyStatus, CategoryStatus, StatusUnreadable, read_status, read_status_or_none
+from osms.core.run import Run
 
 TREND_DAYS = 30
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -248,9 +249,10 @@ def day_report(root: Path, day: dt.date, language: str = DEFAULT) -> DayReport:
     # the docs page renders them when a report is newer: reports are enough
     has_docs = layout.Paths(root).data_docs_index(day).is_file() or bool(layout.Paths(root).gx_reports(day))
     try:
-        edition = default_registry().edition_on(day)
+        run = Run.of(day, data_dir=root)
     except NoEditionInForce as exc:
         return DayReport(day, None, str(exc), (), (), (), has_package, has_docs)
+    edition = run.edition
     statuses: dict[str, BodyStatus | None] = {}
     unreadable: dict[str, str] = {}
     for b in edition.bodies:
@@ -258,7 +260,7 @@ def day_report(root: Path, day: dt.date, language: str = DEFAULT) -> DayReport:
             statuses[b.code] = read_status(root, day, b.code)
         except StatusUnreadable as exc:
             statuses[b.code], unreadable[b.code] = None, f"its status file is unreadable: {exc.problem}"
-    units = plan_units(root, day, edition)
+    units = plan_units(root, day, edition, earliest=run.earliest)
     decisions = Decisions(root)
     quality = _read(layout.package_dir(root, day) / QUALITY, QualityDocument) if has_package else None
     rows = []
