@@ -84,8 +84,8 @@ docker:
 # test-artifacts/container.log and printed at the end; either failing fails the target.
 test: setup browser servers docker
 	@mkdir -p test-artifacts; \
-	$(BIN)/pytest -m container -p no:cacheprovider > test-artifacts/container.log 2>&1 & container=$$!; \
-	$(BIN)/pytest -m "not container and not soak"; others=$$?; \
+	$(BIN)/pytest -m container -p no:cacheprovider --durations=5 > test-artifacts/container.log 2>&1 & container=$$!; \
+	$(BIN)/pytest -m "not container and not soak" --durations=40; others=$$?; \
 	wait $$container; containers=$$?; \
 	echo "== the container tests (test-artifacts/container.log)"; cat test-artifacts/container.log; \
 	echo "== not container: exit $$others; container: exit $$containers"; \
